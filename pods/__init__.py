@@ -1,0 +1,39 @@
+"""pods: a self-hosted server for the AgentMail Pods API."""
+
+import secrets
+
+from flask import Flask
+
+from . import db, errors, queries
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app and bring its database to the current schema.
+
+    Config comes from defaults, then ``PODS_*`` environment variables, then
+    ``test_config``.
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(
+        DB="pods.db",
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    app.config.from_prefixed_env("PODS")
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+
+    db.init_db(app.config["DB"])
+    with app.app_context():
+        # Shared by every process on this database, so any worker accepts any token.
+        app.config["PAGE_TOKEN_SECRET"] = queries.setting(
+            db.get_db(), "page_token_secret", lambda: secrets.token_bytes(32)
+        )
+
+    app.teardown_appcontext(db.rollback_open_transaction)
+    errors.register(app)
+
+    from . import api, meta
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(meta.bp)
+    return app

@@ -1,0 +1,83 @@
+"""The pod endpoints: one blueprint, mounted at /agent/v0."""
+
+import json
+
+from flask import Blueprint, Response, abort, current_app, request
+from marshmallow import ValidationError
+
+from . import pagetoken, queries
+from .auth import auth
+from .db import get_db
+from .schemas import (
+    PageTokenContext,
+    list_args_schema,
+    pod_create_schema,
+    pod_list_schema,
+    pod_schema,
+)
+
+bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
+
+
+@bp.get("/pods")
+@auth.login_required
+def list_pods():
+    org_id = auth.current_user()["org_id"]
+    secret = current_app.config["PAGE_TOKEN_SECRET"]
+    with PageTokenContext({"secret": secret, "org_id": org_id}):
+        args = list_args_schema.load(request.args)
+    limit, ascending = args["limit"], args["ascending"]
+    # One row more than asked for tells whether another page follows.
+    rows = queries.page_pods(get_db(), org_id, ascending, args["after"], limit + 1)
+    page = {"count": min(len(rows), limit), "limit": limit, "pods": rows[:limit]}
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        page["next_page_token"] = pagetoken.encode(
+            secret, org_id, ascending, last["created_at"], last["pod_id"]
+        )
+    return pod_list_schema.dump(page)
+
+
+@bp.post("/pods")
+@auth.login_required
+def create_pod():
+    fields = pod_create_schema.load(_json_body())
+    pod = queries.insert_pod(get_db(), auth.current_user()["org_id"], **fields)
+    return pod_schema.dump(pod)
+
+
+@bp.get("/pods/<path:pod_id>")
+@auth.login_required
+def get_pod(pod_id):
+    pod = queries.find_pod(get_db(), auth.current_user()["org_id"], pod_id)
+    if pod is None:
+        abort(404, description="Pod not found.")
+    return pod_schema.dump(pod)
+
+
+@bp.delete("/pods/<path:pod_id>")
+@auth.login_required
+def delete_pod(pod_id):
+    if not queries.delete_pod(get_db(), auth.current_user()["org_id"], pod_id):
+        abort(404, description="Pod not found.")
+    response = Response(status=200)
+    del response.headers["Content-Type"]  # the body is empty, not an empty document
+    return response
+
+
+def _json_body():
+    """The request's JSON document; an empty body is ``{}``.
+
+    :raise 413: the body is over MAX_CONTENT_LENGTH (raised by werkzeug on read).
+    :raise 415: a non-empty body that is not declared as JSON.
+    :raise ValidationError: the body is not valid JSON.
+    """
+    raw = request.get_data(cache=False)
+    if not raw:
+        return {}
+    if not request.is_json:
+        abort(415)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise ValidationError({"_schema": ["Request body is not valid JSON."]}) from None

@@ -1,0 +1,61 @@
+"""One JSON error shape for every status: ``{name, message, code[, errors]}``."""
+
+from http import HTTPStatus
+
+from flask import Flask, json
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+# status: (name, code, default message)
+KNOWN = {
+    400: ("ValidationError", "validation_error", "Invalid request."),
+    401: ("UnauthorizedError", "unauthorized", "A valid API key is required."),
+    404: ("NotFoundError", "not_found", "Not found."),
+    405: ("MethodNotAllowedError", "method_not_allowed", "Method not allowed."),
+    413: ("PayloadTooLargeError", "payload_too_large", "Request body is larger than 64 KiB."),
+    415: ("UnsupportedMediaTypeError", "unsupported_media_type", "Request body must be application/json."),
+    500: ("InternalServerError", "internal_server_error", "Internal server error."),
+    503: ("ServiceUnavailableError", "service_unavailable", "Service unavailable; try again shortly."),
+}
+
+
+def error_body(status: int, message: str | None = None, errors: dict | None = None) -> dict:
+    if status in KNOWN:
+        name, code, default = KNOWN[status]
+    else:  # a status the contract does not name, e.g. 431 from the HTTP layer
+        phrase = HTTPStatus(status).phrase
+        name = phrase.title().replace(" ", "").replace("-", "") + "Error"
+        code = phrase.lower().replace(" ", "_").replace("-", "_")
+        default = phrase + "."
+    body = {"name": name, "message": message or default, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def error_response(status: int, message: str | None = None, errors: dict | None = None):
+    """A (body, status) tuple that Flask turns into a JSON response."""
+    return error_body(status, message, errors), status
+
+
+def _http_error(e: HTTPException):
+    # Start from werkzeug's response so headers such as Allow (405) survive.
+    response = e.get_response()
+    # A view's own description ("Pod not found.") is kept; werkzeug's stock HTML-ish
+    # prose is replaced by the contract's short default.
+    message = e.description if e.description != type(e).description else None
+    response.set_data(json.dumps(error_body(e.code, message)))
+    response.content_type = "application/json"
+    return response
+
+
+def _validation_error(e: ValidationError):
+    messages = e.messages if isinstance(e.messages, dict) else {"_schema": e.messages}
+    return error_response(400, errors=messages)
+
+
+def register(app: Flask) -> None:
+    # No handler for Exception: Flask then logs an unhandled error and passes an
+    # InternalServerError to the HTTPException handler, so 500s are JSON and logged.
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ValidationError, _validation_error)

@@ -1,0 +1,133 @@
+"""marshmallow schemas: ``load`` checks what comes in, ``dump`` shapes what goes out."""
+
+import re
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+from marshmallow.experimental.context import Context
+
+from . import pagetoken
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> None:
+    if CONTROL_CHARACTERS.search(value):
+        raise ValidationError("Must not contain control characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\ud800"
+        raise ValidationError("Must be valid Unicode text.") from None
+
+
+def Text(**kwargs) -> fields.String:
+    """An optional string of 1 to 255 printable characters; null means absent."""
+    return fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[validate.Length(min=1, max=255), _printable],
+        **kwargs,
+    )
+
+
+class PodCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = Text(metadata={"description": "Name of pod. Defaults to the client_id, else the pod_id."})
+    client_id = Text(
+        metadata={"description": "Client ID of pod. Creating again with the same client_id returns the same pod."}
+    )
+
+
+class PodSchema(Schema):
+    pod_id = fields.String(required=True, metadata={"description": "ID of pod."})
+    name = fields.String(required=True, metadata={"description": "Name of pod."})
+    client_id = fields.String(allow_none=True, metadata={"description": "Client ID of pod."})
+    created_at = fields.String(required=True, metadata={"description": "Time at which pod was created."})
+    # No endpoint changes a pod, so it was last updated when it was created.
+    updated_at = fields.Function(
+        lambda pod: pod["created_at"],
+        required=True,
+        metadata={"description": "Time at which pod was last updated."},
+    )
+
+
+class QueryBoolean(fields.Boolean):
+    """``true``/``false`` in any case, or ``1``/``0``; nothing else."""
+
+    truthy = {"true", "1"}
+    falsy = {"false", "0"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.lower()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+# What decoding a page token needs: {"secret": bytes, "org_id": int}.
+PageTokenContext = Context[dict]
+
+
+class PageToken(fields.String):
+    """A page token issued by this server to this organization, loaded as its
+    PagePosition."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        token = super()._deserialize(value, attr, data, **kwargs)
+        ctx = PageTokenContext.get()
+        try:
+            return pagetoken.decode(ctx["secret"], ctx["org_id"], token)
+        except ValueError:  # garbled, truncated, edited, or another organization's
+            raise ValidationError("Invalid page token.") from None
+
+
+class ListArgsSchema(Schema):
+    """Loads to {"limit", "ascending", "after"}: ``after`` is the (created_at, pod_id)
+    to continue from, or None; a page token decides the direction when the request
+    does not."""
+
+    class Meta:
+        unknown = EXCLUDE  # the contract ignores unknown query parameters
+
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+    ascending = QueryBoolean(load_default=None)
+    page_token = PageToken(load_default=None)
+
+    @validates_schema
+    def _token_matches_direction(self, data, **kwargs):
+        position, ascending = data["page_token"], data["ascending"]
+        if position and ascending is not None and ascending != position.ascending:
+            raise ValidationError("Page token was issued for the other sort direction.", "page_token")
+
+    @post_load
+    def _resolve_position(self, data, **kwargs):
+        position = data["page_token"]
+        return {
+            "limit": data["limit"],
+            "ascending": position.ascending if position else bool(data["ascending"]),
+            "after": position.after if position else None,
+        }
+
+
+class PodListSchema(Schema):
+    count = fields.Integer(required=True, metadata={"description": "Number of items returned."})
+    limit = fields.Integer(required=True, metadata={"description": "Limit of number of items returned."})
+    next_page_token = fields.String(
+        metadata={"description": "Page token for pagination; absent on the last page."}
+    )
+    pods = fields.List(fields.Nested(PodSchema), required=True, metadata={"description": "The pods of this page."})
+
+
+pod_create_schema = PodCreateSchema()
+pod_schema = PodSchema()
+list_args_schema = ListArgsSchema()
+pod_list_schema = PodListSchema()

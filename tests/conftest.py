@@ -1,0 +1,62 @@
+import sqlite3
+
+import pytest
+
+from pods import create_app, db, queries
+from pods.auth import hash_key, new_token
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app({"TESTING": True, "DB": str(tmp_path / "pods.db")})
+    yield app
+    db.close_thread_connection(app.config["DB"])
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_key(app):
+    """make_key(org) -> (headers, key_id): a new key of ``org`` as request headers."""
+
+    def make(org="acme"):
+        token = new_token()
+        with app.app_context():
+            key_id = queries.insert_api_key(db.get_db(), org, hash_key(token))
+        return {"Authorization": f"Bearer {token}"}, key_id
+
+    return make
+
+
+@pytest.fixture
+def headers(make_key):
+    return make_key("acme")[0]
+
+
+@pytest.fixture
+def sql(app):
+    """sql(statement, params) -> rows, read from the app's database file directly."""
+
+    def run(statement, params=()):
+        conn = sqlite3.connect(app.config["DB"])
+        try:
+            return conn.execute(statement, params).fetchall()
+        finally:
+            conn.close()
+
+    return run
+
+
+@pytest.fixture
+def create(client, headers):
+    """create(**fields) -> the created pod's JSON, asserting a 200."""
+
+    def make(hdrs=None, **fields):
+        r = client.post("/agent/v0/pods", json=fields, headers=hdrs or headers)
+        assert r.status_code == 200, r.json
+        return r.json
+
+    return make

@@ -1,0 +1,47 @@
+import sqlite3
+
+import pytest
+
+from pods import create_app, db
+
+
+def test_schema_is_applied_once_and_idempotently(tmp_path):
+    path = str(tmp_path / "p.db")
+    db.init_db(path)
+    db.init_db(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"organization", "api_key", "pod", "setting"} <= tables
+    finally:
+        conn.close()
+
+
+def test_connections_enforce_foreign_keys_and_full_sync(app):
+    with app.app_context():
+        conn = db.get_db()
+        assert conn is db.get_db()  # one connection per thread, reused
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO pod VALUES ('p', 999, 'n', NULL, 'now')")
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = str(tmp_path / "p.db")
+    db.init_db(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(db.SchemaTooNew, match="newer than this server"):
+        create_app({"DB": path})
+
+
+def test_page_token_secret_survives_restarts(tmp_path):
+    path = str(tmp_path / "p.db")
+    first = create_app({"DB": path}).config["PAGE_TOKEN_SECRET"]
+    second = create_app({"DB": path}).config["PAGE_TOKEN_SECRET"]
+    db.close_thread_connection(path)
+    assert first == second and len(first) == 32

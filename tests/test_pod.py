@@ -1,0 +1,61 @@
+"""Get and delete one pod."""
+
+import pytest
+
+URL = "/agent/v0/pods"
+NOT_FOUND = {"name": "NotFoundError", "code": "not_found", "message": "Pod not found."}
+
+
+def test_get_returns_the_created_pod(client, headers, create):
+    pod = create(name="n", client_id="c")
+    r = client.get(f"{URL}/{pod['pod_id']}", headers=headers)
+    assert r.status_code == 200
+    assert r.json == pod
+
+
+@pytest.mark.parametrize(
+    "pod_id",
+    [
+        "does-not-exist",
+        "00000000-0000-0000-0000-000000000000",
+        "x" * 5000,
+        "é🙂",
+        "a/b/c",
+        "%2e%2e",
+        "' OR '1'='1",
+        "1; DROP TABLE pod; --",
+    ],
+)
+def test_unknown_pod_is_404_for_get_and_delete(client, headers, create, sql, pod_id):
+    create(name="keep")
+    for method in (client.get, client.delete):
+        r = method(f"{URL}/{pod_id}", headers=headers)
+        assert r.status_code == 404
+        assert r.json == NOT_FOUND
+    assert sql("SELECT count(*) FROM pod") == [(1,)]
+
+
+def test_delete_is_200_with_an_empty_body_and_the_pod_is_gone(client, headers, create, sql):
+    pod = create(name="doomed")
+    kept = create(name="kept")
+    r = client.delete(f"{URL}/{pod['pod_id']}", headers=headers)
+    assert r.status_code == 200
+    assert r.data == b""
+    assert r.headers["Content-Length"] == "0"
+    r = client.get(f"{URL}/{pod['pod_id']}", headers=headers)
+    assert (r.status_code, r.json) == (404, NOT_FOUND)
+    r = client.delete(f"{URL}/{pod['pod_id']}", headers=headers)
+    assert (r.status_code, r.json) == (404, NOT_FOUND)
+    assert client.get(URL, headers=headers).json["pods"] == [kept]
+    assert sql("SELECT pod_id FROM pod") == [(kept["pod_id"],)]
+
+
+def test_another_organizations_pod_is_404_and_untouched(client, make_key, create, sql):
+    a, _ = make_key("a")
+    b, _ = make_key("b")
+    pod = create(hdrs=a, name="a's")
+    for method in (client.get, client.delete):
+        r = method(f"{URL}/{pod['pod_id']}", headers=b)
+        assert (r.status_code, r.json) == (404, NOT_FOUND)
+    assert client.get(f"{URL}/{pod['pod_id']}", headers=a).json == pod
+    assert sql("SELECT count(*) FROM pod") == [(1,)]

@@ -1,0 +1,152 @@
+"""The real server, started as a user would, driven by the official agentmail SDK."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
+from agentmail.environment import AgentMailEnvironment
+from agentmail.errors import NotFoundError, ValidationError
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+class Server:
+    def __init__(self, db_path, env=None):
+        self.proc = subprocess.Popen(
+            [sys.executable, APP, "--port", "0", "--db", str(db_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.output = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited: " + self.proc.stderr.read())
+            self.output.append(line.rstrip("\n"))
+            m = re.search(r"serving on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                return
+        raise RuntimeError("server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "live.db")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def sdk():
+    """sdk(url, key) -> an AgentMail client aimed at this server; closed afterwards."""
+    transports = []
+
+    def make(url, key):
+        transports.append(httpx.Client(timeout=30))
+        environment = AgentMailEnvironment(http=url + "/agent", websockets="ws://unused")
+        return AgentMail(api_key=key, environment=environment, httpx_client=transports[-1])
+
+    yield make
+    for t in transports:
+        t.close()
+
+
+def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(server, sdk):
+    token = next(line for line in server.output if line.startswith("pods_"))
+    client = sdk(server.url, token)
+
+    pod = client.pods.create(name="Acme", client_id="acme-1")
+    assert (pod.name, pod.client_id) == ("Acme", "acme-1")
+    assert pod.created_at == pod.updated_at
+    assert client.pods.create(client_id="acme-1", name="ignored").pod_id == pod.pod_id
+    assert client.pods.get(pod_id=pod.pod_id) == pod
+
+    created = [pod.pod_id] + [client.pods.create(name=f"p{i}").pod_id for i in range(6)]
+    seen, token_ = [], None
+    while True:
+        page = client.pods.list(limit=3, page_token=token_)
+        assert page.count == len(page.pods) <= 3
+        seen += [p.pod_id for p in page.pods]
+        token_ = page.next_page_token
+        if token_ is None:
+            break
+    assert seen == created[::-1]
+    ascending = client.pods.list(limit=100, ascending=True)
+    assert [p.pod_id for p in ascending.pods] == created
+
+    assert client.pods.delete(pod_id=pod.pod_id) is None
+    with pytest.raises(NotFoundError) as e:
+        client.pods.get(pod_id=pod.pod_id)
+    assert e.value.body.name == "NotFoundError"
+    with pytest.raises(NotFoundError):
+        client.pods.delete(pod_id=pod.pod_id)
+    with pytest.raises(ValidationError) as e:
+        client.pods.create(name="")
+    assert "name" in e.value.body.errors
+
+    with pytest.raises(ApiError) as e:
+        sdk(server.url, token + "x").pods.list()
+    assert e.value.status_code == 401
+
+
+def test_pods_api_key_from_the_environment(tmp_path, sdk):
+    s = Server(tmp_path / "env.db", env={"PODS_API_KEY": "operator-chosen-token"})
+    try:
+        assert not any(line.startswith("pods_") for line in s.output)
+        assert sdk(s.url, "operator-chosen-token").pods.list().count == 0
+    finally:
+        s.stop()
+
+
+def raw_exchange(url, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_http_level_errors_are_json_too(server):
+    token = next(line for line in server.output if line.startswith("pods_"))
+    big = httpx.post(server.url + "/agent/v0/pods", content=b"x" * (100 * 1024),
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    assert big.status_code == 413
+    assert big.json()["name"] == "PayloadTooLargeError"
+    # A body too big even to buffer is refused from its headers alone, in JSON too.
+    answer = raw_exchange(server.url, b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head
+    assert b'"PayloadTooLargeError"' in body
+
+    answer = raw_exchange(server.url, b"GARBAGE\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400") and b"application/json" in head
+    assert b'"ValidationError"' in body
+
+    # Just over waitress's 256 KiB header limit, so that it reads every byte sent
+    # (unread bytes would make the kernel answer the close with a reset).
+    answer = raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 431") and b"application/json" in answer
+    # And the server answers normally afterwards.
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
