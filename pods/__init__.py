@@ -4,7 +4,7 @@ import secrets
 
 from flask import Flask
 
-from . import db, errors, queries
+from . import accesslog, db, errors, queries
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -31,6 +31,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
+    accesslog.init_app(app)
 
     from . import api, meta
 

@@ -1,16 +1,22 @@
 """The operator's command line: ``python app.py [serve options] [COMMAND]``."""
 
+import functools
 import logging
 import os
+import sqlite3
 import sys
+from contextlib import contextmanager
 
 import click
 
 from . import create_app, queries
 from .auth import hash_key, new_token
-from .db import connect, init_db
+from .db import SchemaTooNew, backup, checkpoint, close_thread_connection, connect, init_db, integrity_problems
 
 DEFAULT_ORG = "default"
+THREADS_DEFAULT = 4
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s"
 
 
 def _org_name(ctx, param, value):
@@ -35,44 +41,116 @@ def _db_path(ctx: click.Context, db: str | None) -> str:
 
 
 def _open(path: str):
-    init_db(path)
-    return connect(path)
+    with _clear_failures(path):
+        init_db(path)
+        return connect(path)
 
 
 @click.group(invoke_without_command=True)
 @click.option("--host", envvar="PODS_HOST", default="127.0.0.1", show_default=True,
               help="Interface to listen on (env PODS_HOST).")
 @click.option("--port", envvar="PODS_PORT", default=8080, show_default=True,
-              type=click.IntRange(0, 65535), help="TCP port (env PODS_PORT).")
+              type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one (env PODS_PORT).")
 @db_option("pods.db")
-@click.option("--threads", envvar="PODS_THREADS", default=4, show_default=True,
-              type=click.IntRange(1, 1024), help="Worker threads (env PODS_THREADS).")
+@click.option("--threads", envvar="PODS_THREADS", default=THREADS_DEFAULT, show_default=True,
+              type=click.IntRange(1, 1024), help="Worker threads per process (env PODS_THREADS).")
+@click.option("--workers", envvar="PODS_WORKERS", default=1, show_default=True,
+              type=click.IntRange(1, 64), help="Server processes sharing the port (env PODS_WORKERS).")
+@click.option("--log-level", envvar="PODS_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="info logs one line per request (env PODS_LOG_LEVEL).")
 @click.pass_context
-def cli(ctx, host, port, db, threads):
-    """Serve the Pods API, or manage its API keys.
+def cli(ctx, host, port, db, threads, workers, log_level):
+    """Serve the Pods API, or manage its API keys and database.
 
-    With no COMMAND, serves on HOST:PORT. On the first start with no key in the
-    database, creates a key for the organization "default" and prints it once.
-    PODS_API_KEY=<token> in the environment makes that token a key of "default".
+    With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
+    start with no key in the database, creates a key for the organization
+    "default" and prints it once. PODS_API_KEY=<token> in the environment makes
+    that token a key of "default".
     """
     if ctx.invoked_subcommand is None:
-        serve(host, port, db, threads)
+        serve(host, port, db, threads, workers, log_level)
 
 
-def serve(host: str, port: int, db: str, threads: int) -> None:
-    from .server import make_server
+def configure_logging(level: str) -> None:
+    import time
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app({"DB": db})
+    logging.Formatter.converter = time.gmtime  # timestamps in UTC, like the API's
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+
+
+def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str) -> None:
+    from . import server
+
+    configure_logging(log_level)
+    with _clear_failures(db):
+        _prepare_database(db, os.environ.get("PODS_API_KEY"))
+        # One process builds its app now, so a failure shows before "serving on";
+        # worker processes build their own after the fork (SQLite connections
+        # must not cross one).
+        app = create_app({"DB": db}) if workers == 1 else None
+    try:
+        sockets = [server.listening_socket(host, port, reuse_port=workers > 1)]
+        port = sockets[0].getsockname()[1]  # the real one, when 0 asked for any
+        sockets += [server.listening_socket(host, port, reuse_port=True) for _ in range(workers - 1)]
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+    url_host = f"[{host}]" if ":" in host else host
+    click.echo(f"pods serving on http://{url_host}:{port} (database {db}, {workers} worker(s))")
+    sys.stdout.flush()
+    if app is not None:
+        _serve_app(app, sockets[0], threads)
+        return
+    code = server.run_workers([functools.partial(_serve_worker, db, sock, threads) for sock in sockets])
+    for sock in sockets:
+        sock.close()
+    if code:
+        sys.exit(code)
+
+
+def _prepare_database(db: str, env_token: str | None) -> None:
+    init_db(db)
     conn = connect(db)
     try:
-        _bootstrap_key(conn, os.environ.get("PODS_API_KEY"))
+        _bootstrap_key(conn, env_token)
     finally:
         conn.close()
-    server = make_server(app, host, port, threads)
-    click.echo(f"pods serving on http://{server.effective_host}:{server.effective_port} (database {db})")
-    sys.stdout.flush()
-    server.run()
+
+
+def _serve_worker(db: str, sock, threads: int) -> None:
+    try:
+        with _clear_failures(db):
+            app = create_app({"DB": db})
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    _serve_app(app, sock, threads)
+
+
+def _serve_app(app, sock, threads: int) -> None:
+    from . import server
+
+    db = app.config["DB"]
+    waitress_server = server.make_server(app, sock, threads)
+    server.run_until_signalled(waitress_server, on_exit=lambda: _close_database(db))
+
+
+def _close_database(path: str) -> None:
+    close_thread_connection(path)
+    checkpoint(path)
+
+
+@contextmanager
+def _clear_failures(db: str):
+    """Expected failures (unreadable or foreign database file, locked, disk full,
+    too new a schema) become one line on stderr and exit status 1, not a traceback."""
+    try:
+        yield
+    except SchemaTooNew as e:
+        raise click.ClickException(str(e)) from None
+    except sqlite3.Error as e:
+        raise click.ClickException(f"database {db}: {e}") from None
 
 
 def _bootstrap_key(conn, env_token: str | None) -> None:
@@ -137,3 +215,35 @@ def keys_revoke(ctx, key_id, db):
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked API key {key_id} at {revoked_at}.")
+
+
+@cli.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False))
+@db_option(None)
+@click.pass_context
+def backup_command(ctx, path, db):
+    """Write a consistent copy of the database to PATH, safely while serving."""
+    source = _db_path(ctx, db)
+    with _clear_failures(source):
+        backup(source, path)
+        conn = connect(path)
+        try:
+            pods = queries.count_pods(conn)
+        finally:
+            conn.close()
+    click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
+
+
+@cli.command("check")
+@db_option(None)
+@click.pass_context
+def check_command(ctx, db):
+    """Check the database's integrity; exits 1 on damage."""
+    path = _db_path(ctx, db)
+    with _clear_failures(path):
+        problems = integrity_problems(path)
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        raise click.ClickException(f"database {path} is damaged ({len(problems)} problem(s))")
+    click.echo(f"{path}: ok")

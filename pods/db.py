@@ -6,6 +6,7 @@ so threads queue on the lock and other processes (a second worker, the CLI) wait
 SQLite's busy timeout instead of failing with "database is locked".
 """
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -16,10 +17,11 @@ from flask import current_app
 BUSY_TIMEOUT_MS = 5000
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 
-# Entry n takes a database from version n + 1 to n + 2. Each script opens its own
-# transaction and sets user_version before COMMIT, because executescript() commits
-# whatever transaction was open before it runs.
-MIGRATIONS: list[str] = []
+# schema.sql is version 1, frozen. migrations/NNNN-*.sql takes a database from
+# version NNNN - 1 to NNNN. Each script opens its own transaction and sets
+# user_version before COMMIT, because executescript() commits whatever
+# transaction was open before it runs.
+MIGRATIONS = sorted((Path(__file__).resolve().parent / "migrations").glob("[0-9][0-9][0-9][0-9]-*.sql"))
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 _local = threading.local()
@@ -99,13 +101,69 @@ def init_db(path: str) -> None:
                 f"database {path} has schema version {version}, "
                 f"newer than this server's {SCHEMA_VERSION}; upgrade pods"
             )
-        scripts = [SCHEMA_PATH.read_text()] + MIGRATIONS
+        scripts = [SCHEMA_PATH] + MIGRATIONS
         for script in scripts[version:]:
             try:
-                conn.executescript(script)
+                conn.executescript(script.read_text())
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
     finally:
         conn.close()
+
+
+def connect_existing(path: str) -> sqlite3.Connection:
+    """connect(), but refuse to create a database that is not there."""
+    if not os.path.isfile(path):
+        raise sqlite3.OperationalError(f"no database file at {path}")
+    return connect(path)
+
+
+def checkpoint(path: str) -> None:
+    """Fold the WAL back into the database file and truncate it (at shutdown)."""
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def integrity_problems(path: str) -> list[str]:
+    """What SQLite's integrity and foreign-key checks report; empty when sound."""
+    conn = connect_existing(path)
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        problems += [
+            f"foreign key violation: {row[0]} row {row[1]} -> {row[2]}"
+            for row in conn.execute("PRAGMA foreign_key_check")
+        ]
+        return problems
+    finally:
+        conn.close()
+
+
+def backup(source: str, dest: str) -> None:
+    """Copy ``source`` to ``dest`` with SQLite's online backup API.
+
+    The copy is one read transaction, so it is consistent while the server keeps
+    writing (WAL readers do not block writers). It is written beside ``dest``,
+    checked, and only then renamed into place.
+
+    :raise sqlite3.DatabaseError: the copy failed its integrity check.
+    """
+    partial = dest + ".partial"
+    src = connect_existing(source)
+    try:
+        out = sqlite3.connect(partial)
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+    finally:
+        src.close()
+    problems = integrity_problems(partial)
+    if problems:
+        os.remove(partial)
+        raise sqlite3.DatabaseError(f"backup failed its integrity check: {problems[0]}")
+    os.replace(partial, dest)

@@ -2,10 +2,10 @@
 
 import sqlite3
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from . import openapi, queries
-from .db import get_db
+from .db import close_thread_connection, get_db
 from .errors import error_response
 
 bp = Blueprint("meta", __name__)
@@ -16,6 +16,8 @@ def healthz():
     try:
         queries.ping(get_db())
     except sqlite3.Error:
+        # Reconnect on the next call: the file may have been replaced or repaired.
+        close_thread_connection(current_app.config["DB"])
         return error_response(503, "Database is not answering.")
     return {"status": "ok"}
 

@@ -26,7 +26,10 @@ def _mac(secret: bytes, org_id: int, payload: bytes) -> bytes:
 
 def encode(secret: bytes, org_id: int, ascending: bool, created_at: str, pod_id: str) -> str:
     payload = f"{'a' if ascending else 'd'}\n{created_at}\n{pod_id}".encode()
-    raw = _mac(secret, org_id, payload) + payload
+    return _b64(_mac(secret, org_id, payload) + payload)
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -39,6 +42,10 @@ def decode(secret: bytes, org_id: int, token: str) -> PagePosition:
         raw = base64.b64decode(padded, altchars=b"-_", validate=True)
     except binascii.Error as e:
         raise ValueError(str(e)) from None
+    # base64 ignores the spare low bits of the last character, so an edit there can
+    # decode to the same bytes: only the canonical spelling of a token is accepted.
+    if _b64(raw) != token:
+        raise ValueError("not canonical")
     mac, payload = raw[:MAC_SIZE], raw[MAC_SIZE:]
     if not hmac.compare_digest(mac, _mac(secret, org_id, payload)):
         raise ValueError("bad signature")

@@ -28,6 +28,9 @@ def setting(conn: sqlite3.Connection, key: str, make_value) -> bytes:
 
     Safe when several processes start at once: the first insert wins, all read it.
     """
+    row = conn.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+    if row is not None:  # the usual case: no write lock needed
+        return row[0]
     with write_tx(conn):
         conn.execute(
             "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
@@ -155,6 +158,11 @@ def delete_pod(conn: sqlite3.Connection, org_id: int, pod_id: str) -> bool:
     with write_tx(conn):
         cur = conn.execute("DELETE FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
     return cur.rowcount == 1
+
+
+def count_pods(conn: sqlite3.Connection) -> int:
+    """How many pods exist, in every organization."""
+    return conn.execute("SELECT count(*) FROM pod").fetchone()[0]
 
 
 def ping(conn: sqlite3.Connection) -> None:

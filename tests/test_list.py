@@ -1,4 +1,5 @@
 import itertools
+import string
 
 import pytest
 
@@ -137,14 +138,21 @@ def test_bad_parameters_are_400_naming_each(client, headers, many, params, bad):
     assert set(r.json["errors"]) == bad
 
 
+BASE64URL = string.ascii_letters + string.digits + "-_"
+
+
 def edits(token):
-    """Truncations and single-character edits of a token."""
+    """Truncations, extensions and single-character edits of a token. The last
+    character gets every other letter: some differ only in bits base64 ignores."""
     yield token[:-1]
     yield token[:-4]
     yield token[: len(token) // 2]
-    for i in (0, 5, len(token) // 2, len(token) - 1):
-        c = "A" if token[i] != "A" else "B"
-        yield token[:i] + c + token[i + 1 :]
+    yield token + "A"
+    yield token + "=="
+    for i in (0, 5, len(token) // 2):
+        yield token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
+    for c in BASE64URL.replace(token[-1], ""):
+        yield token[:-1] + c
 
 
 def test_edited_or_truncated_tokens_are_400(client, headers, many):

@@ -1,12 +1,6 @@
 """The real server, started as a user would, driven by the official agentmail SDK."""
 
-import os
-import re
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,37 +8,8 @@ from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, ValidationError
+from live import Server
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-class Server:
-    def __init__(self, db_path, env=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, APP, "--port", "0", "--db", str(db_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.output = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited: " + self.proc.stderr.read())
-            self.output.append(line.rstrip("\n"))
-            m = re.search(r"serving on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                return
-        raise RuntimeError("server did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -70,7 +35,7 @@ def sdk():
 
 
 def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(server, sdk):
-    token = next(line for line in server.output if line.startswith("pods_"))
+    token = server.bootstrap_token
     client = sdk(server.url, token)
 
     pod = client.pods.create(name="Acme", client_id="acme-1")
@@ -110,7 +75,7 @@ def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(server, s
 def test_pods_api_key_from_the_environment(tmp_path, sdk):
     s = Server(tmp_path / "env.db", env={"PODS_API_KEY": "operator-chosen-token"})
     try:
-        assert not any(line.startswith("pods_") for line in s.output)
+        assert not any(line.startswith("pods_") for line in s.stdout.splitlines())
         assert sdk(s.url, "operator-chosen-token").pods.list().count == 0
     finally:
         s.stop()
@@ -127,7 +92,7 @@ def raw_exchange(url, data: bytes) -> bytes:
 
 
 def test_http_level_errors_are_json_too(server):
-    token = next(line for line in server.output if line.startswith("pods_"))
+    token = server.bootstrap_token
     big = httpx.post(server.url + "/agent/v0/pods", content=b"x" * (100 * 1024),
                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert big.status_code == 413

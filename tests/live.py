@@ -1,0 +1,88 @@
+"""A real server process, started as an operator would start it."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def run_app(*args, env=None, timeout=60):
+    """Run ``python app.py ARGS`` to completion; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, APP, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class Server:
+    """``python app.py --port 0 --db DB ARGS`` with its output in files (a pipe
+    nobody reads would fill with access-log lines and block the server)."""
+
+    def __init__(self, db_path, *args, env=None, workdir=None):
+        self.db = str(db_path)
+        workdir = Path(workdir or Path(self.db).parent)
+        self.stdout_path = workdir / f"server-{os.getpid()}-{time.monotonic_ns()}.out"
+        self.stderr_path = self.stdout_path.with_suffix(".err")
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, APP, "--port", "0", "--db", self.db, *args],
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.search(r"serving on (http://\S+)", self.stdout)
+            if m:
+                self.url = m.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                self._wait_until_answering()
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.stderr}")
+            time.sleep(0.02)
+        self.proc.kill()
+        raise RuntimeError("server did not start")
+
+    def _wait_until_answering(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("server did not answer")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    @property
+    def bootstrap_token(self) -> str:
+        return next(line for line in self.stdout.splitlines() if line.startswith("pods_"))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        """Send ``sig`` and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)

@@ -1,0 +1,105 @@
+"""Databases made by older versions upgrade in place and keep everything."""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pods import create_app, db
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+TOKENS = {"v1-token-acme": "acme", "v1-token-globex": "globex", "v1-token-initech": "initech"}
+REVOKED = "v1-token-acme-revoked"
+
+
+def dump(path):
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("organization", "api_key", "pod")
+        }
+    finally:
+        conn.close()
+
+
+def version(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def v1_copy(tmp_path):
+    path = str(tmp_path / "old.db")
+    shutil.copy(FIXTURE_V1, path)
+    assert version(path) == 1
+    return path
+
+
+def test_migrations_are_numbered_without_gaps():
+    assert [int(p.name[:4]) for p in db.MIGRATIONS] == list(range(2, db.SCHEMA_VERSION + 1))
+
+
+def test_a_version_1_database_upgrades_and_keeps_every_pod_and_key(v1_copy):
+    before = dump(v1_copy)
+    assert len(before["pod"]) == 36 and len(before["api_key"]) == 4
+    app = create_app({"TESTING": True, "DB": v1_copy})
+    try:
+        assert version(v1_copy) == db.SCHEMA_VERSION
+        assert dump(v1_copy) == before
+        assert len(app.config["PAGE_TOKEN_SECRET"]) == 32  # added by this start
+        client = app.test_client()
+        for token, org in TOKENS.items():
+            pods = client.get("/agent/v0/pods", query_string={"limit": 100},
+                              headers={"Authorization": f"Bearer {token}"}).json["pods"]
+            assert len(pods) == 12
+            assert all(p["name"].startswith(org) for p in pods)
+            keys = [(p["created_at"], p["pod_id"]) for p in pods]
+            assert keys == sorted(keys, reverse=True)
+        r = client.get("/agent/v0/pods", headers={"Authorization": f"Bearer {REVOKED}"})
+        assert r.status_code == 401
+    finally:
+        db.close_thread_connection(v1_copy)
+
+
+def test_the_upgrade_uses_the_new_page_index(v1_copy):
+    create_app({"DB": v1_copy})
+    db.close_thread_connection(v1_copy)
+    conn = sqlite3.connect(v1_copy)
+    try:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT pod_id, name, client_id, created_at FROM pod WHERE org_id = 1"
+            " AND (created_at, pod_id) < ('x', 'y') ORDER BY created_at DESC, pod_id DESC LIMIT 11"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert "pod_org_page" in indexes and "pod_org_order" not in indexes
+    assert "COVERING INDEX pod_org_page" in plan[0][3]
+
+
+def test_a_failing_migration_changes_nothing(v1_copy, tmp_path, monkeypatch):
+    broken = tmp_path / "0002-broken.sql"
+    broken.write_text(
+        "BEGIN IMMEDIATE;\n"
+        "DROP INDEX pod_org_order;\n"
+        "CREATE TABLE pod (x);\n"  # fails: the table exists
+        "PRAGMA user_version = 2;\n"
+        "COMMIT;\n"
+    )
+    monkeypatch.setattr(db, "MIGRATIONS", [broken])
+    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
+    before = dump(v1_copy)
+    with pytest.raises(sqlite3.OperationalError, match="already exists"):
+        db.init_db(v1_copy)
+    assert version(v1_copy) == 1
+    assert dump(v1_copy) == before
+    conn = sqlite3.connect(v1_copy)
+    try:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'pod_org_order'").fetchone() == (1,)
+    finally:
+        conn.close()
