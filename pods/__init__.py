@@ -31,7 +31,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
-    accesslog.init_app(app)
+    app.wsgi_app = accesslog.AccessLog(app.wsgi_app)
+    # Keys in the order the schemas declare them, and no sorting per response.
+    app.json.sort_keys = False
 
     from . import api, meta
 

@@ -4,6 +4,7 @@ import json
 
 from flask import Blueprint, Response, abort, current_app, request
 from marshmallow import ValidationError
+from werkzeug.routing import PathConverter
 
 from . import pagetoken, queries
 from .auth import auth
@@ -17,6 +18,20 @@ from .schemas import (
 )
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
+
+
+class PodIdConverter(PathConverter):
+    """Any non-empty pod_id, slashes and newlines included (werkzeug's path
+    converter stops at a newline), so that every such request is authenticated
+    and then answered by the pod lookup: 401 without a key, else "Pod not found."."""
+
+    regex = r"[\s\S]+"
+    part_isolating = False  # werkzeug infers True: the regex has no literal "/"
+
+
+@bp.record_once
+def _register_converter(state):
+    state.app.url_map.converters["pod_id"] = PodIdConverter
 
 
 @bp.get("/pods")
@@ -46,7 +61,7 @@ def create_pod():
     return pod_schema.dump(pod)
 
 
-@bp.get("/pods/<path:pod_id>")
+@bp.get("/pods/<pod_id:pod_id>")
 @auth.login_required
 def get_pod(pod_id):
     pod = queries.find_pod(get_db(), auth.current_user()["org_id"], pod_id)
@@ -55,7 +70,7 @@ def get_pod(pod_id):
     return pod_schema.dump(pod)
 
 
-@bp.delete("/pods/<path:pod_id>")
+@bp.delete("/pods/<pod_id:pod_id>")
 @auth.login_required
 def delete_pod(pod_id):
     if not queries.delete_pod(get_db(), auth.current_user()["org_id"], pod_id):

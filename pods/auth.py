@@ -7,6 +7,7 @@ from flask import request
 from flask_httpauth import HTTPTokenAuth
 
 from . import queries
+from .accesslog import ORG_ENVIRON_KEY
 from .db import get_db
 from .errors import error_response
 
@@ -44,7 +45,10 @@ def verify_token(_parsed_by_werkzeug):
     token = bearer_token(request.headers.get("Authorization", ""))
     if not token:  # flask-httpauth calls us even when no header was sent
         return None
-    return queries.org_for_key_hash(get_db(), hash_key(token))
+    caller = queries.org_for_key_hash(get_db(), hash_key(token))
+    if caller is not None:
+        request.environ[ORG_ENVIRON_KEY] = caller["org_name"]
+    return caller
 
 
 @auth.error_handler

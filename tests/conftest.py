@@ -60,3 +60,13 @@ def create(client, headers):
         return r.json
 
     return make
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """A real ``python app.py`` on a free loopback port, stopped with SIGTERM."""
+    from live import Server
+
+    server = Server(tmp_path / "live.db")
+    yield server
+    assert server.stop() == 0

@@ -86,3 +86,18 @@ class Server:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=30)
+
+
+def raw_request(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send bytes exactly as given (clients refuse some on purpose); returns the
+    status code and the body of the answer."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

@@ -10,6 +10,8 @@ POD_ENDPOINTS = [
     ("post", "/agent/v0/pods"),
     ("get", "/agent/v0/pods/some-id"),
     ("delete", "/agent/v0/pods/some-id"),
+    ("get", "/agent/v0/pods/line%0Abreak"),
+    ("delete", "/agent/v0/pods/a/b"),
 ]
 
 

@@ -13,13 +13,6 @@ from live import Server
 
 
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path / "live.db")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def sdk():
     """sdk(url, key) -> an AgentMail client aimed at this server; closed afterwards."""
     transports = []
@@ -34,9 +27,9 @@ def sdk():
         t.close()
 
 
-def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(server, sdk):
-    token = server.bootstrap_token
-    client = sdk(server.url, token)
+def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(live_server, sdk):
+    token = live_server.bootstrap_token
+    client = sdk(live_server.url, token)
 
     pod = client.pods.create(name="Acme", client_id="acme-1")
     assert (pod.name, pod.client_id) == ("Acme", "acme-1")
@@ -68,7 +61,7 @@ def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(server, s
     assert "name" in e.value.body.errors
 
     with pytest.raises(ApiError) as e:
-        sdk(server.url, token + "x").pods.list()
+        sdk(live_server.url, token + "x").pods.list()
     assert e.value.status_code == 401
 
 
@@ -91,27 +84,27 @@ def raw_exchange(url, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_http_level_errors_are_json_too(server):
-    token = server.bootstrap_token
-    big = httpx.post(server.url + "/agent/v0/pods", content=b"x" * (100 * 1024),
+def test_http_level_errors_are_json_too(live_server):
+    token = live_server.bootstrap_token
+    big = httpx.post(live_server.url + "/agent/v0/pods", content=b"x" * (100 * 1024),
                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert big.status_code == 413
     assert big.json()["name"] == "PayloadTooLargeError"
     # A body too big even to buffer is refused from its headers alone, in JSON too.
-    answer = raw_exchange(server.url, b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\n"
+    answer = raw_exchange(live_server.url, b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\n"
                           b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head
     assert b'"PayloadTooLargeError"' in body
 
-    answer = raw_exchange(server.url, b"GARBAGE\r\n\r\n")
+    answer = raw_exchange(live_server.url, b"GARBAGE\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400") and b"application/json" in head
     assert b'"ValidationError"' in body
 
     # Just over waitress's 256 KiB header limit, so that it reads every byte sent
     # (unread bytes would make the kernel answer the close with a reset).
-    answer = raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n")
+    answer = raw_exchange(live_server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 431") and b"application/json" in answer
     # And the server answers normally afterwards.
-    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(live_server.url + "/healthz").json() == {"status": "ok"}

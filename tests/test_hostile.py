@@ -1,0 +1,213 @@
+"""Hostile input against a live server: never a 5xx, always the contract's JSON
+error, nothing changed, and normal service afterwards."""
+
+import json
+import socket
+import sqlite3
+
+import httpx
+import pytest
+from live import Server
+
+URL = "/agent/v0/pods"
+KEY = "hostile-key"
+SQL_INJECTIONS = [
+    "' OR '1'='1",
+    "1; DROP TABLE pod; --",
+    "\" OR \"\"=\"",
+    "x') UNION SELECT key_hash, 1, 1, 1, 1 FROM api_key --",
+    "%' OR 1=1 --",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("hostile") / "h.db", env={"PODS_API_KEY": KEY})
+    with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        s.existing = [c.post(URL, json={"name": f"existing {i}", "client_id": f"c{i}"}).json() for i in range(3)]
+    yield s
+    assert s.stop() == 0
+
+
+def snapshot(server):
+    conn = sqlite3.connect(server.db)
+    try:
+        return (
+            conn.execute("SELECT * FROM pod ORDER BY pod_id").fetchall(),
+            conn.execute("SELECT * FROM api_key ORDER BY key_id").fetchall(),
+            conn.execute("SELECT * FROM organization ORDER BY org_id").fetchall(),
+        )
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def unchanged(server):
+    """Asserts, after the test, that the database is as before and the server answers."""
+    before = snapshot(server)
+    yield
+    assert snapshot(server) == before
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        assert c.get(f"{URL}/{server.existing[0]['pod_id']}").json() == server.existing[0]
+
+
+def assert_json_error(status, body, *allowed):
+    """The contract's JSON error, with one of ``allowed`` (any 4xx if none given)."""
+    assert status < 500, body
+    assert status in allowed if allowed else 400 <= status < 500, (status, body)
+    error = json.loads(body)
+    assert isinstance(error["name"], str) and error["name"].endswith("Error")
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["code"], str)
+    if status == 400:
+        assert isinstance(error["errors"], dict) and error["errors"]
+
+
+def send(server, method, path, body=None, content_type="application/json", headers=None):
+    hdrs = {"Authorization": f"Bearer {KEY}", **(headers or {})}
+    if body is not None:
+        hdrs["Content-Type"] = content_type
+    r = httpx.request(method, server.url + path, content=body, headers=hdrs, timeout=30)
+    return r.status_code, r.content
+
+
+def raw(server, data: bytes) -> tuple[int, bytes]:
+    """Send raw bytes; returns (status, body) of the answer, or (0, b"") if the
+    server closed without one."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    if not answer:
+        return 0, b""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+MALFORMED_BODIES = [
+    b"{", b"}", b"{'name': 'single quotes'}", b'{"name": "unterminated}', b'{"name": "x",}', b"[1, 2",
+    b'{"name": NaN}', b'{"name": Infinity}', b"\x00", b'{"name": "a"}\x00', b'\x00{"name": "a"}',
+    b"\xff\xfe{}", b'{"name": "\xff"}', b'{"name": "\xc3\x28"}', b"\xef\xbb\xbf{\"name\": 1}",
+    b'{"name": "a"} {"name": "b"}', b"null", b"true", b"123", b'"text"', b"[]", b'[{"name": "a"}]',
+    b"[" * 30_000 + b"]" * 30_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES, ids=range(len(MALFORMED_BODIES)))
+def test_malformed_bodies(server, unchanged, body):
+    assert_json_error(*send(server, "POST", URL, body), 400)
+
+
+WRONG_TYPES = [None, True, 0, -1, 1.5, 10**40, [], ["a"], {}, {"a": "b"}, "", "x" * 256, "\x00", "a\u0000b",
+               "\u007f", "\ud800", "\udfff"]
+
+
+# null for name or client_id is the same as leaving the field out: a valid create.
+FIELD_VALUES = [(field, value) for field in ("name", "client_id", "pod_id", "created_at", "colour", "")
+                for value in WRONG_TYPES if not (field in ("name", "client_id") and value is None)]
+
+
+@pytest.mark.parametrize("field,value", FIELD_VALUES, ids=range(len(FIELD_VALUES)))
+def test_wrong_types_in_every_field(server, unchanged, field, value):
+    status, body = send(server, "POST", URL, json.dumps({field: value}).encode())
+    assert_json_error(status, body, 400)
+    assert field in json.loads(body)["errors"]
+
+
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 1024 * 1024, 8 * 1024 * 1024])
+def test_huge_bodies(server, unchanged, size):
+    body = b'{"name": "' + b"x" * size + b'"}'
+    assert_json_error(*send(server, "POST", URL, body), 413)
+
+
+def test_huge_body_announced_but_never_sent(server, unchanged):
+    status, body = raw(server, b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                       + KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n")
+    assert_json_error(status, body, 413)
+
+
+@pytest.mark.parametrize("injection", SQL_INJECTIONS)
+def test_sql_injection_in_every_field_and_parameter(server, unchanged, injection):
+    from urllib.parse import quote
+
+    q = quote(injection, safe="")
+    for method, path in [("GET", f"{URL}/{q}"), ("DELETE", f"{URL}/{q}")]:
+        assert_json_error(*send(server, method, path), 404)
+    for param in ("limit", "ascending", "page_token"):
+        assert_json_error(*send(server, "GET", f"{URL}?{param}={q}"), 400)
+    # Stored as plain text when valid, which would change the database: use the
+    # field in a request that also fails on another field, so nothing is stored.
+    for field in ("name", "client_id"):
+        status, body = send(server, "POST", URL, json.dumps({field: injection, "colour": 1}).encode())
+        assert_json_error(status, body, 400)
+        assert set(json.loads(body)["errors"]) == {"colour"}
+
+
+def test_sql_injection_strings_are_stored_as_plain_text(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        for injection in SQL_INJECTIONS:
+            pod = c.post(URL, json={"name": injection, "client_id": injection}).json()
+            assert (pod["name"], pod["client_id"]) == (injection, injection)
+            assert c.get(f"{URL}/{pod['pod_id']}").json() == pod
+            assert c.delete(f"{URL}/{pod['pod_id']}").status_code == 200
+
+
+@pytest.mark.parametrize("path", [
+    f"{URL}/%00", f"{URL}/a%00b", f"{URL}/%FF%FE", f"{URL}/%ED%A0%80", f"{URL}/%C0%AE%C0%AE",
+    f"{URL}/../../etc/passwd", f"{URL}/%2e%2e%2f", f"{URL}/" + "é" * 1000,
+])
+def test_odd_and_overlong_pod_ids(server, unchanged, path):
+    for method in ("GET", "DELETE"):
+        assert_json_error(*send(server, method, path), 404)
+
+
+def authorized_get(path: str) -> bytes:
+    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+            + b"\r\nConnection: close\r\n\r\n")
+
+
+def test_overlong_ids_and_tokens(server, unchanged):
+    # Longer than clients such as httpx agree to send, so sent as raw bytes.
+    assert_json_error(*raw(server, authorized_get(f"{URL}/" + "x" * 100_000)), 404)
+    assert_json_error(*raw(server, authorized_get(f"{URL}?page_token=" + "A" * 100_000)), 400)
+
+
+@pytest.mark.parametrize("query", [
+    "limit=%00", "limit=%FF", "limit=1%00", "limit=" + "9" * 5000, "limit=1e2", "limit=0x10", "limit=-0",
+    "ascending=%00", "ascending=%FF", "ascending=tru%00e",
+    "page_token=%00", "page_token=%FF%FE", "page_token=" + "%2B" * 500,
+])
+def test_bad_query_values(server, unchanged, query):
+    assert_json_error(*send(server, "GET", f"{URL}?{query}"), 400)
+
+
+@pytest.mark.parametrize("data", [
+    b"GARBAGE\r\n\r\n",
+    b"GET\r\n\r\n",
+    b"GET / HTTP/9.9\r\n\r\n",
+    b"\x00\x01\x02\x03\r\n\r\n",
+    b"GET " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n",
+    b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+])
+def test_raw_malformed_http(server, unchanged, data):
+    status, body = raw(server, data)
+    if status:  # the server may also just close the connection on bytes this broken
+        assert_json_error(status, body)
+
+
+def test_truncated_bodies_create_nothing(server, unchanged):
+    body = b'{"name": "never finished"}'
+    head = (b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    for cut in (0, 1, len(body) // 2, len(body) - 1):
+        status, _ = raw(server, head + body[:cut])
+        assert status == 0  # the request never completed: no answer, nothing done
