@@ -20,6 +20,8 @@ def field_schema(field: fields.Field) -> dict:
     """A JSON Schema (OpenAPI 3.0 dialect) for one marshmallow field."""
     if isinstance(field, fields.Nested):
         out = {"$ref": f"#/components/schemas/{_name(field.nested)}"}
+        if field.many:
+            out = {"type": "array", "items": out}
     elif isinstance(field, fields.List):
         out = {"type": "array", "items": field_schema(field.inner)}
     elif isinstance(field, (fields.Boolean, QueryBoolean)):

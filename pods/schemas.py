@@ -54,11 +54,18 @@ class PodSchema(Schema):
     client_id = fields.String(allow_none=True, metadata={"description": "Client ID of pod."})
     created_at = fields.String(required=True, metadata={"description": "Time at which pod was created."})
     # No endpoint changes a pod, so it was last updated when it was created.
-    updated_at = fields.Function(
-        lambda pod: pod["created_at"],
+    updated_at = fields.String(
+        attribute="created_at",
+        dump_only=True,
         required=True,
         metadata={"description": "Time at which pod was last updated."},
     )
+
+    def get_attribute(self, obj, attr, default):
+        # Pods are database rows holding every column: a plain lookup is all it
+        # takes. marshmallow's generic one tries several ways per field, which is
+        # a third of a 100-pod page's dump.
+        return obj[attr]
 
 
 class QueryBoolean(fields.Boolean):
@@ -124,7 +131,7 @@ class PodListSchema(Schema):
     next_page_token = fields.String(
         metadata={"description": "Page token for pagination; absent on the last page."}
     )
-    pods = fields.List(fields.Nested(PodSchema), required=True, metadata={"description": "The pods of this page."})
+    pods = fields.Nested(PodSchema, many=True, required=True, metadata={"description": "The pods of this page."})
 
 
 pod_create_schema = PodCreateSchema()

@@ -66,12 +66,14 @@ class PodsChannel(HTTPChannel):
 
 class QueueDepthSummary(logging.Filter):
     """waitress warns "Task queue depth is N" for every request that waits for a
-    thread: thousands of lines a second under load. Let one line through per
-    interval, with the peak depth since the last one."""
+    thread: thousands of lines a second under load, and even two requests in a
+    row on one thread make one. Let one line through per interval, once the
+    queue has been ``min_depth`` deep, with the peak depth since the last one."""
 
-    def __init__(self, interval: float = 60.0):
+    def __init__(self, interval: float = 60.0, min_depth: int = 10):
         super().__init__()
         self.interval = interval
+        self.min_depth = min_depth
         self.next_report = 0.0
         self.peak = 0
 
@@ -79,7 +81,7 @@ class QueueDepthSummary(logging.Filter):
         depth = record.args[0] if record.args else 0
         self.peak = max(self.peak, depth)
         now = time.monotonic()
-        if now < self.next_report:
+        if self.peak < self.min_depth or now < self.next_report:
             return False
         record.msg = (
             "requests are waiting for a worker thread: peak queue depth %d "

@@ -148,18 +148,24 @@ def test_log_level_warning_leaves_out_the_access_log(tmp_path):
     assert "pods.access" not in s.stderr
 
 
+def queue_warning(depth):
+    return logging.getLogger("test.queue").makeRecord(
+        "waitress.queue", logging.WARNING, __file__, 0, "Task queue depth is %d", (depth,), None
+    )
+
+
 def test_waitress_queue_warnings_become_one_line_per_interval():
-    logger = logging.getLogger("test.queue")
-    summary = QueueDepthSummary(interval=60)
+    summary = QueueDepthSummary(interval=60, min_depth=10)
+    assert not any(summary.filter(queue_warning(d)) for d in [1, 2, 9, 3] * 100)  # ordinary queueing
     passed = []
-    for depth in [1, 5, 30, 2] * 250:
-        record = logger.makeRecord("waitress.queue", logging.WARNING, __file__, 0, "Task queue depth is %d", (depth,), None)
+    for depth in [1, 5, 12, 30, 2] * 200:
+        record = queue_warning(depth)
         if summary.filter(record):
             passed.append(record.getMessage())
     assert len(passed) == 1
-    assert "peak queue depth 1" in passed[0]
+    assert "peak queue depth 12" in passed[0]
     summary.next_report = 0  # the interval has passed
-    record = logger.makeRecord("waitress.queue", logging.WARNING, __file__, 0, "Task queue depth is %d", (3,), None)
+    record = queue_warning(3)
     assert summary.filter(record)
     assert "peak queue depth 30" in record.getMessage()
 
