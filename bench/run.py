@@ -4,7 +4,12 @@
 
 Needs wrk (Debian: apt-get install wrk). Starts, on loopback:
   pods       the real server (python app.py), one worker
-  pods-2w    the real server with --workers 2
+  pods-2w    the real server with --workers 2 (on the same database file)
+  writes     the real server again, on a copy of the database, for creates,
+             so that they do not grow the file the reads measure (and
+             writes-2w with --workers 2)
+  deep-1k    the real server on 1,000 pods, deep-50k on 50,000, for one page
+             from the middle of the list
   ceiling    a bare Flask app on the same waitress set-up, answering with the
              same bytes the real server sends (bench/ceiling.py)
   stock      the same bare app on waitress as it comes (the "known trap")
@@ -26,7 +31,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -110,7 +115,7 @@ def seed(path: Path, pods: int) -> list[str]:
     try:
         queries.insert_api_key(conn, "bench", hash_key(KEY))
         org_id = queries.org_for_key_hash(conn, hash_key(KEY))["org_id"]
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        start = datetime(2026, 1, 1, tzinfo=UTC)
         rows = [
             (str(uuid.uuid4()), org_id, f"pod {i}", f"client-{i}",
              (start + timedelta(milliseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
@@ -175,7 +180,9 @@ def main() -> None:
     threads = args.threads or THREADS_DEFAULT
     work = Path(tempfile.mkdtemp(prefix="pods-bench-"))
     ids = seed(work / "small.db", 1000)
-    shutil.copy(work / "small.db", work / "small-2w.db")
+    # One copy per server, so that one scenario's writes never slow another's reads.
+    for copy in ("writes", "writes-2w", "deep-1k", "startup"):
+        shutil.copy(work / "small.db", work / f"{copy}.db")
     (work / "ids.txt").write_text("\n".join(ids) + "\n")
     seed(work / "large.db", 50_000)
     print(f"seeded 1,000 and 50,000 pods in {work}", file=sys.stderr)
@@ -183,8 +190,10 @@ def main() -> None:
     procs = {}
     try:
         procs["pods"] = pods_server("pods", work / "small.db", work, threads)
-        procs["pods-2w"] = pods_server("pods-2w", work / "small-2w.db", work, threads, workers=2)
-        procs["deep-1k"] = pods_server("deep-1k", work / "small.db", work, threads)
+        procs["pods-2w"] = pods_server("pods-2w", work / "small.db", work, threads, workers=2)
+        procs["writes"] = pods_server("writes", work / "writes.db", work, threads)
+        procs["writes-2w"] = pods_server("writes-2w", work / "writes-2w.db", work, threads, workers=2)
+        procs["deep-1k"] = pods_server("deep-1k", work / "deep-1k.db", work, threads)
         procs["deep-50k"] = pods_server("deep-50k", work / "large.db", work, threads)
         responses = {
             "pod": get(procs["pods"].url, f"/agent/v0/pods/{ids[0]}").decode(),
@@ -199,7 +208,7 @@ def main() -> None:
             "deep-1k": f"/agent/v0/pods?limit=100&page_token={middle_token(procs['deep-1k'].url, 1000)}",
             "deep-50k": f"/agent/v0/pods?limit=100&page_token={middle_token(procs['deep-50k'].url, 50_000)}",
         }
-        pods_before_2w = count_pods(work / "small-2w.db")
+        pods_before_2w = count_pods(work / "writes-2w.db")
 
         get_env = {"BENCH_IDS": str(work / "ids.txt")}
         scenarios = [
@@ -208,7 +217,7 @@ def main() -> None:
             ("get@32", "get_pod.lua", 32, get_env, ["pods", "pods-2w", "ceiling", "stock"]),
             ("list10@8", "get_path.lua", 8, {"BENCH_PATH": "/agent/v0/pods?limit=10"}, ["pods", "ceiling"]),
             ("list100@8", "get_path.lua", 8, {"BENCH_PATH": "/agent/v0/pods?limit=100"}, ["pods", "ceiling"]),
-            ("create@8", "create.lua", 8, {}, ["pods", "pods-2w"]),
+            ("create@8", "create.lua", 8, {}, ["writes", "writes-2w"]),
             ("deep page@1", "get_path.lua", 1, None, ["deep-1k", "deep-50k"]),
         ]
         runs: dict = {}
@@ -222,15 +231,15 @@ def main() -> None:
                           f"p99 {result['p99_us'] / 1000:6.1f} ms", file=sys.stderr)
         served = procs["pods"].requests
         rss = procs["pods"].rss_mb()
-        acknowledged_2w = sum(r["requests"] - r["non_2xx"] for r in runs["create@8"]["pods-2w"])
+        acknowledged_2w = sum(r["requests"] - r["non_2xx"] for r in runs["create@8"]["writes-2w"])
     finally:
         for p in procs.values():
             p.stop()
-    stored_2w = count_pods(work / "small-2w.db") - pods_before_2w
+    stored_2w = count_pods(work / "writes-2w.db") - pods_before_2w
     startups = [measure_startup(work, threads) for _ in range(5)]
 
     results = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "threads": threads, "cpus": os.cpu_count()},
         "scenarios": {name: {t: summary(rs) for t, rs in by_target.items()} for name, by_target in runs.items()},
         "raw": runs,
@@ -257,7 +266,6 @@ def count_pods(path: Path) -> int:
 
 def measure_startup(work: Path, threads: int) -> float:
     """Seconds from exec to the first 200 from /healthz, on an existing database."""
-    shutil.copy(work / "small.db", work / "startup.db")
     p = pods_server("startup", work / "startup.db", work, threads)
     p.stop()
     return p.first_answer
@@ -275,7 +283,7 @@ def targets_table(r: dict) -> list[dict]:
         ("GET at 8 vs at 1", rps("get@8", "pods") / rps("get@1", "pods"), ">= 1", lambda v: v >= 1),
         ("GET at 32 vs at 1", rps("get@32", "pods") / rps("get@1", "pods"), ">= 1", lambda v: v >= 1),
         ("list limit=10 at 8: vs ceiling", rps("list10@8", "pods") / rps("list10@8", "ceiling"), ">= 0.6", lambda v: v >= 0.6),
-        ("create at 8 vs own GET at 8", rps("create@8", "pods") / rps("get@8", "pods"), ">= 0.5", lambda v: v >= 0.5),
+        ("create at 8 vs own GET at 8", rps("create@8", "writes") / rps("get@8", "pods"), ">= 0.5", lambda v: v >= 0.5),
         ("deep page: 50,000 vs 1,000 pods latency",
          s["deep page@1"]["deep-50k"]["p50_ms_median"] / s["deep page@1"]["deep-1k"]["p50_ms_median"], "<= 1.3", lambda v: v <= 1.3),
         ("first answer after start, s", r["startup_s"]["median"], "<= 1.5", lambda v: v <= 1.5),

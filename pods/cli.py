@@ -11,7 +11,15 @@ import click
 
 from . import create_app, queries
 from .auth import hash_key, new_token
-from .db import SchemaTooNew, backup, checkpoint, close_thread_connection, connect, init_db, integrity_problems
+from .db import (
+    SchemaTooNew,
+    backup,
+    checkpoint,
+    close_thread_connection,
+    connect,
+    init_db,
+    integrity_problems,
+)
 
 DEFAULT_ORG = "default"
 THREADS_DEFAULT = 1
@@ -40,10 +48,17 @@ def _db_path(ctx: click.Context, db: str | None) -> str:
     return db or ctx.find_root().params["db"]
 
 
-def _open(path: str):
+@contextmanager
+def _database(path: str):
+    """A connection to the database at ``path`` (brought to the current schema),
+    with expected failures reported in one line."""
     with _clear_failures(path):
         init_db(path)
-        return connect(path)
+        conn = connect(path)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 @click.group(invoke_without_command=True)
@@ -87,8 +102,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     from . import server
 
     configure_logging(log_level)
+    _prepare_database(db, os.environ.get("PODS_API_KEY"))
     with _clear_failures(db):
-        _prepare_database(db, os.environ.get("PODS_API_KEY"))
         # One process builds its app now, so a failure shows before "serving on";
         # worker processes build their own after the fork (SQLite connections
         # must not cross one).
@@ -114,12 +129,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
 
 
 def _prepare_database(db: str, env_token: str | None) -> None:
-    init_db(db)
-    conn = connect(db)
-    try:
+    with _database(db) as conn:
         _bootstrap_key(conn, env_token)
-    finally:
-        conn.close()
 
 
 def _serve_worker(db: str, sock, threads: int) -> None:
@@ -182,11 +193,8 @@ def keys():
 def keys_create(ctx, org, db):
     """Create a key; its token is printed once, as the last line."""
     token = new_token()
-    conn = _open(_db_path(ctx, db))
-    try:
+    with _database(_db_path(ctx, db)) as conn:
         key_id = queries.insert_api_key(conn, org, hash_key(token))
-    finally:
-        conn.close()
     click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
     click.echo(token)
 
@@ -196,11 +204,8 @@ def keys_create(ctx, org, db):
 @click.pass_context
 def keys_list(ctx, db):
     """One key per line: key id, organization, created, revoked (or -)."""
-    conn = _open(_db_path(ctx, db))
-    try:
+    with _database(_db_path(ctx, db)) as conn:
         rows = queries.list_api_keys(conn)
-    finally:
-        conn.close()
     for row in rows:
         click.echo("\t".join([row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-"]))
 
@@ -211,11 +216,8 @@ def keys_list(ctx, db):
 @click.pass_context
 def keys_revoke(ctx, key_id, db):
     """Revoke a key; it fails from the next request on."""
-    conn = _open(_db_path(ctx, db))
-    try:
+    with _database(_db_path(ctx, db)) as conn:
         revoked_at = queries.revoke_api_key(conn, key_id)
-    finally:
-        conn.close()
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked API key {key_id} at {revoked_at}.")
@@ -230,11 +232,8 @@ def backup_command(ctx, path, db):
     source = _db_path(ctx, db)
     with _clear_failures(source):
         backup(source, path)
-        conn = connect(path)
-        try:
-            pods = queries.count_pods(conn)
-        finally:
-            conn.close()
+    with _database(path) as conn:
+        pods = queries.count_pods(conn)
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
 
 

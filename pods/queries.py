@@ -8,7 +8,7 @@ after a write has committed it.
 import secrets
 import sqlite3
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .db import write_tx
 
@@ -17,7 +17,7 @@ POD_COLUMNS = "pod_id, name, client_id, created_at"
 
 def utc_now() -> str:
     """The current time as fixed-width RFC 3339 UTC with microseconds."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- settings ---------------------------------------------------------------

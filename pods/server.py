@@ -1,5 +1,6 @@
 """Serving the app with waitress: configuration, graceful shutdown, worker processes."""
 
+import contextlib
 import json
 import logging
 import os
@@ -171,10 +172,8 @@ def run_until_signalled(server, on_exit) -> None:
     """
     logging.getLogger("waitress.queue").addFilter(QueueDepthSummary())
     stop = ShutdownSignal(server._map)
-    try:
+    with contextlib.suppress(wasyncore.ExitNow):  # how ShutdownSignal ends run()
         server.run()
-    except wasyncore.ExitNow:
-        pass
     log.info("shutting down: finishing requests in flight")
     # Close the listening socket only (waitress's server.close() would also close
     # the trigger that task threads pull when they finish): new connections are
@@ -236,10 +235,8 @@ def run_workers(jobs: list) -> int:
         nonlocal stopping
         stopping = True
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     for sig in ShutdownSignal.SIGNALS:
         signal.signal(sig, stop_all)

@@ -53,16 +53,25 @@ def test_paging_while_others_create_and_delete_sees_every_stable_pod_once(server
         stable = [c.post(URL, json={"name": f"stable {i}"}).json() for i in range(120)]
     stop = threading.Event()
     churned = []
+    progress = threading.Condition()
 
     def churn(n):
         with httpx.Client(base_url=server.url, headers=auth, timeout=30) as c:
             i = 0
             while not stop.is_set():
                 pod = c.post(URL, json={"name": f"churn {n}-{i}"}).json()
-                churned.append(pod["pod_id"])
                 if i % 2:
                     assert c.delete(f"{URL}/{pod['pod_id']}").status_code == 200
+                with progress:
+                    churned.append(pod["pod_id"])
+                    progress.notify_all()
                 i += 1
+
+    def wait_for_more_churn():
+        """Between two pages, at least one more create (and maybe a delete) lands."""
+        with progress:
+            seen = len(churned)
+            assert progress.wait_for(lambda: len(churned) > seen, timeout=10)
 
     churners = [threading.Thread(target=churn, args=(n,)) for n in range(3)]
     for t in churners:
@@ -77,11 +86,11 @@ def test_paging_while_others_create_and_delete_sees_every_stable_pod_once(server
                 if "next_page_token" not in page:
                     break
                 params["page_token"] = page["next_page_token"]
+                wait_for_more_churn()
     finally:
         stop.set()
         for t in churners:
             t.join()
-    assert churned, "nothing changed while paging"
     ids = [p["pod_id"] for p in seen]
     assert len(ids) == len(set(ids)), "a pod was listed twice"
     expected = stable if ascending else stable[::-1]

@@ -11,7 +11,6 @@ from agentmail.errors import NotFoundError, ValidationError
 from live import Server
 
 
-
 @pytest.fixture
 def sdk():
     """sdk(url, key) -> an AgentMail client aimed at this server; closed afterwards."""
