@@ -6,6 +6,7 @@ so threads queue on the lock and other processes (a second worker, the CLI) wait
 SQLite's busy timeout instead of failing with "database is locked".
 """
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -155,15 +156,21 @@ def backup(source: str, dest: str) -> None:
     partial = dest + ".partial"
     src = connect_existing(source)
     try:
-        out = sqlite3.connect(partial)
+        try:
+            out = sqlite3.connect(partial)
+        except sqlite3.OperationalError as e:
+            raise sqlite3.OperationalError(f"cannot write {partial}: {e}") from None
         try:
             src.backup(out)
         finally:
             out.close()
+        problems = integrity_problems(partial)
+        if problems:
+            raise sqlite3.DatabaseError(f"backup failed its integrity check: {problems[0]}")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
     finally:
         src.close()
-    problems = integrity_problems(partial)
-    if problems:
-        os.remove(partial)
-        raise sqlite3.DatabaseError(f"backup failed its integrity check: {problems[0]}")
     os.replace(partial, dest)

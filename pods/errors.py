@@ -46,7 +46,7 @@ def _http_error(e: HTTPException):
     # A view's own description ("Pod not found.") is kept; werkzeug's stock HTML-ish
     # prose is replaced by the contract's short default.
     message = e.description if e.description != type(e).description else None
-    response.set_data(json.dumps(error_body(e.code, message)))
+    response.set_data(json.dumps(error_body(e.code, message), separators=(",", ":")))
     response.content_type = "application/json"
     return response
 

@@ -34,7 +34,7 @@ class JsonErrorTask(ErrorTask):
     def execute(self):
         e = self.request.error
         detail = {"_request": [e.body]} if e.code == 400 else None
-        body = json.dumps(error_body(e.code, errors=detail)).encode()
+        body = json.dumps(error_body(e.code, errors=detail), separators=(",", ":")).encode()
         self.status = f"{e.code} {e.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
