@@ -1,0 +1,77 @@
+"""App-side CPU per request, without network or server: call each WSGI app directly.
+
+    python bench/app_cost.py
+
+Seeds 1,000 pods, then times the ceiling app's GET and pods' GET, list limit=10 and
+list limit=100 (best of 5 runs each). The difference between these and what
+bench/run.py measures through waitress is the cost of serving: sockets, threads,
+the GIL hand-offs around every SQLite call and write.
+"""
+
+import io
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+import ceiling  # noqa: E402
+import run  # noqa: E402
+
+from pods import create_app  # noqa: E402
+
+
+def environ(path: str, query: str = "") -> dict:
+    return {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+        "wsgi.multiprocess": False, "wsgi.run_once": False, "HTTP_HOST": "127.0.0.1",
+        "HTTP_AUTHORIZATION": f"Bearer {run.KEY}",
+    }
+
+
+def cost_us(wsgi, make_environ, n: int) -> float:
+    def start_response(status, headers, exc_info=None):
+        pass
+
+    for i in range(min(n, 300)):
+        b"".join(wsgi(make_environ(i), start_response))
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for i in range(n):
+            b"".join(wsgi(make_environ(i), start_response))
+        best = min(best, (time.perf_counter() - started) / n * 1e6)
+    return best
+
+
+def main() -> None:
+    # The access log as when serving at the default level, written nowhere.
+    logging.basicConfig(level=logging.INFO, stream=open("/dev/null", "w"))
+    work = Path(tempfile.mkdtemp(prefix="pods-app-cost-"))
+    ids = run.seed(work / "cost.db", 1000)
+    app = create_app({"DB": str(work / "cost.db")})
+    pod = b"".join(app(environ(f"/agent/v0/pods/{ids[0]}"), lambda *a: None)).decode()
+    bare = ceiling.build_app({"pod": pod, "page10": json.dumps({}), "page100": json.dumps({})})
+
+    def by_id(i):
+        return environ(f"/agent/v0/pods/{ids[i % len(ids)]}")
+
+    rows = [
+        ("ceiling GET", cost_us(bare, by_id, 3000)),
+        ("pods GET", cost_us(app, by_id, 3000)),
+        ("pods list limit=10", cost_us(app, lambda i: environ("/agent/v0/pods", "limit=10"), 3000)),
+        ("pods list limit=100", cost_us(app, lambda i: environ("/agent/v0/pods", "limit=100"), 1000)),
+    ]
+    for label, us in rows:
+        print(f"{label:22} {us:7.0f} us per request")
+
+
+if __name__ == "__main__":
+    main()
