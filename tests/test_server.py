@@ -107,3 +107,17 @@ def test_http_level_errors_are_json_too(live_server):
     assert answer.startswith(b"HTTP/1.0 431") and b"application/json" in answer
     # And the server answers normally afterwards.
     assert httpx.get(live_server.url + "/healthz").json() == {"status": "ok"}
+
+
+def test_head_and_get_answer_alike_minus_the_body(live_server):
+    token = live_server.bootstrap_token
+    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}) as c:
+        pod = c.post("/agent/v0/pods", json={"name": "h"}).json()
+        got = c.get(f"/agent/v0/pods/{pod['pod_id']}")
+        head = c.head(f"/agent/v0/pods/{pod['pod_id']}")
+        assert (got.status_code, head.status_code) == (200, 200)
+        assert head.content == b""
+        assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.content))
+        assert got.json() == pod
+        # The connection is still good after both.
+        assert c.get("/healthz").json() == {"status": "ok"}
