@@ -5,11 +5,12 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from contextlib import contextmanager
 
 import click
 
-from . import create_app, queries
+from . import create_app, queries, server
 from .auth import hash_key, new_token
 from .db import (
     SchemaTooNew,
@@ -88,8 +89,6 @@ def cli(ctx, host, port, db, threads, workers, log_level):
 
 
 def configure_logging(level: str) -> None:
-    import time
-
     logging.Formatter.converter = time.gmtime  # timestamps in UTC, like the API's
     # The logging HOWTO's optimizations: nothing here logs the caller's source
     # line, thread or process, and finding them costs on every access-log line.
@@ -99,8 +98,6 @@ def configure_logging(level: str) -> None:
 
 
 def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str) -> None:
-    from . import server
-
     configure_logging(log_level)
     _prepare_database(db, os.environ.get("PODS_API_KEY"))
     with _clear_failures(db):
@@ -144,8 +141,6 @@ def _serve_worker(db: str, sock, threads: int) -> None:
 
 
 def _serve_app(app, sock, threads: int) -> None:
-    from . import server
-
     db = app.config["DB"]
     waitress_server = server.make_server(app, sock, threads)
     server.run_until_signalled(waitress_server, on_exit=lambda: _close_database(db))
@@ -171,14 +166,20 @@ def _clear_failures(db: str):
 def _bootstrap_key(conn, env_token: str | None) -> None:
     """Make PODS_API_KEY a key of "default", or give a new database its first key."""
     if env_token:
-        queries.insert_api_key(conn, DEFAULT_ORG, hash_key(env_token))
-        if queries.org_for_key_hash(conn, hash_key(env_token)) is None:
+        key_hash = hash_key(env_token)
+        queries.insert_api_key(conn, DEFAULT_ORG, key_hash)
+        if queries.org_for_key_hash(conn, key_hash) is None:
             click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
     elif queries.count_api_keys(conn) == 0:
-        token = new_token()
-        key_id = queries.insert_api_key(conn, DEFAULT_ORG, hash_key(token))
-        click.echo(f'Created API key {key_id} for organization "{DEFAULT_ORG}". It is shown only once:')
-        click.echo(token)
+        _create_key(conn, DEFAULT_ORG)
+
+
+def _create_key(conn, org: str) -> None:
+    """Store a new key for ``org`` and print it: once, as the last line."""
+    token = new_token()
+    key_id = queries.insert_api_key(conn, org, hash_key(token))
+    click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
+    click.echo(token)
 
 
 @cli.group()
@@ -192,11 +193,8 @@ def keys():
 @click.pass_context
 def keys_create(ctx, org, db):
     """Create a key; its token is printed once, as the last line."""
-    token = new_token()
     with _database(_db_path(ctx, db)) as conn:
-        key_id = queries.insert_api_key(conn, org, hash_key(token))
-    click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
-    click.echo(token)
+        _create_key(conn, org)
 
 
 @keys.command("list")

@@ -35,6 +35,11 @@ def error_body(status: int, message: str | None = None, errors: dict | None = No
     return body
 
 
+def error_json(status: int, message: str | None = None, errors: dict | None = None) -> str:
+    """The error as compact JSON text, for answers built outside Flask's view return."""
+    return json.dumps(error_body(status, message, errors), separators=(",", ":"))
+
+
 def error_response(status: int, message: str | None = None, errors: dict | None = None):
     """A (body, status) tuple that Flask turns into a JSON response."""
     return error_body(status, message, errors), status
@@ -46,7 +51,7 @@ def _http_error(e: HTTPException):
     # A view's own description ("Pod not found.") is kept; werkzeug's stock HTML-ish
     # prose is replaced by the contract's short default.
     message = e.description if e.description != type(e).description else None
-    response.set_data(json.dumps(error_body(e.code, message), separators=(",", ":")))
+    response.set_data(error_json(e.code, message))
     response.content_type = "application/json"
     return response
 

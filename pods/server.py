@@ -1,7 +1,6 @@
 """Serving the app with waitress: configuration, graceful shutdown, worker processes."""
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -15,7 +14,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask, WSGITask
 
-from .errors import error_body
+from .errors import error_json
 
 log = logging.getLogger("pods.server")
 
@@ -34,7 +33,7 @@ class JsonErrorTask(ErrorTask):
     def execute(self):
         e = self.request.error
         detail = {"_request": [e.body]} if e.code == 400 else None
-        body = json.dumps(error_body(e.code, errors=detail), separators=(",", ":")).encode()
+        body = error_json(e.code, errors=detail).encode()
         self.status = f"{e.code} {e.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
@@ -125,6 +124,7 @@ class ShutdownSignal(wasyncore.dispatcher):
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    requested = False
 
     def __init__(self, map):
         self.reader, self.writer = socket.socketpair()
@@ -140,8 +140,6 @@ class ShutdownSignal(wasyncore.dispatcher):
 
     def writable(self):
         return False
-
-    requested = False
 
     def handle_read(self):
         received = self.reader.recv(64)
