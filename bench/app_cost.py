@@ -11,6 +11,7 @@ the GIL hand-offs around every SQLite call and write.
 import io
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -53,7 +54,8 @@ def cost_us(wsgi, make_environ, n: int) -> float:
 
 def main() -> None:
     # The access log as when serving at the default level, written nowhere.
-    logging.basicConfig(level=logging.INFO, stream=open("/dev/null", "w"))
+    sys.stderr = open(os.devnull, "w")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="pods-app-cost-"))
     ids = run.seed(work / "cost.db", 1000)
     app = create_app({"DB": str(work / "cost.db")})

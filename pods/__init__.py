@@ -5,6 +5,7 @@ import secrets
 from flask import Flask
 
 from . import accesslog, db, errors, queries
+from .jsonprovider import CompactJSONProvider
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -14,6 +15,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     ``test_config``.
     """
     app = Flask(__name__)
+    app.json = CompactJSONProvider(app)
     app.config.from_mapping(
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -32,8 +34,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
     app.wsgi_app = accesslog.AccessLog(app.wsgi_app)
-    # Keys in the order the schemas declare them, and no sorting per response.
-    app.json.sort_keys = False
 
     from . import api, meta
 

@@ -5,6 +5,7 @@ import secrets
 
 from flask import request
 from flask_httpauth import HTTPTokenAuth
+from werkzeug.datastructures import Authorization
 
 from . import queries
 from .accesslog import ORG_ENVIRON_KEY
@@ -12,8 +13,6 @@ from .db import get_db
 from .errors import error_response
 
 TOKEN_PREFIX = "pods_"
-
-auth = HTTPTokenAuth(scheme="Bearer")
 
 
 def new_token() -> str:
@@ -40,11 +39,20 @@ def bearer_token(header: str) -> str:
     return token.lstrip(" ")
 
 
+class ExactBearerAuth(HTTPTokenAuth):
+    """flask-httpauth's bearer-token auth, given the token exactly as sent
+    (``bearer_token``) instead of as werkzeug's Authorization parser reads it."""
+
+    def get_auth(self):
+        token = bearer_token(request.environ.get("HTTP_AUTHORIZATION", ""))
+        return Authorization("bearer", token=token) if token else None
+
+
+auth = ExactBearerAuth(scheme="Bearer")
+
+
 @auth.verify_token
-def verify_token(_parsed_by_werkzeug):
-    token = bearer_token(request.headers.get("Authorization", ""))
-    if not token:  # flask-httpauth calls us even when no header was sent
-        return None
+def verify_token(token: str):
     caller = queries.org_for_key_hash(get_db(), hash_key(token))
     if caller is not None:
         request.environ[ORG_ENVIRON_KEY] = caller["org_name"]
