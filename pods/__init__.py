@@ -5,7 +5,7 @@ import secrets
 from flask import Flask
 
 from . import accesslog, db, errors, queries
-from .jsonprovider import CompactJSONProvider
+from .leanflask import CompactJSONProvider, NoSessions
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -16,6 +16,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """
     app = Flask(__name__)
     app.json = CompactJSONProvider(app)
+    app.session_interface = NoSessions()
     app.config.from_mapping(
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,

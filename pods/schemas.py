@@ -48,24 +48,30 @@ class PodCreateSchema(Schema):
     )
 
 
+class Column(fields.String):
+    """A text column of a pod row, dumped as it is stored.
+
+    Rows always hold every column, as str (or None where the column allows it), so
+    the value needs no lookup strategy, no default and no conversion: marshmallow's
+    generic path for those was half of a 10-pod page's dump.
+    """
+
+    def serialize(self, attr, obj, accessor=None, **kwargs):
+        return obj[self.attribute or attr]
+
+
 class PodSchema(Schema):
-    pod_id = fields.String(required=True, metadata={"description": "ID of pod."})
-    name = fields.String(required=True, metadata={"description": "Name of pod."})
-    client_id = fields.String(allow_none=True, metadata={"description": "Client ID of pod."})
-    created_at = fields.String(required=True, metadata={"description": "Time at which pod was created."})
+    pod_id = Column(required=True, metadata={"description": "ID of pod."})
+    name = Column(required=True, metadata={"description": "Name of pod."})
+    client_id = Column(allow_none=True, metadata={"description": "Client ID of pod."})
+    created_at = Column(required=True, metadata={"description": "Time at which pod was created."})
     # No endpoint changes a pod, so it was last updated when it was created.
-    updated_at = fields.String(
+    updated_at = Column(
         attribute="created_at",
         dump_only=True,
         required=True,
         metadata={"description": "Time at which pod was last updated."},
     )
-
-    def get_attribute(self, obj, attr, default):
-        # Pods are database rows holding every column: a plain lookup is all it
-        # takes. marshmallow's generic one tries several ways per field, which is
-        # a third of a 100-pod page's dump.
-        return obj[attr]
 
 
 class QueryBoolean(fields.Boolean):
