@@ -6,6 +6,12 @@ Seeds 1,000 pods, then times the ceiling app's GET and pods' GET, list limit=10 
 list limit=100 (best of 5 runs each). The difference between these and what
 bench/run.py measures through waitress is the cost of serving: sockets, threads,
 the GIL hand-offs around every SQLite call and write.
+
+Then the floor: pods' GET again, its own steps swapped for constants one after
+another (key lookup, pod lookup, access-log line, dump, teardown, JSON encoding).
+What is left is Flask, flask-httpauth and the blueprint, i.e. the least a GET
+through the mandated stack can cost; its ratio to the ceiling bounds what any
+amount of work on pods' own code can reach.
 """
 
 import io
@@ -73,6 +79,36 @@ def main() -> None:
     ]
     for label, us in rows:
         print(f"{label:22} {us:7.0f} us per request")
+    print("\nthe floor: pods GET with its own steps swapped for constants, one after another")
+    for label, us in floor(app, by_id, ids[0]):
+        print(f"{label:34} {us:7.0f} us per request  (ceiling / this: {rows[0][1] / us:.2f})")
+
+
+def floor(app, by_id, pod_id: str) -> list:
+    """Patch pods' GET step by step; returns (what is left, cost) after each patch."""
+    from flask import Response
+
+    from pods import auth, db, queries
+    from pods.schemas import pod_schema
+
+    with app.app_context():
+        caller = dict(queries.org_for_key_hash(db.get_db(), auth.hash_key(run.KEY)))
+        pod = dict(queries.find_pod(db.get_db(), caller["org_id"], pod_id))
+    dumped = pod_schema.dump(pod)
+    body = (json.dumps(dumped, separators=(",", ":")) + "\n").encode()
+    steps = [
+        ("key lookup", lambda: setattr(queries, "org_for_key_hash", lambda conn, key_hash: caller)),
+        ("pod lookup", lambda: setattr(queries, "find_pod", lambda conn, org_id, pod_id: pod)),
+        ("access-log line", lambda: logging.getLogger("pods.access").setLevel(logging.WARNING)),
+        ("dump", lambda: setattr(pod_schema, "dump", lambda obj: dumped)),
+        ("teardown", app.teardown_appcontext_funcs.clear),
+        ("JSON encoding", lambda: setattr(app.json, "response", lambda obj: Response(body, mimetype="application/json"))),
+    ]
+    results = [("pods GET, as it is", cost_us(app, by_id, 3000))]
+    for label, patch in steps:
+        patch()
+        results.append((f"... and no {label}", cost_us(app, by_id, 3000)))
+    return results
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from live import Server, run_app
 
+from pods.accesslog import new_request_id
 from pods.server import QueueDepthSummary
 
 URL = "/agent/v0/pods"
@@ -139,6 +140,18 @@ def test_access_log_one_line_per_request_with_request_id_and_org(tmp_path):
         ("POST", URL, "200", r.headers["X-Request-Id"], "default"),
     ]
     assert token not in s.stderr and "secret-looking" not in s.stderr
+
+
+def test_made_request_ids_are_distinct_also_across_forked_workers(client):
+    made = {client.get("/healthz").headers["X-Request-Id"] for _ in range(2000)}
+    assert len(made) == 2000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker, as --workers makes them
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != new_request_id()
 
 
 def test_log_level_warning_leaves_out_the_access_log(tmp_path):

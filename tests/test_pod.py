@@ -13,6 +13,17 @@ def test_get_returns_the_created_pod(client, headers, create):
     assert r.json == pod
 
 
+def test_get_answers_compact_json_in_the_documented_key_order(client, headers, create):
+    pod = create(name="n", client_id=None)
+    r = client.get(f"{URL}/{pod['pod_id']}", headers=headers)
+    assert r.content_type == "application/json"
+    assert "Set-Cookie" not in r.headers  # stateless: no session
+    assert r.data == (
+        f'{{"pod_id":"{pod["pod_id"]}","name":"n","client_id":null,'
+        f'"created_at":"{pod["created_at"]}","updated_at":"{pod["created_at"]}"}}\n'
+    ).encode()
+
+
 @pytest.mark.parametrize(
     "pod_id",
     [
