@@ -57,12 +57,16 @@ class AccessLog:
             return self.wsgi_app(environ, start_with_id)
         finally:
             if log.isEnabledFor(logging.INFO):
-                sys.stderr.write(
+                line = (
                     f"{self._timestamp()} INFO pods.access {environ.get('REQUEST_METHOD')}"
                     f" {environ.get('PATH_INFO')} {status}"
                     f" {(time.perf_counter() - started) * 1000:.1f}ms request_id={request_id}"
                     f" org={environ.get(ORG_ENVIRON_KEY, '-')}\n"
                 )
+                try:
+                    sys.stderr.write(line)
+                except (OSError, ValueError):  # stderr closed or gone: drop the line, not the answer
+                    pass
 
     def _timestamp(self) -> str:
         """Now in UTC, as the other log lines show it: 2026-11-29T04:38:45.900Z."""
