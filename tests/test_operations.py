@@ -151,7 +151,9 @@ def test_made_request_ids_are_distinct_also_across_forked_workers(client):
         os.write(write, new_request_id().encode())
         os._exit(0)
     os.waitpid(pid, 0)
-    assert os.read(read, 64).decode() != new_request_id()
+    os.close(write)
+    with os.fdopen(read) as from_worker:
+        assert from_worker.read() != new_request_id()
 
 
 def test_log_level_warning_leaves_out_the_access_log(tmp_path):
