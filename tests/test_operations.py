@@ -316,10 +316,11 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path):
     assert_one_line_failure(run_app("--port", "0", "--db", path), "schema version 99", "upgrade pods")
 
 
-def test_an_unwritable_stderr_loses_the_log_line_not_the_answer(client, headers, monkeypatch, caplog):
+def test_an_unwritable_stderr_loses_the_log_line_not_the_answer(client, headers, sql, monkeypatch, caplog):
     closed = open(os.devnull, "w")
     closed.close()
     monkeypatch.setattr("sys.stderr", closed)
     caplog.set_level(logging.INFO, logger="pods.access")  # the line is attempted
     r = client.post("/agent/v0/pods", json={"name": "kept"}, headers=headers)
     assert r.status_code == 200 and r.json["name"] == "kept"
+    assert sql("SELECT name FROM pod") == [("kept",)]
