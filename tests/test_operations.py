@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import threading
 import time
+import warnings
 
 import httpx
 import pytest
@@ -146,7 +147,9 @@ def test_made_request_ids_are_distinct_also_across_forked_workers(client):
     made = {client.get("/healthz").headers["X-Request-Id"] for _ in range(2000)}
     assert len(made) == 2000
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # a worker, as --workers makes them
         os.write(write, new_request_id().encode())
         os._exit(0)
