@@ -21,6 +21,9 @@ import time
 
 log = logging.getLogger("pods.access")
 
+# The seconds part of every log line's time (cli.LOG_FORMAT adds ".mmmZ").
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
 # Set by authentication to the caller's organization name.
 ORG_ENVIRON_KEY = "pods.org"
 
@@ -58,7 +61,7 @@ class AccessLog:
         finally:
             if log.isEnabledFor(logging.INFO):
                 line = (
-                    f"{self._timestamp()} INFO pods.access {environ.get('REQUEST_METHOD')}"
+                    f"{self._timestamp()} INFO {log.name} {environ.get('REQUEST_METHOD')}"
                     f" {environ.get('PATH_INFO')} {status}"
                     f" {(time.perf_counter() - started) * 1000:.1f}ms request_id={request_id}"
                     f" org={environ.get(ORG_ENVIRON_KEY, '-')}\n"
@@ -74,6 +77,6 @@ class AccessLog:
         whole = int(now)
         second, text = self._second
         if second != whole:
-            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            text = time.strftime(TIME_FORMAT, time.gmtime(whole))
             self._second = (whole, text)
         return f"{text}.{int((now - whole) * 1000):03d}Z"
