@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_app(responses: dict) -> Flask:
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # as pods' (make_server reads it)
     pod, page10, page100 = (responses[k].encode() for k in ("pod", "page10", "page100"))
 
     @app.get("/agent/v0/pods/<pod_id>")

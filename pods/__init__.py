@@ -34,7 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
-    app.wsgi_app = accesslog.AccessLog(app.wsgi_app)
+    app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
 
     from . import api, meta
 

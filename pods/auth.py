@@ -8,7 +8,7 @@ from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
 from . import queries
-from .accesslog import ORG_ENVIRON_KEY
+from .accesslog import CALLER_ENVIRON_KEY
 from .db import get_db
 from .errors import error_response
 
@@ -55,7 +55,7 @@ auth = ExactBearerAuth(scheme="Bearer")
 def verify_token(token: str):
     caller = queries.org_for_key_hash(get_db(), hash_key(token))
     if caller is not None:
-        request.environ[ORG_ENVIRON_KEY] = caller["org_name"]
+        request.environ[CALLER_ENVIRON_KEY] = caller  # for the access log
     return caller
 
 

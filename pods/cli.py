@@ -5,12 +5,11 @@ import logging
 import os
 import sqlite3
 import sys
-import time
 from contextlib import contextmanager
 
 import click
 
-from . import accesslog, create_app, queries, server
+from . import accesslog, create_app, logstream, queries, server
 from .auth import hash_key, new_token
 from .db import (
     SchemaTooNew,
@@ -25,8 +24,6 @@ from .db import (
 DEFAULT_ORG = "default"
 THREADS_DEFAULT = 1
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-# The access log (pods/accesslog.py) writes its lines in this same format itself.
-LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s"
 
 
 def _org_name(ctx, param, value):
@@ -43,6 +40,13 @@ def db_option(default):
         show_default=default is not None,
         help="SQLite database file (env PODS_DB).",
     )
+
+
+def _trusted_proxies(ctx, param, value):
+    try:
+        return accesslog.parse_trusted_proxies(value or "")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _db_path(ctx: click.Context, db: str | None) -> str:
@@ -76,8 +80,22 @@ def _database(path: str):
 @click.option("--log-level", envvar="PODS_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="info logs one line per request (env PODS_LOG_LEVEL).")
+@click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=_trusted_proxies,
+              help="Address(es) or network(s), comma-separated, of a reverse proxy whose X-Forwarded-For "
+                   "gives the client address for the log; nobody else's is used (env PODS_TRUSTED_PROXY).")
+@click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=server.HEADER_TIMEOUT,
+              show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a request's head may take to arrive, from its first byte (from the "
+                   "connection's opening, for the first request) (env PODS_HEADER_TIMEOUT).")
+@click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=server.KEEPALIVE_TIMEOUT,
+              show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds an idle kept-alive connection stays open (env PODS_KEEPALIVE_TIMEOUT).")
+@click.option("--connection-limit", envvar="PODS_CONNECTION_LIMIT", default=server.CONNECTION_LIMIT,
+              show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Open connections per process; at the limit the one idle longest is closed to admit "
+                   "a new one (env PODS_CONNECTION_LIMIT).")
 @click.pass_context
-def cli(ctx, host, port, db, threads, workers, log_level):
+def cli(ctx, host, port, db, threads, workers, log_level, **limits):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -86,40 +104,69 @@ def cli(ctx, host, port, db, threads, workers, log_level):
     that token a key of "default".
     """
     if ctx.invoked_subcommand is None:
-        serve(host, port, db, threads, workers, log_level)
+        try:
+            serve(host, port, db, threads, workers, log_level, limits)
+        finally:
+            logstream.stderr.flush(timeout=2)  # a stalled log reader delays the exit by this at most
 
 
 def configure_logging(level: str) -> None:
-    logging.Formatter.converter = time.gmtime  # timestamps in UTC, like the API's
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, datefmt=accesslog.TIME_FORMAT, stream=sys.stderr)
+    """Every log line to stderr, through the log stream (never blocking)."""
+    root = logging.getLogger()
+    root.handlers[:] = [logstream.LogStreamHandler(logstream.stderr)]
+    root.setLevel(level.upper())
 
 
-def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str) -> None:
+def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str, limits: dict) -> None:
     configure_logging(log_level)
+    limits["trusted_proxies"] = limits.pop("trusted_proxy")
+    limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
     _prepare_database(db, os.environ.get("PODS_API_KEY"))
+    config = {"DB": db, "TRUSTED_PROXIES": limits["trusted_proxies"]}
     with _clear_failures(db):
         # One process builds its app now, so a failure shows before "serving on";
         # worker processes build their own after the fork (SQLite connections
         # must not cross one).
-        app = create_app({"DB": db}) if workers == 1 else None
-    try:
-        sockets = [server.listening_socket(host, port, reuse_port=workers > 1)]
-        port = sockets[0].getsockname()[1]  # the real one, when 0 asked for any
-        sockets += [server.listening_socket(host, port, reuse_port=True) for _ in range(workers - 1)]
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        app = create_app(config) if workers == 1 else None
+    sockets, port_lock = _listen(host, port, workers)
 
     url_host = f"[{host}]" if ":" in host else host
-    click.echo(f"pods serving on http://{url_host}:{port} (database {db}, {workers} worker(s))")
+    click.echo(f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]} (database {db}, {workers} worker(s))")
     sys.stdout.flush()
     if app is not None:
-        _serve_app(app, sockets[0], threads)
+        _serve_app(app, sockets[0], threads, limits)
         return
-    code = server.run_workers([functools.partial(_serve_worker, db, sock, threads) for sock in sockets])
-    for sock in sockets:
+    code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
+    for sock in sockets + [port_lock]:
         sock.close()
     if code:
         sys.exit(code)
+
+
+def _listen(host: str, port: int, workers: int):
+    """The listening sockets (one per worker, sharing the port) and the port's lock
+    (``server.hold_port``): one server per port, whatever --workers says."""
+    port_lock = None
+    try:
+        if port:
+            port_lock = server.hold_port(port)
+        sockets = [server.listening_socket(host, port, reuse_port=workers > 1)]
+        port = sockets[0].getsockname()[1]  # the real one, when 0 asked for any
+        if port_lock is None:
+            port_lock = server.hold_port(port)
+        sockets += [server.listening_socket(host, port, reuse_port=True) for _ in range(workers - 1)]
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sockets, port_lock
+
+
+def _fit_connection_limit(wanted: int) -> int:
+    fits = server.raise_open_file_limit(wanted)
+    if fits < wanted:
+        logging.getLogger("pods.server").warning(
+            "connection limit lowered from %d to %d: the open-file limit (ulimit -n) allows no more", wanted, fits
+        )
+    return fits
 
 
 def _prepare_database(db: str, env_token: str | None) -> None:
@@ -127,19 +174,19 @@ def _prepare_database(db: str, env_token: str | None) -> None:
         _bootstrap_key(conn, env_token)
 
 
-def _serve_worker(db: str, sock, threads: int) -> None:
+def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
     try:
-        with _clear_failures(db):
-            app = create_app({"DB": db})
+        with _clear_failures(config["DB"]):
+            app = create_app(config)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, threads)
+    _serve_app(app, sock, threads, limits)
 
 
-def _serve_app(app, sock, threads: int) -> None:
+def _serve_app(app, sock, threads: int, limits: dict) -> None:
     db = app.config["DB"]
-    waitress_server = server.make_server(app, sock, threads)
+    waitress_server = server.make_server(app, sock, threads, **limits)
     server.run_until_signalled(waitress_server, on_exit=lambda: _close_database(db))
 
 

@@ -1,6 +1,15 @@
-"""Serving the app with waitress: configuration, graceful shutdown, worker processes."""
+"""Serving the app with waitress: connections, limits, graceful shutdown, worker processes.
+
+pods adapts waitress in a few places (``PodsServer``, ``PodsChannel``,
+``PodsRequestParser`` and the two task classes below), each for a reason given
+where it is done. They use waitress internals, so pyproject.toml pins waitress to
+the minor version they were written and tested against.
+"""
 
 import contextlib
+import ctypes
+import functools
+import io
 import logging
 import os
 import signal
@@ -10,42 +19,93 @@ import threading
 import time
 
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.server import create_server
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
+from waitress.utilities import RequestEntityTooLarge
 
+from . import accesslog, logstream
 from .errors import error_json
 
 log = logging.getLogger("pods.server")
 
-# Flask answers bodies over MAX_CONTENT_LENGTH (64 KiB). waitress reads up to this
-# bound so that a client that sent a modest oversized body still reads its 413
-# (closing a socket with unread bytes makes the kernel send a reset); beyond it
-# waitress refuses from the headers alone, before buffering anything.
-WAITRESS_BODY_LIMIT = 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Defaults of the serve flags of the same names (see the README's configuration table).
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 30.0
+CONNECTION_LIMIT = 4096
+# What is left of an oversized body is read and dropped, up to these bounds (nginx's
+# lingering close), so that a client that writes its whole body before it reads
+# (Python's http.client, curl --data-binary) still reads its 413.
+DISCARD_MAX_BYTES = 16 * 1024 * 1024
+DISCARD_MAX_SECONDS = 10.0
+# Once the answer is sent, a client that sends nothing for this long is done.
+LINGER_IDLE_SECONDS = 2.0
 
 
-class JsonErrorTask(ErrorTask):
-    """waitress's own answers (malformed request, body over the limit, headers too
-    large) in the contract's JSON error shape instead of text/plain."""
+class PodsRequestParser(HTTPRequestParser):
+    """waitress's request parser, except for a body over the limit.
 
-    def execute(self):
-        e = self.request.error
-        detail = {"_request": [e.body]} if e.code == 400 else None
-        body = error_json(e.code, errors=detail).encode()
-        self.status = f"{e.code} {e.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
+    waitress answers such a request itself, from its headers, and closes while the
+    client is still writing: the kernel then resets the connection and many
+    clients never read the answer. Here the request is handed to the app at once,
+    without its body and marked ``too_large`` (so the app answers it, after
+    authentication, with its usual JSON 413), and the channel reads and drops the
+    rest of the body (``PodsChannel.discard``).
+    """
+
+    too_large = False
+
+    def __init__(self, adj, channel=None):
+        super().__init__(adj)
+        self.channel = channel
+
+    def received(self, data):
+        consumed = super().received(data)
+        if isinstance(self.error, RequestEntityTooLarge):
+            self.error = None
+            self.too_large = True
+            self.expect_continue = False  # never invite the body with "100 Continue"
+            self.close()  # the part of a chunked body buffered so far
+            self.body_rcv = None
+            if self.channel is not None:
+                announced = None if self.chunked else self.content_length
+                self.channel.discard(already=len(data) - consumed, announced=announced)
+            return len(data)  # the rest of this read is body, not a next request
+        return consumed
+
+    @property
+    def received_length(self) -> int:
+        """At least the body's length: what it announced, or what came of it."""
+        return max(self.content_length, self.body_bytes_received)
 
 
 class CoalescingTask(WSGITask):
-    """Sends the status line and headers in the same write as a body that comes in
-    one piece, as every pods response does: one send() per response instead of two.
-    Each send releases the GIL, and under load each hand-off costs more than the
-    send (GET at 8 connections: +15%, measured)."""
+    """A request's task. Two things differ from waitress's:
+
+    - It sends the status line and headers in the same write as a body that
+      comes in one piece, as every pods response does: one send() per response
+      instead of two. Each send releases the GIL, and under load each hand-off
+      costs more than the send (GET at 8 connections: +15%, measured).
+    - An oversized request (``PodsRequestParser``) reaches the app with no body
+      and a Content-Length over the app's limit, so that werkzeug answers 413
+      wherever a view reads the body; its connection closes after the answer.
+      During shutdown, every answer closes its connection too.
+    """
+
+    def start(self):
+        super().start()
+        if self.request.too_large or self.channel.server.stopping:
+            self.set_close_on_finish()
+
+    def get_environment(self):
+        environ = super().get_environment()
+        if self.request.too_large:
+            environ["CONTENT_LENGTH"] = str(self.request.received_length)
+            environ["wsgi.input"] = io.BytesIO()
+        return environ
 
     def write(self, data):
         if self.wrote_header or not data:
@@ -63,9 +123,54 @@ class CoalescingTask(WSGITask):
             super().write(data)
 
 
+class JsonErrorTask(ErrorTask):
+    """waitress's own answers (a malformed request, headers too large, an error
+    escaping the app) in the contract's JSON error shape instead of text/plain,
+    with a request id, and logged like every other answer."""
+
+    def execute(self):
+        started = time.perf_counter()
+        request, channel = self.request, self.channel
+        e = request.error
+        detail = {"_request": [e.body]} if e.code == 400 else None
+        body = error_json(e.code, errors=detail).encode()
+        request_id = accesslog.request_id_for(request.headers.get("X_REQUEST_ID", ""))
+        self.status = f"{e.code} {e.reason}"
+        self.response_headers += [("Content-Type", "application/json"), ("X-Request-Id", request_id)]
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        # A head too large to parse says nothing reliable about method or path.
+        parsed = e.code != 431
+        accesslog.write_line(
+            getattr(request, "command", "") if parsed else "",
+            getattr(request, "path", "") if parsed else "",
+            e.code,
+            started,
+            request_id,
+            client=accesslog.client_address(
+                channel.addr[0], request.headers.get("X_FORWARDED_FOR"), channel.server.trusted_proxies
+            ),
+        )
+
+
 class PodsChannel(HTTPChannel):
+    """One client connection. Beyond waitress's channel it knows its deadlines
+    (``enforce_deadlines``) and how to drop an oversized body (``discard``)."""
+
     task_class = CoalescingTask
     error_task_class = JsonErrorTask
+
+    discarding = False  # reading and dropping the rest of an oversized body
+    lingering = False  # the answer is sent (and our side shut); still dropping
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        super().__init__(server, sock, addr, adj, map)
+        self.parser_class = functools.partial(PodsRequestParser, channel=self)
+        # When the head of the request being read began to arrive. A new
+        # connection's first request head is due from the moment it opened;
+        # None while no head is being read.
+        self.head_started = self.creation_time
 
     def writable(self):
         # While a task thread serves a request it sends its own output and pulls the
@@ -85,6 +190,148 @@ class PodsChannel(HTTPChannel):
     def busy(self) -> bool:
         """Serving a request, holding unsent output, or part-way through reading one."""
         return bool(self.requests or self.total_outbufs_len or self.request is not None)
+
+    def received(self, data):
+        if self.head_started is None:
+            self.head_started = time.time()
+        result = super().received(data)
+        if self.request is None or self.request.headers_finished:
+            self.head_started = None
+        return result
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def enforce_deadlines(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+        """Close this connection if it is past a deadline (``now`` is time.time()).
+
+        A request's head must arrive within ``header_timeout`` of its first byte
+        (of the connection's opening, for the first request), however slowly it
+        trickles in; a body must keep coming, with no pause that long; an idle
+        kept-alive connection is closed after ``keepalive_timeout``. The app's own
+        time is not limited here.
+        """
+        if self.discarding or self.lingering:
+            if now > self.discard_deadline or (self.lingering and now - self.last_activity > LINGER_IDLE_SECONDS):
+                self.handle_close()
+        elif self.requests or self.total_outbufs_len:
+            return  # the app is answering
+        elif self.head_started is not None:
+            if now - self.head_started > header_timeout:
+                self.handle_close()
+        elif self.request is not None:  # reading a body
+            if now - self.last_activity > header_timeout:
+                self.handle_close()
+        elif now - self.last_activity > keepalive_timeout:
+            self.handle_close()
+
+    def has_unread_input(self) -> bool:
+        """Whether bytes (or the client's close) wait unread in the socket."""
+        try:
+            self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # a reset: reading it closes the channel
+        return True
+
+    # -- dropping an oversized body ------------------------------------------------
+
+    def discard(self, already: int, announced: int | None) -> None:
+        """Drop what is left of the current request's body: ``already`` bytes of it
+        came with its head, and ``announced`` is its Content-Length (None when
+        chunked). Stops at the announced end, at the client's close, or past
+        DISCARD_MAX_BYTES or DISCARD_MAX_SECONDS; the connection then closes once
+        the answer is out."""
+        self.discarding = True
+        self.discard_deadline = time.time() + DISCARD_MAX_SECONDS
+        self.discarded = 0
+        self.discard_left = announced
+        self._dropped(already)
+
+    def readable(self):
+        return self.discarding or super().readable()
+
+    def handle_read(self):
+        if not self.discarding:
+            return super().handle_read()
+        try:
+            data = self.socket.recv(self.adj.recv_bytes)
+        except OSError:
+            self.handle_close()
+            return
+        if data:
+            self.last_activity = time.time()
+            self._dropped(len(data))
+        else:  # the client has sent everything: answer (if not done yet), then close
+            self._stop_discarding()
+
+    def _dropped(self, count: int) -> None:
+        self.discarded += count
+        if self.discard_left is not None:
+            self.discard_left -= count
+        if (self.discard_left is not None and self.discard_left <= 0) or self.discarded > DISCARD_MAX_BYTES:
+            self._stop_discarding()
+
+    def _stop_discarding(self) -> None:
+        # Not reading any more: the answer goes out (if it has not), then the
+        # connection closes (ordinary close_when_flushed handling).
+        self.discarding = False
+        if self.lingering:
+            self.handle_close()
+
+    def handle_write(self):
+        if self.discarding and self.close_when_flushed and not self.requests:
+            # The answer is complete: send it, then shut our side (so the client
+            # sees its end) and keep dropping what the client still sends, instead
+            # of closing a socket with unread input, which resets the connection.
+            self._flush_exception(self._flush_some)
+            if self.will_close:
+                self.handle_close()
+            elif not self.total_outbufs_len:
+                self.close_when_flushed = False
+                self.lingering = True
+                with contextlib.suppress(OSError):
+                    self.socket.shutdown(socket.SHUT_WR)
+            return
+        super().handle_write()
+
+
+class PodsServer(TcpWSGIServer):
+    """waitress's TCP server on an already bound socket, with deadlines for every
+    connection and, at the connection limit, room made by closing the connection
+    idle the longest rather than refusing everyone new."""
+
+    channel_class = PodsChannel
+    stopping = False  # set at shutdown: every answer from then on closes its connection
+
+    def __init__(self, app, sock, adj, header_timeout, keepalive_timeout, trusted_proxies):
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.trusted_proxies = trusted_proxies
+        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+        super().__init__(app, map={}, _sock=sock, adj=adj, bind_socket=False, sockinfo=sockinfo)
+
+    def readable(self):
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        if len(self.active_channels) < self.adj.connection_limit:
+            return True
+        return self._close_idlest()
+
+    def _close_idlest(self) -> bool:
+        idle = [c for c in self.active_channels.values() if not c.busy]
+        if not idle:
+            return False  # every connection is mid-request; their deadlines free room
+        min(idle, key=lambda c: c.last_activity).handle_close()
+        return True
+
+    def maintenance(self, now):
+        for channel in list(self.active_channels.values()):
+            channel.enforce_deadlines(now, self.header_timeout, self.keepalive_timeout)
 
 
 class QueueDepthSummary(logging.Filter):
@@ -171,25 +418,78 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def make_server(app, sock: socket.socket, threads: int):
+def hold_port(port: int) -> socket.socket:
+    """A lock on ``port`` for this machine, held while the returned socket is open
+    (and inherited by worker processes): an abstract Unix socket named after the
+    port, which the kernel frees when the last process holding it exits.
+
+    Worker processes share the port through SO_REUSEPORT, which would just as
+    well let a second server share it, and the kernel would then split clients
+    between two databases. The lock refuses that second server instead.
+
+    :raise OSError: EADDRINUSE, another pods server holds the port.
+    """
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0pods-port-{port}")
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
+def raise_open_file_limit(connections: int) -> int:
+    """Raise this process's open-file limit to fit ``connections`` (plus files of
+    its own) as far as the hard limit allows. Returns the connections that fit."""
+    import resource
+
+    spare = 64  # the database, its WAL, the log, sockets of the event loop ...
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return connections if soft == resource.RLIM_INFINITY else min(connections, soft - spare)
+
+
+def make_server(
+    app,
+    sock: socket.socket,
+    threads: int = 1,
+    header_timeout: float = HEADER_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    connection_limit: int = CONNECTION_LIMIT,
+    trusted_proxies: tuple = (),
+):
     """A waitress server for ``app`` on a bound socket, ready to ``run()``."""
-    server = create_server(
-        app,
+    adj = Adjustments(
         sockets=[sock],
         threads=threads,
         ident="pods",
-        max_request_body_size=WAITRESS_BODY_LIMIT,
+        # Bodies over the app's limit are answered by the app without being read
+        # (PodsRequestParser); this makes waitress hand them over that way.
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1,
+        connection_limit=connection_limit,
+        cleanup_interval=1,  # PodsServer.maintenance enforces the deadlines
+        asyncore_use_poll=True,  # select() cannot watch descriptors past 1,024
+        # The access log decides whose X-Forwarded-For to believe (--trusted-proxy);
+        # waitress's own handling would answer a malformed one in plain text.
+        clear_untrusted_proxy_headers=False,
     )
-    server.channel_class = PodsChannel
-    return server
+    return PodsServer(app, sock, adj, header_timeout, keepalive_timeout, trusted_proxies)
+
+
+def _loop_once(server, timeout: float) -> None:
+    wasyncore.loop(timeout=timeout, map=server._map, use_poll=True, count=1)
 
 
 def run_until_signalled(server, on_exit) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
-    Stop accepting, let requests already received finish (at most
-    SHUTDOWN_GRACE_SECONDS), close connections as they fall idle, stop the worker
-    threads, then call ``on_exit`` (which closes the database).
+    Stop accepting, answer the requests already received (at most
+    SHUTDOWN_GRACE_SECONDS; each answer closes its connection), close
+    connections as they fall idle, stop the worker threads, then call
+    ``on_exit`` (which closes the database).
     """
     logging.getLogger("waitress.queue").addFilter(QueueDepthSummary())
     stop = ShutdownSignal(server._map)
@@ -200,16 +500,19 @@ def run_until_signalled(server, on_exit) -> None:
     # the trigger that task threads pull when they finish): new connections are
     # refused from now on.
     server.accepting = False
+    server.stopping = True
     wasyncore.dispatcher.close(server)
     deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
     while True:
         channels = [c for c in server._map.values() if isinstance(c, PodsChannel)]
         for channel in channels:
-            if not channel.busy:
+            # A request that arrived whole but is still unread in the socket has
+            # been sent: the loop below reads and answers it, then the channel closes.
+            if not channel.busy and not channel.has_unread_input():
                 channel.close()
-        if not any(c.busy for c in channels) or time.monotonic() > deadline:
+        if not any(c.busy or c.connected for c in channels) or time.monotonic() > deadline:
             break
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        _loop_once(server, timeout=0.05)
     unfinished = [c for c in server._map.values() if isinstance(c, PodsChannel)]
     if unfinished:
         log.warning("grace period over: closing %d busy connection(s)", len(unfinished))
@@ -227,17 +530,29 @@ def run_until_signalled(server, on_exit) -> None:
     log.info("stopped")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies, so that a
+    ``kill -9`` of the parent leaves no orphan workers serving (Linux only)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(jobs: list) -> int:
     """Fork one process per job (each serves until signalled), forward SIGTERM and
     SIGINT to them, and wait. If one dies unasked, stop the others too, so that a
-    supervisor such as systemd restarts the whole server. Returns 0 when every
-    worker exited cleanly after a signal."""
+    supervisor such as systemd restarts the whole server; if the parent dies, the
+    workers stop. Returns 0 when every worker exited cleanly after a signal."""
+    parent = os.getpid()
     pids = set()
     for job in jobs:
         pid = os.fork()
         if pid == 0:  # the child
             code = 1
             try:
+                _die_with_parent(parent)
                 job()
                 code = 0
             except SystemExit as e:
@@ -245,8 +560,9 @@ def run_workers(jobs: list) -> int:
             except BaseException:
                 log.exception("worker failed")
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                logstream.stderr.flush(timeout=2)
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
                 os._exit(code)
         pids.add(pid)
 

@@ -116,7 +116,7 @@ def test_a_signal_during_a_burst_loses_no_acknowledged_write(tmp_path, workers, 
 ACCESS_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO pods\.access "
     r"(?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{3}) (?P<ms>\d+\.\d)ms "
-    r"request_id=(?P<rid>\S+) org=(?P<org>\S+)$"
+    r"request_id=(?P<rid>\S+) org=(?P<org>\S+) key=(?P<key>\S+) client=(?P<client>\S+)$"
 )
 
 

@@ -1,0 +1,267 @@
+"""The access log: one line per answer that no client can forge or break, with who
+asked; and logging that never holds up an answer or a shutdown."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from live import APP, Server
+
+from pods.accesslog import client_address, escape, escape_text, parse_trusted_proxies
+
+URL = "/agent/v0/pods"
+KEY = "pods_log-test-key-0123456789abcdefghijklmnopqrstuvwxyz"
+ACCESS_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO pods\.access "
+    r"(?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}|-) (?P<ms>\d+\.\d)ms "
+    r"request_id=(?P<rid>\S+) org=(?P<org>\S+) key=(?P<key>\S+) client=(?P<client>\S+)$"
+)
+
+
+def access_lines(stderr: str) -> list[dict]:
+    return [m.groupdict() for m in map(ACCESS_LINE.match, stderr.splitlines()) if m]
+
+
+def raw_answer(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("logs") / "logs.db", env={"PODS_API_KEY": KEY})
+    yield s
+    assert s.stop() == 0
+
+
+# -- escaping -------------------------------------------------------------------------
+
+
+def test_escape_leaves_visible_ascii_and_escapes_every_other_byte():
+    for code in range(256):
+        char = chr(code)
+        expected = char if 0x21 <= code <= 0x7E and char != "\\" else f"\\x{code:02x}"
+        assert escape(char) == expected
+    assert escape("") == "-"
+    assert escape_text("Zürich org") == "Z\\xc3\\xbcrich\\x20org"
+
+
+HOSTILE_PATHS = {
+    "newline": "/agent/v0/pods/x%0A2026-11-29T00:00:00.000Z%20INFO%20pods.access%20DELETE%20/agent/v0/pods/y%20200",
+    "carriage-return": "/agent/v0/pods/x%0Dforged",
+    "escape": "/agent/v0/pods/%1b%5b31mred%1b%5b0m",
+    "nul": "/agent/v0/pods/a%00b",
+    "del": "/agent/v0/pods/a%7Fb",
+    "invalid-utf8": "/agent/v0/pods/%FF%FE%C0%AE",
+    "backslash": "/agent/v0/pods/a%5Cx0a",
+    "space": "/agent/v0/pods/a%20200%201.0ms",
+    "long": "/agent/v0/pods/" + "a%0A" * 50_000,
+}
+
+
+def test_hostile_paths_each_make_exactly_one_escaped_line(server):
+    ids = {}
+    for name, path in HOSTILE_PATHS.items():
+        ids[name] = f"hostile-{name}"
+        request = (f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {ids[name]}\r\n"
+                   f"Connection: close\r\n\r\n").encode()
+        assert raw_answer(server.port, request).startswith(b"HTTP/1.1 401")
+    # The same through an ordinary client, and raw bytes no client would send.
+    r = httpx.get(server.url + HOSTILE_PATHS["newline"], headers={"X-Request-Id": "hostile-httpx"})
+    assert r.status_code == 401
+    # waitress refuses these itself; its answer is logged all the same.
+    raw_bytes = b"GET /agent/v0/pods/\x1b[2J\xff\x7f HTTP/1.1\r\nHost: x\r\nX-Request-Id: hostile-raw\r\n\r\n"
+    answer = raw_answer(server.port, raw_bytes)
+    ids["raw"], ids["httpx"] = "hostile-raw", "hostile-httpx"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = access_lines(server.stderr)
+        if {line["rid"] for line in lines} >= set(ids.values()):
+            break
+        time.sleep(0.05)
+    text = server.stderr
+    # Nothing a client sent reaches the log unescaped: no control character, no byte
+    # outside ASCII, one line per request and every line parseable.
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\U0010ffff]", text)
+    assert all(ACCESS_LINE.match(line) or " pods.access " not in line for line in text.splitlines())
+    by_id = {}
+    for line in access_lines(text):
+        by_id.setdefault(line["rid"], []).append(line)
+    for rid in ids.values():
+        assert len(by_id[rid]) == 1, rid
+    assert by_id["hostile-newline"][0]["path"] == (
+        "/agent/v0/pods/x\\x0a2026-11-29T00:00:00.000Z\\x20INFO\\x20pods.access\\x20DELETE"
+        "\\x20/agent/v0/pods/y\\x20200"
+    )
+    assert by_id["hostile-escape"][0]["path"] == "/agent/v0/pods/\\x1b[31mred\\x1b[0m"
+    assert by_id["hostile-invalid-utf8"][0]["path"] == "/agent/v0/pods/\\xff\\xfe\\xc0\\xae"
+    assert by_id["hostile-backslash"][0]["path"] == "/agent/v0/pods/a\\x5cx0a"
+    assert (by_id["hostile-raw"][0]["status"], by_id["hostile-raw"][0]["path"]) == ("400", "-")
+    assert len(by_id["hostile-long"][0]["path"]) < 5000  # cut, so one line stays one write
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_answers_waitress_gives_itself_are_logged_with_their_status(server):
+    before = len(access_lines(server.stderr))
+    assert raw_answer(server.port, b"GARBAGE\x1b[31m\r\n\r\n").startswith(b"HTTP/1.0 400")
+    big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n"
+    assert raw_answer(server.port, big_head).startswith(b"HTTP/1.0 431")
+    deadline = time.monotonic() + 5
+    while len(access_lines(server.stderr)) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = access_lines(server.stderr)[before:]
+    assert [(x["status"], x["org"], x["key"], x["client"]) for x in new] == [
+        ("400", "-", "-", "127.0.0.1"),
+        ("431", "-", "-", "127.0.0.1"),
+    ]
+    assert new[1]["method"] == new[1]["path"] == "-"
+
+
+def test_lines_name_the_key_and_the_client_never_the_token(server):
+    r = httpx.get(server.url + URL, headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "who-asked"})
+    assert r.status_code == 200
+    time.sleep(0.3)
+    line = next(x for x in access_lines(server.stderr) if x["rid"] == "who-asked")
+    key_id = server_key_id(server)
+    assert (line["org"], line["key"], line["client"]) == ("default", key_id, "127.0.0.1")
+    assert KEY not in server.stderr
+
+
+def server_key_id(server) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(server.db)
+    try:
+        return conn.execute("SELECT key_id FROM api_key").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# -- the client's address behind a reverse proxy -------------------------------------------
+
+
+def test_client_address_comes_from_a_trusted_proxy_only():
+    trusted = parse_trusted_proxies("10.0.0.1, 192.168.0.0/24")
+    assert client_address("10.0.0.1", "6.6.6.6, 203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("192.168.0.77", "203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("10.0.0.2", "203.0.113.9", trusted) == "10.0.0.2"  # not the proxy
+    assert client_address("10.0.0.1", "203.0.113.9", ()) == "10.0.0.1"  # no proxy trusted
+    assert client_address("10.0.0.1", "not-an-address", trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", None, trusted) == "10.0.0.1"
+    with pytest.raises(ValueError):
+        parse_trusted_proxies("proxy.example")
+
+
+@pytest.mark.parametrize("trusted,expected", [(None, "127.0.0.1"), ("127.0.0.1", "198.51.100.4"),
+                                              ("10.9.9.9", "127.0.0.1")])
+def test_trusted_proxy_flag_on_a_live_server(tmp_path, trusted, expected):
+    args = ("--trusted-proxy", trusted) if trusted else ()
+    s = Server(tmp_path / "proxy.db", *args, env={"PODS_API_KEY": KEY})
+    try:
+        r = httpx.get(s.url + URL, headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "proxied",
+                                            "X-Forwarded-For": "6.6.6.6, 198.51.100.4"})
+        assert r.status_code == 200
+    finally:
+        assert s.stop() == 0
+    line = next(x for x in access_lines(s.stderr) if x["rid"] == "proxied")
+    assert line["client"] == expected
+
+
+def test_a_bad_trusted_proxy_is_refused_at_start(tmp_path):
+    result = subprocess.run([sys.executable, APP, "--trusted-proxy", "nonsense", "--db", str(tmp_path / "x.db")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--trusted-proxy" in result.stderr
+
+
+# -- a log nobody reads ---------------------------------------------------------------------
+
+
+def test_a_stderr_nobody_reads_never_stops_answers_or_shutdown(tmp_path):
+    """stderr is a pipe that nobody reads during a burst far larger than the pipe
+    holds: every request is answered; once the pipe is read again, the log says
+    how many lines it dropped, and lines written plus lines dropped are every
+    request. Then a SIGTERM with the pipe full again stops the server."""
+    db = tmp_path / "stalled.db"
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
+                            stderr=subprocess.PIPE, env={**os.environ, "PODS_API_KEY": KEY})
+    try:
+        url = wait_for_url(tmp_path / "out.txt", proc)
+        requests = 6000  # about a megabyte of access lines; the pipe holds 64 KiB
+        started = time.monotonic()
+        with httpx.Client(base_url=url, timeout=10, headers={"X-Request-Id": "burst"}) as c:
+            statuses = {c.get("/healthz").status_code for _ in range(requests)}
+        assert statuses == {200}
+        assert time.monotonic() - started < 60
+        # Read the pipe again: the backlog drains, then the notice of what was lost.
+        collected = []
+        reader = threading.Thread(target=lambda: collected.append(proc.stderr.read()))
+        reader.start()
+        assert httpx.get(url + "/healthz", headers={"X-Request-Id": "after"}).status_code == 200
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        proc.stderr.close()
+    text = collected[0].decode()
+    dropped = sum(int(n) for n in re.findall(r"WARNING pods\.log (\d+) log line\(s\) dropped", text))
+    logged = sum(1 for line in access_lines(text) if line["rid"] in ("burst", "after"))
+    assert dropped > 0
+    assert logged + dropped == requests + 1  # every answer was logged or counted as dropped
+    assert "stopped" in text
+
+
+def test_sigterm_with_a_full_log_pipe_stops_the_server(tmp_path):
+    db = tmp_path / "stuck.db"
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
+                            stderr=subprocess.PIPE, env={**os.environ, "PODS_API_KEY": KEY})
+    try:
+        url = wait_for_url(tmp_path / "out.txt", proc)
+        with httpx.Client(base_url=url, timeout=10) as c:
+            for _ in range(3000):
+                assert c.get("/healthz").status_code == 200
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 8
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        proc.stderr.close()
+
+
+def wait_for_url(stdout_path, proc) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = re.search(r"serving on (http://\S+)", stdout_path.read_text())
+        if m:
+            url = m.group(1)
+            port = int(url.rsplit(":", 1)[1])
+            while time.monotonic() < deadline:
+                try:
+                    answer = raw_answer(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if answer.startswith(b"HTTP/1.1 200"):
+                        return url
+                except OSError:
+                    time.sleep(0.05)
+        assert proc.poll() is None, "server exited"
+        time.sleep(0.05)
+    raise AssertionError("server did not start")
