@@ -7,6 +7,9 @@ from flask import Flask
 from . import accesslog, db, errors, queries
 from .leanflask import CompactJSONProvider, NoSessions
 
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app and bring its database to the current schema.

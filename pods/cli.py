@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import click
 
-from . import accesslog, create_app, logstream, queries, server
+from . import __version__, accesslog, create_app, logstream, queries, server
 from .auth import hash_key, new_token
 from .db import (
     SchemaTooNew,
@@ -68,6 +68,7 @@ def _database(path: str):
 
 
 @click.group(invoke_without_command=True)
+@click.version_option(__version__, prog_name="pods")
 @click.option("--host", envvar="PODS_HOST", default="127.0.0.1", show_default=True,
               help="Interface to listen on (env PODS_HOST).")
 @click.option("--port", envvar="PODS_PORT", default=8080, show_default=True,

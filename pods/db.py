@@ -11,18 +11,18 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 from flask import current_app
 
+from .schemafiles import version_history
+
 BUSY_TIMEOUT_MS = 5000
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 
 # schema.sql is version 1, frozen. migrations/NNNN-*.sql takes a database from
 # version NNNN - 1 to NNNN. Each script opens its own transaction and sets
 # user_version before COMMIT, because executescript() commits whatever
 # transaction was open before it runs.
-MIGRATIONS = sorted((Path(__file__).resolve().parent / "migrations").glob("[0-9][0-9][0-9][0-9]-*.sql"))
+SCHEMA, *MIGRATIONS = version_history("pods", "schema.sql", "migrations")
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 _local = threading.local()
@@ -102,10 +102,10 @@ def init_db(path: str) -> None:
                 f"database {path} has schema version {version}, "
                 f"newer than this server's {SCHEMA_VERSION}; upgrade pods"
             )
-        scripts = [SCHEMA_PATH] + MIGRATIONS
+        scripts = [SCHEMA, *MIGRATIONS]
         for script in scripts[version:]:
             try:
-                conn.executescript(script.read_text())
+                conn.executescript(script.read_text(encoding="utf-8"))
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

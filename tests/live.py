@@ -26,19 +26,23 @@ def run_app(*args, env=None, timeout=60):
 
 class Server:
     """``python app.py --port 0 --db DB ARGS`` with its output in files (a pipe
-    nobody reads would fill with access-log lines and block the server)."""
+    nobody reads would fill with access-log lines and block the server).
 
-    def __init__(self, db_path, *args, env=None, workdir=None):
+    ``command`` replaces ``python app.py`` (an installed ``pods``, ``python
+    pods.pyz``), run in the directory ``cwd``."""
+
+    def __init__(self, db_path, *args, env=None, workdir=None, command=None, cwd=None):
         self.db = str(db_path)
         workdir = Path(workdir or Path(self.db).parent)
         self.stdout_path = workdir / f"server-{os.getpid()}-{time.monotonic_ns()}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, APP, "--port", "0", "--db", self.db, *args],
+                [*(command or [sys.executable, APP]), "--port", "0", "--db", self.db, *args],
                 stdout=out,
                 stderr=err,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -1,0 +1,26 @@
+"""Where the SQL scripts that build and upgrade a database are found.
+
+Every reader of schema or migration files goes through ``version_history``, which
+reads them as package data (``importlib.resources``), never by a path relative to
+the source tree: a clone, an editable install, a wheel and ``pods.pyz`` (a zip)
+all find them the same way. ``pods/schema.sql`` is a symlink to the top-level
+``schema.sql``; builds copy its content into the wheel and the sdist.
+"""
+
+import re
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
+MIGRATION_NAME = re.compile(r"[0-9]{4}-.+\.sql")
+
+
+def version_history(package: str, baseline: str, migrations: str) -> list[Traversable]:
+    """The scripts that take a new database to the current version, in order.
+
+    Script ``i`` takes a database from version ``i`` to ``i + 1``: ``baseline``
+    (a file of ``package``) is version 1, then every ``NNNN-*.sql`` in the folder
+    ``migrations`` of ``package``, by name.
+    """
+    root = files(package)
+    steps = sorted((p for p in (root / migrations).iterdir() if MIGRATION_NAME.fullmatch(p.name)), key=lambda p: p.name)
+    return [root / baseline, *steps]

@@ -1,0 +1,231 @@
+"""pods as it ships: the sdist, the wheel installed in a fresh venv, and pods.pyz
+run by a Python that has none of the dependencies. Each serves, from outside the
+source tree, a round trip of the official SDK."""
+
+import ast
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import zipfile
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import NamedTuple
+
+import httpx
+import pytest
+from agentmail import AgentMail
+from agentmail.environment import AgentMailEnvironment
+from agentmail.errors import NotFoundError
+from live import Server, run_app
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+import pods
+from pods import db
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL_FILES = ["schema.sql", *(f"migrations/{p.name}" for p in (ROOT / "pods" / "migrations").glob("*.sql"))]
+# pyproject.toml holds these to the minor version the tests ran against (why: there).
+BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth"]
+
+
+class Dist(NamedTuple):
+    sdist: Path
+    wheel: Path
+    wheelhouse: Path  # the wheel and a wheel of each of its dependencies
+
+
+def run(command, **kwargs) -> subprocess.CompletedProcess:
+    """Run to completion; on failure, fail the test with the command's output."""
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory) -> Dist:
+    """Built once per session, as a release is: the sdist, then the wheel from the
+    sdist (so a file missing from the sdist is missing from the wheel too)."""
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT])
+    wheel = next(out.glob("pods-*.whl"))
+    wheelhouse = out / "wheelhouse"
+    # Dependencies as wheels, from pip's cache when it has them, so that installs
+    # into fresh environments below need no index.
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", wheelhouse, wheel])
+    return Dist(next(out.glob("pods-*.tar.gz")), wheel, wheelhouse)
+
+
+def fresh_python(path: Path) -> Path:
+    """A venv without pip or any package: only the standard library."""
+    run([sys.executable, "-m", "venv", "--without-pip", path])
+    return path / "bin" / "python"
+
+
+def sdk_round_trip(server: Server) -> None:
+    environment = AgentMailEnvironment(http=server.url + "/agent", websockets="ws://unused")
+    with httpx.Client(timeout=30) as transport:
+        client = AgentMail(api_key=server.bootstrap_token, environment=environment, httpx_client=transport)
+        pod = client.pods.create(name="Edge", client_id="edge-1")
+        assert (pod.name, pod.client_id) == ("Edge", "edge-1")
+        assert client.pods.get(pod_id=pod.pod_id) == pod
+        assert [p.pod_id for p in client.pods.list().pods] == [pod.pod_id]
+        assert client.pods.delete(pod_id=pod.pod_id) is None
+        with pytest.raises(NotFoundError):
+            client.pods.get(pod_id=pod.pod_id)
+        assert client.pods.list().count == 0
+
+
+def schema_version(path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def third_party_imports(sources: dict[str, str]) -> set[str]:
+    """Top-level names of the modules ``sources`` import, less the standard library and pods."""
+    names = set()
+    for source in sources.values():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"pods"}
+
+
+# -- the sdist and the wheel -------------------------------------------------------
+
+
+def test_the_sdist_and_the_wheel_carry_the_schema_and_migrations_as_package_data(dist):
+    with tarfile.open(dist.sdist) as sdist:
+        top = f"{dist.sdist.name.removesuffix('.tar.gz')}/"
+        design_card = sdist.extractfile(top + "schema.sql").read()
+        assert sdist.extractfile(top + "pods/schema.sql").read() == design_card
+        assert {top + "app.py", top + "tests/conftest.py", top + "tests/fixtures/v1.db"} <= set(sdist.getnames())
+    assert design_card == (ROOT / "schema.sql").read_bytes()
+
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        for name in SQL_FILES:
+            assert wheel.read(f"pods/{name}") == (ROOT / "pods" / name).read_bytes(), name
+        assert not [n for n in wheel.namelist() if not n.startswith(("pods/", "pods-"))]
+        assert "pods = pods.cli:cli" in wheel.read(f"pods-{pods.__version__}.dist-info/entry_points.txt").decode()
+
+
+def test_the_wheel_declares_every_package_pods_imports_and_bounds_the_fragile_ones(dist):
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        sources = {n: wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".py")}
+        metadata = HeaderParser().parsestr(wheel.read(f"pods-{pods.__version__}.dist-info/METADATA").decode())
+    assert metadata["Version"] == pods.__version__
+    requires = {canonicalize_name(r.name): r for r in map(Requirement, metadata.get_all("Requires-Dist"))
+                if not r.marker}  # extras (test) carry a marker
+    imported = third_party_imports(sources)
+    assert {"click", "flask", "werkzeug", "waitress"} <= imported
+    for module in imported:
+        distribution = canonicalize_name(importlib.metadata.packages_distributions()[module][0])
+        assert distribution in requires, f"pods imports {module} but does not declare {distribution}"
+
+    for name in BOUNDED:
+        tested = Version(importlib.metadata.version(name))
+        next_minor = Version(f"{tested.major}.{tested.minor + 1}")
+        assert tested in requires[name].specifier and next_minor not in requires[name].specifier, name
+
+
+def test_one_version_everywhere(dist):
+    assert run_app("--version").stdout == f"pods, version {pods.__version__}\n"
+    assert dist.wheel.name.startswith(f"pods-{pods.__version__}-")
+
+
+# -- installed from the wheel -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def installed(dist, tmp_path_factory) -> Path:
+    """A fresh venv outside the source tree with the wheel installed; its bin/."""
+    python = fresh_python(tmp_path_factory.mktemp("installed") / "venv")
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+         "--no-index", "--find-links", dist.wheelhouse, "pods"])
+    return python.parent
+
+
+def test_the_installed_pods_command_serves_from_any_directory(installed, tmp_path):
+    module = run([installed / "python", "-c", "import pods; print(pods.__file__)"], cwd=tmp_path).stdout
+    assert Path(module).is_relative_to(installed.parent) and not Path(module).is_relative_to(ROOT)
+
+    elsewhere, data = tmp_path / "elsewhere", tmp_path / "data"
+    elsewhere.mkdir()
+    data.mkdir()
+    server = Server(data / "pods.db", command=[installed / "pods"], cwd=elsewhere, workdir=tmp_path)
+    try:
+        sdk_round_trip(server)
+        assert schema_version(server.db) == db.SCHEMA_VERSION  # schema.sql and the migrations were found
+    finally:
+        assert server.stop() == 0
+    assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("command, prog", [(["pods"], "pods"), (["python", "-m", "pods"], "python -m pods")])
+def test_pods_and_python_m_pods_are_the_same_command_line(installed, tmp_path, command, prog):
+    command = [installed / command[0], *command[1:]]
+    assert run([*command, "--version"], cwd=tmp_path).stdout == f"pods, version {pods.__version__}\n"
+    assert run([*command, "--help"], cwd=tmp_path).stdout == run_app("--help").stdout.replace("app.py", prog)
+    wrong = subprocess.run([*command, "nosuch"], capture_output=True, text=True, cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert f"Try '{prog} --help' for help." in wrong.stderr and "No such command 'nosuch'" in wrong.stderr
+
+
+# -- pods.pyz ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pyz(dist, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pyz") / "pods.pyz"
+    run([sys.executable, ROOT / "scripts" / "build_pyz.py", "--find-links", dist.wheelhouse, "--output", out])
+    return out
+
+
+def test_the_pyz_holds_only_pure_python_and_the_package_data(pyz):
+    with zipfile.ZipFile(pyz) as z:
+        names = z.namelist()
+        for name in SQL_FILES:
+            assert z.read(f"pods/{name}") == (ROOT / "pods" / name).read_bytes(), name
+    assert not [n for n in names if re.search(r"\.(so|pyd|dylib)$|__pycache__/", n)]
+    assert "markupsafe/_native.py" in names  # the pure fallback for the speedups left out
+    assert "flask/app.pyc" in names and "flask/app.py" in names  # bytecode zipimport reads, and the source
+
+
+def test_the_pyz_alone_in_a_folder_serves_with_a_bare_python(pyz, tmp_path):
+    python = fresh_python(tmp_path / "bare")
+    missing = subprocess.run([python, "-I", "-c", "import flask"], capture_output=True, text=True)
+    assert "No module named 'flask'" in missing.stderr
+    edge, data, home, logs = (tmp_path / name for name in ["edge", "data", "home", "logs"])
+    for folder in (edge, data, home, logs):
+        folder.mkdir()
+    shutil.copy(pyz, edge)
+    before = hashlib.sha256(pyz.read_bytes()).hexdigest()
+    command = [python, "-I", "pods.pyz"]
+
+    assert run([*command, "--version"], cwd=edge).stdout == f"pods, version {pods.__version__}\n"
+    assert run([*command, "--help"], cwd=edge).stdout == run_app("--help").stdout.replace("app.py", "pods.pyz")
+
+    # HOME and TMPDIR are where a cache or extraction would go; nothing may land there.
+    server = Server(data / "pods.db", command=command, cwd=edge, workdir=logs,
+                    env={"HOME": str(home), "TMPDIR": str(home)})
+    try:
+        sdk_round_trip(server)
+        assert schema_version(server.db) == db.SCHEMA_VERSION
+    finally:
+        assert server.stop() == 0
+    assert os.listdir(edge) == ["pods.pyz"]
+    assert hashlib.sha256((edge / "pods.pyz").read_bytes()).hexdigest() == before
+    assert os.listdir(home) == []
+    assert set(os.listdir(data)) <= {"pods.db", "pods.db-wal", "pods.db-shm"}
