@@ -46,14 +46,16 @@ LINGER_IDLE_SECONDS = 2.0
 
 
 class PodsRequestParser(HTTPRequestParser):
-    """waitress's request parser, except for a body over the limit.
+    """waitress's request parser, except where a request ends its connection.
 
-    waitress answers such a request itself, from its headers, and closes while the
-    client is still writing: the kernel then resets the connection and many
-    clients never read the answer. Here the request is handed to the app at once,
-    without its body and marked ``too_large`` (so the app answers it, after
-    authentication, with its usual JSON 413), and the channel reads and drops the
-    rest of the body (``PodsChannel.discard``).
+    waitress answers a body over the limit itself, from the headers, and closes
+    while the client is still writing: the kernel then resets the connection and
+    many clients never read the answer. Here such a request is handed to the app
+    at once, without its body and marked ``too_large`` (so the app answers it,
+    after authentication, with its usual JSON 413). After it, and after any
+    request waitress refuses (malformed, headers too large), the channel reads
+    and drops what the client still sends (``PodsChannel.discard``) instead of
+    leaving it unread.
     """
 
     too_large = False
@@ -64,17 +66,19 @@ class PodsRequestParser(HTTPRequestParser):
 
     def received(self, data):
         consumed = super().received(data)
+        if self.error is None:
+            return consumed
+        announced = None
         if isinstance(self.error, RequestEntityTooLarge):
             self.error = None
             self.too_large = True
             self.expect_continue = False  # never invite the body with "100 Continue"
             self.close()  # the part of a chunked body buffered so far
             self.body_rcv = None
-            if self.channel is not None:
-                announced = None if self.chunked else self.content_length
-                self.channel.discard(already=len(data) - consumed, announced=announced)
-            return len(data)  # the rest of this read is body, not a next request
-        return consumed
+            announced = None if self.chunked else self.content_length
+        if self.channel is not None:
+            self.channel.discard(already=len(data) - consumed, announced=announced)
+        return len(data)  # the rest of this read is part of what is dropped
 
     @property
     def received_length(self) -> int:
@@ -237,11 +241,11 @@ class PodsChannel(HTTPChannel):
     # -- dropping an oversized body ------------------------------------------------
 
     def discard(self, already: int, announced: int | None) -> None:
-        """Drop what is left of the current request's body: ``already`` bytes of it
-        came with its head, and ``announced`` is its Content-Length (None when
-        chunked). Stops at the announced end, at the client's close, or past
-        DISCARD_MAX_BYTES or DISCARD_MAX_SECONDS; the connection then closes once
-        the answer is out."""
+        """Drop whatever the client still sends on this connection, which closes
+        after the current answer: ``already`` bytes of it came with the request's
+        head, and ``announced`` is how many the request announced (None when that
+        is unknown). Stops there, at the client's close, or past DISCARD_MAX_BYTES
+        or DISCARD_MAX_SECONDS."""
         self.discarding = True
         self.discard_deadline = time.time() + DISCARD_MAX_SECONDS
         self.discarded = 0

@@ -117,3 +117,17 @@ def test_a_kept_alive_connection_is_closed_after_an_oversized_body(server):
         r = c.post(URL, content=body_of(200 * 1024), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.headers["Connection"] == "close"
         assert c.get(URL).status_code == 200  # on a new connection
+
+
+def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_first(server):
+    # 2 MB of header, far past waitress's 256 KiB: refused with 431, and the rest is
+    # read and dropped, so the client finishes writing and reads the answer.
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 431")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
