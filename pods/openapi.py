@@ -12,6 +12,7 @@ from .schemas import (
     PodCreateSchema,
     PodListSchema,
     PodSchema,
+    QueryInteger,
 )
 
 NO_CONTROL_CHARACTERS = "^[^" + CONTROL_CHARACTERS.pattern[1:-1] + "]*$"
@@ -27,6 +28,8 @@ def field_schema(field: fields.Field) -> dict:
         out = {"type": "boolean"}
     elif isinstance(field, fields.Integer):
         out = {"type": "integer"}
+        if isinstance(field, QueryInteger):  # how the number must be written in the query
+            out["pattern"] = f"^({field.PATTERN.pattern})$"
     else:
         out = {"type": "string"}
     for v in field.validators:
