@@ -1,14 +1,12 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-import json
-
 from flask import Blueprint, Response, abort, current_app, request
-from marshmallow import ValidationError
 from werkzeug.routing import PathConverter
 
 from . import pagetoken, queries
 from .auth import auth
 from .db import get_db
+from .jsonbody import json_body
 from .schemas import (
     PageTokenContext,
     list_args_schema,
@@ -56,7 +54,7 @@ def list_pods():
 @bp.post("/pods")
 @auth.login_required
 def create_pod():
-    fields = pod_create_schema.load(_json_body())
+    fields = pod_create_schema.load(json_body())
     pod = queries.insert_pod(get_db(), auth.current_user()["org_id"], **fields)
     return pod_schema.dump(pod)
 
@@ -78,21 +76,3 @@ def delete_pod(pod_id):
     response = Response(status=200)
     del response.headers["Content-Type"]  # the body is empty, not an empty document
     return response
-
-
-def _json_body():
-    """The request's JSON document; an empty body is ``{}``.
-
-    :raise 413: the body is over MAX_CONTENT_LENGTH (raised by werkzeug on read).
-    :raise 415: a non-empty body that is not declared as JSON.
-    :raise ValidationError: the body is not valid JSON.
-    """
-    raw = request.get_data(cache=False)
-    if not raw:
-        return {}
-    if not request.is_json:
-        abort(415)
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise ValidationError({"_schema": ["Request body is not valid JSON."]}) from None

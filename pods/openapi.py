@@ -119,6 +119,10 @@ def document() -> dict:
                     [400, 413, 415],
                     requestBody={
                         "required": False,
+                        "description": (
+                            "A JSON object in UTF-8, no key given twice. Content-Type application/json, with no"
+                            " parameter but charset=utf-8; no Content-Encoding but identity. An empty body is {}."
+                        ),
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/PodCreate"}}
                         },
