@@ -4,8 +4,9 @@ import secrets
 
 from flask import Flask
 
-from . import accesslog, db, errors, queries
+from . import accesslog, db, errors, httprules, queries
 from .leanflask import CompactJSONProvider, NoSessions
+from .routing import StrictRoutingFlask
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -14,7 +15,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     Config comes from defaults, then ``PODS_*`` environment variables, then
     ``test_config``.
     """
-    app = Flask(__name__)
+    app = StrictRoutingFlask(__name__)
     app.json = CompactJSONProvider(app)
     app.session_interface = NoSessions()
     app.config.from_mapping(
@@ -34,6 +35,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
+    app.wsgi_app = httprules.HttpRules(app.wsgi_app)
     app.wsgi_app = accesslog.AccessLog(app.wsgi_app)
 
     from . import api, meta

@@ -1,7 +1,6 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
 from flask import Blueprint, Response, abort, current_app, request
-from werkzeug.routing import PathConverter
 
 from . import pagetoken, queries
 from .auth import auth
@@ -16,20 +15,6 @@ from .schemas import (
 )
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
-
-
-class PodIdConverter(PathConverter):
-    """Any non-empty pod_id, slashes and newlines included (werkzeug's path
-    converter stops at a newline), so that every such request is authenticated
-    and then answered by the pod lookup: 401 without a key, else "Pod not found."."""
-
-    regex = r"[\s\S]+"
-    part_isolating = False  # werkzeug infers True: the regex has no literal "/"
-
-
-@bp.record_once
-def _register_converter(state):
-    state.app.url_map.converters["pod_id"] = PodIdConverter
 
 
 @bp.get("/pods")
@@ -59,7 +44,10 @@ def create_pod():
     return pod_schema.dump(pod)
 
 
-@bp.get("/pods/<pod_id:pod_id>")
+# <pod_id> is werkzeug's default converter: one path segment of anything but "/"
+# (newlines, NUL and invalid UTF-8 included), so every such request is authenticated
+# and answered by the lookup. A longer path is no route: 404 before authentication.
+@bp.get("/pods/<pod_id>")
 @auth.login_required
 def get_pod(pod_id):
     pod = queries.find_pod(get_db(), auth.current_user()["org_id"], pod_id)
@@ -68,7 +56,7 @@ def get_pod(pod_id):
     return pod_schema.dump(pod)
 
 
-@bp.delete("/pods/<pod_id:pod_id>")
+@bp.delete("/pods/<pod_id>")
 @auth.login_required
 def delete_pod(pod_id):
     if not queries.delete_pod(get_db(), auth.current_user()["org_id"], pod_id):
