@@ -4,8 +4,9 @@ import secrets
 
 from flask import Flask
 
-from . import accesslog, db, errors, queries
+from . import accesslog, db, errors, httprules, queries
 from .leanflask import CompactJSONProvider, NoSessions
+from .routing import StrictRoutingFlask
 
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
@@ -17,7 +18,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     Config comes from defaults, then ``PODS_*`` environment variables, then
     ``test_config``.
     """
-    app = Flask(__name__)
+    app = StrictRoutingFlask(__name__)
     app.json = CompactJSONProvider(app)
     app.session_interface = NoSessions()
     app.config.from_mapping(
@@ -37,6 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.teardown_appcontext(db.rollback_open_transaction)
     errors.register(app)
+    app.wsgi_app = httprules.HttpRules(app.wsgi_app)
     app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
 
     from . import api, meta

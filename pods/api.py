@@ -1,14 +1,11 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-import json
-
 from flask import Blueprint, Response, abort, current_app, request
-from marshmallow import ValidationError
-from werkzeug.routing import PathConverter
 
 from . import pagetoken, queries
 from .auth import auth
 from .db import get_db
+from .jsonbody import json_body
 from .schemas import (
     PageTokenContext,
     list_args_schema,
@@ -18,20 +15,6 @@ from .schemas import (
 )
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
-
-
-class PodIdConverter(PathConverter):
-    """Any non-empty pod_id, slashes and newlines included (werkzeug's path
-    converter stops at a newline), so that every such request is authenticated
-    and then answered by the pod lookup: 401 without a key, else "Pod not found."."""
-
-    regex = r"[\s\S]+"
-    part_isolating = False  # werkzeug infers True: the regex has no literal "/"
-
-
-@bp.record_once
-def _register_converter(state):
-    state.app.url_map.converters["pod_id"] = PodIdConverter
 
 
 @bp.get("/pods")
@@ -56,12 +39,15 @@ def list_pods():
 @bp.post("/pods")
 @auth.login_required
 def create_pod():
-    fields = pod_create_schema.load(_json_body())
+    fields = pod_create_schema.load(json_body())
     pod = queries.insert_pod(get_db(), auth.current_user()["org_id"], **fields)
     return pod_schema.dump(pod)
 
 
-@bp.get("/pods/<pod_id:pod_id>")
+# <pod_id> is werkzeug's default converter: one path segment of anything but "/"
+# (newlines, NUL and invalid UTF-8 included), so every such request is authenticated
+# and answered by the lookup. A longer path is no route: 404 before authentication.
+@bp.get("/pods/<pod_id>")
 @auth.login_required
 def get_pod(pod_id):
     pod = queries.find_pod(get_db(), auth.current_user()["org_id"], pod_id)
@@ -70,7 +56,7 @@ def get_pod(pod_id):
     return pod_schema.dump(pod)
 
 
-@bp.delete("/pods/<pod_id:pod_id>")
+@bp.delete("/pods/<pod_id>")
 @auth.login_required
 def delete_pod(pod_id):
     if not queries.delete_pod(get_db(), auth.current_user()["org_id"], pod_id):
@@ -78,21 +64,3 @@ def delete_pod(pod_id):
     response = Response(status=200)
     del response.headers["Content-Type"]  # the body is empty, not an empty document
     return response
-
-
-def _json_body():
-    """The request's JSON document; an empty body is ``{}``.
-
-    :raise 413: the body is over MAX_CONTENT_LENGTH (raised by werkzeug on read).
-    :raise 415: a non-empty body that is not declared as JSON.
-    :raise ValidationError: the body is not valid JSON.
-    """
-    raw = request.get_data(cache=False)
-    if not raw:
-        return {}
-    if not request.is_json:
-        abort(415)
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise ValidationError({"_schema": ["Request body is not valid JSON."]}) from None

@@ -12,6 +12,7 @@ from .schemas import (
     PodCreateSchema,
     PodListSchema,
     PodSchema,
+    QueryInteger,
 )
 
 NO_CONTROL_CHARACTERS = "^[^" + CONTROL_CHARACTERS.pattern[1:-1] + "]*$"
@@ -27,6 +28,8 @@ def field_schema(field: fields.Field) -> dict:
         out = {"type": "boolean"}
     elif isinstance(field, fields.Integer):
         out = {"type": "integer"}
+        if isinstance(field, QueryInteger):  # how the number must be written in the query
+            out["pattern"] = f"^({field.PATTERN.pattern})$"
     else:
         out = {"type": "string"}
     for v in field.validators:
@@ -116,6 +119,10 @@ def document() -> dict:
                     [400, 413, 415],
                     requestBody={
                         "required": False,
+                        "description": (
+                            "A JSON object in UTF-8, no key given twice. Content-Type application/json, with no"
+                            " parameter but charset=utf-8; no Content-Encoding but identity. An empty body is {}."
+                        ),
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/PodCreate"}}
                         },

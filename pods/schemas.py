@@ -74,6 +74,29 @@ class PodSchema(Schema):
     )
 
 
+class QueryInteger(fields.Integer):
+    """A whole number written the one plain way: ASCII digits, no sign, blanks,
+    underscores or leading zeros. ``int()`` alone takes all of those, and digits of
+    any script ("1_0", " 5", "+5", "٥"), so a proxy or cache reading the query can
+    disagree with this server about what was asked."""
+
+    PATTERN = re.compile(r"0|[1-9][0-9]*")
+    # No parameter is in range beyond this, and converting thousands of digits costs
+    # time (Python refuses past 4,300).
+    MAX_DIGITS = 18
+
+    default_error_messages = {
+        "invalid": "Not a valid integer: use the digits 0-9, with no sign, spaces or leading zeros."
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
+            raise self.make_error("invalid")
+        if len(value) > self.MAX_DIGITS:
+            raise self.make_error("too_large")
+        return int(value)
+
+
 class QueryBoolean(fields.Boolean):
     """``true``/``false`` in any case, or ``1``/``0``; nothing else."""
 
@@ -104,16 +127,34 @@ class PageToken(fields.String):
 
 
 class ListArgsSchema(Schema):
-    """Loads to {"limit", "ascending", "after"}: ``after`` is the (created_at, pod_id)
-    to continue from, or None; a page token decides the direction when the request
-    does not."""
+    """Loads ``request.args`` (a MultiDict) to {"limit", "ascending", "after"}:
+    ``after`` is the (created_at, pod_id) to continue from, or None; a page token
+    decides the direction when the request does not."""
 
     class Meta:
         unknown = EXCLUDE  # the contract ignores unknown query parameters
 
-    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
-    ascending = QueryBoolean(load_default=None)
-    page_token = PageToken(load_default=None)
+    limit = QueryInteger(
+        load_default=10,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Page size, 1 to 100 (default 10), in ASCII digits without leading zeros."},
+    )
+    ascending = QueryBoolean(
+        load_default=None,
+        metadata={"description": "Oldest first: true/false (any case) or 1/0. Default false."},
+    )
+    page_token = PageToken(
+        load_default=None,
+        metadata={"description": "The next_page_token of the previous page."},
+    )
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _each_given_once(self, data, original, **kwargs):
+        # marshmallow reads the first of repeated values; a proxy or cache may read
+        # the last, so neither is taken.
+        repeated = {name: ["Given more than once."] for name in self.load_fields if len(original.getlist(name)) > 1}
+        if repeated:
+            raise ValidationError(repeated)
 
     @validates_schema
     def _token_matches_direction(self, data, **kwargs):

@@ -11,7 +11,9 @@ POD_ENDPOINTS = [
     ("get", "/agent/v0/pods/some-id"),
     ("delete", "/agent/v0/pods/some-id"),
     ("get", "/agent/v0/pods/line%0Abreak"),
-    ("delete", "/agent/v0/pods/a/b"),
+    ("delete", "/agent/v0/pods/a%00b"),
+    ("get", "/agent/v0/pods/%FF%FE"),
+    ("get", "/agent/v0/pods/a%5Cb"),
 ]
 
 
@@ -33,6 +35,14 @@ def assert_unauthorized(r):
 def test_every_pod_endpoint_needs_a_key(client, sql, method, path):
     assert_unauthorized(getattr(client, method)(path))
     assert sql("SELECT count(*) FROM pod") == [(0,)]
+
+
+@pytest.mark.parametrize("path", ["/agent/v0/pods/a/b", "/agent/v0/pods/a%2Fb", "/agent/v0/pods/x/api-keys"])
+def test_a_path_that_is_no_route_is_404_before_authentication(client, path):
+    # Routing decides first: a pod id is one path segment.
+    r = client.delete(path)
+    assert r.status_code == 404
+    assert r.json == {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
 
 
 @pytest.mark.parametrize(

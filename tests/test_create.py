@@ -206,3 +206,119 @@ def test_concurrent_creates_with_one_client_id_make_one_pod(app, headers, sql):
     assert {status for status, _ in answers} == {200}
     assert len({json.dumps(body, sort_keys=True) for _, body in answers}) == 1
     assert sql("SELECT count(*) FROM pod WHERE client_id = 'race'") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "raw,key",
+    [
+        (b'{"client_id": "a", "client_id": "b"}', "client_id"),
+        (b'{"client_id": "a", "name": "n", "client_id": "a"}', "client_id"),  # the same value twice, too
+        (b'{"name": "n", "name": null}', "name"),
+        (b'{"colour": 1, "colour": 2}', "colour"),
+        (b'{"": 1, "": 2}', ""),
+        (b'{"name": {"a": 1, "a": 2}}', "a"),  # anywhere in the document
+        (b'{"name": [{"x": 1}, {"x": 1, "x": 2}]}', "x"),
+        (b'{"client_id": "a", "client\\u005fid": "b"}', "client_id"),  # equal once unescaped
+    ],
+)
+def test_a_duplicated_key_is_400_naming_it(client, headers, sql, raw, key):
+    r = client.post(URL, data=raw, content_type="application/json", headers=headers)
+    assert_rejected(r, sql, "_schema")
+    assert r.json["errors"]["_schema"] == [f"Duplicate key {json.dumps(key)}."]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'\xef\xbb\xbf{"name": "bom"}',  # a UTF-8 byte order mark
+        '{"name": "utf16"}'.encode("utf-16"),  # with its byte order mark
+        '{"name": "utf16"}'.encode("utf-16-le"),
+        '{"name": "utf16"}'.encode("utf-16-be"),
+        '{"name": "utf32"}'.encode("utf-32"),
+        '{"name": "utf32"}'.encode("utf-32-le"),
+        '{"name": "latin1 é"}'.encode("latin-1"),
+        b'{"name": "\xed\xa0\x80"}',  # a surrogate encoded as UTF-8: not UTF-8
+        b'{"name": "\xc0\xae"}',  # an overlong encoding
+        b'{"name": NaN}',  # not JSON (RFC 8259), though Python's parser takes it
+        b'{"name": "a", "client_id": -Infinity}',
+    ],
+)
+def test_body_must_be_utf8_json(client, headers, sql, raw):
+    r = client.post(URL, data=raw, content_type="application/json", headers=headers)
+    assert_rejected(r, sql, "_schema")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/problem+json",
+        "application/vnd.acme+json",
+        "text/json",
+        "application/json-patch+json",
+        "application/jsonx",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+        "application/json; charset=utf8",
+        "application/json; charset=utf-8; format=flowed",
+        "application/json; foo=bar",
+        "application/json; charset=utf-8; charset=utf-8",
+        "application/json; charset=",
+        "application/json charset=utf-8",
+        "application/json; charset = utf-8",
+        "application/json;",
+        "application/*",
+        "*/*",
+        "",
+    ],
+)
+def test_content_type_other_than_plain_json_is_415(client, headers, sql, content_type):
+    r = client.post(URL, data='{"name": "a"}', headers={**headers, "Content-Type": content_type})
+    assert r.status_code == 415, content_type
+    assert r.json["name"] == "UnsupportedMediaTypeError"
+    assert sql("SELECT count(*) FROM pod") == [(0,)]
+
+
+def test_a_body_without_content_type_is_415(client, headers, sql):
+    r = client.post(URL, data='{"name": "a"}', headers=headers)
+    assert "Content-Type" not in r.request.headers
+    assert r.status_code == 415
+    assert sql("SELECT count(*) FROM pod") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "APPLICATION/JSON",
+        "Application/Json",
+        "application/json;charset=utf-8",
+        "application/json; charset=UTF-8",
+        "application/json; CHARSET=Utf-8",
+        'application/json; charset="utf-8"',
+        "application/json ; charset=utf-8",
+        "application/json;\tcharset=utf-8",
+    ],
+)
+def test_json_content_types_that_are_accepted(client, headers, content_type):
+    r = client.post(URL, data='{"name": "a"}', headers={**headers, "Content-Type": content_type})
+    assert r.status_code == 200, (content_type, r.json)
+    assert r.json["name"] == "a"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "x-gzip", "identity, gzip", "compress", ""])
+@pytest.mark.parametrize("body", [b'{"name": "a"}', b""])
+def test_a_content_encoding_other_than_identity_is_415(client, headers, sql, encoding, body):
+    hdrs = {**headers, "Content-Type": "application/json", "Content-Encoding": encoding}
+    r = client.post(URL, data=body, headers=hdrs)
+    assert r.status_code == 415, encoding
+    assert r.json["name"] == "UnsupportedMediaTypeError"
+    assert r.json["message"] == "Content-Encoding is not supported: send the body as it is (identity)."
+    assert sql("SELECT count(*) FROM pod") == [(0,)]
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY"])
+def test_identity_content_encoding_is_accepted(client, headers, encoding):
+    hdrs = {**headers, "Content-Type": "application/json", "Content-Encoding": encoding}
+    r = client.post(URL, data='{"name": "a"}', headers=hdrs)
+    assert r.status_code == 200
+    assert r.json["name"] == "a"

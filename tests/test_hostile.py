@@ -74,6 +74,13 @@ def send(server, method, path, body=None, content_type="application/json", heade
 def raw(server, data: bytes) -> tuple[int, bytes]:
     """Send raw bytes; returns (status, body) of the answer, or (0, b"") if the
     server closed without one."""
+    status, _, body = raw_answer(server, data)
+    return status, body
+
+
+def raw_answer(server, data: bytes) -> tuple[int, bytes, bytes]:
+    """Send raw bytes; returns (status, head, body) of the answer, or (0, b"", b"")
+    if the server closed without one."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
@@ -84,9 +91,9 @@ def raw(server, data: bytes) -> tuple[int, bytes]:
         except ConnectionResetError:
             pass
     if not answer:
-        return 0, b""
+        return 0, b"", b""
     head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    return int(head.split(b" ", 2)[1]), head, body
 
 
 MALFORMED_BODIES = [
@@ -211,3 +218,65 @@ def test_truncated_bodies_create_nothing(server, unchanged):
     for cut in (0, 1, len(body) // 2, len(body) - 1):
         status, _ = raw(server, head + body[:cut])
         assert status == 0  # the request never completed: no answer, nothing done
+
+
+def request_bytes(target: bytes, *headers: bytes, method=b"GET", version=b"HTTP/1.1", key=True) -> bytes:
+    lines = [method + b" " + target + b" " + version, *headers, b"Connection: close"]
+    if key:
+        lines.append(b"Authorization: Bearer " + KEY.encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("host_lines", [
+    [],
+    [b"Host: a", b"Host: b"],
+    [b"Host: a", b"Host: a"],
+    [b"Host: a", b"Host:"],
+    [b"Host:", b"Host:"],
+    [b"Host: a,b"],
+])
+def test_http_1_1_needs_exactly_one_host(server, unchanged, host_lines):
+    for target in (URL.encode(), f"{URL}/{server.existing[0]['pod_id']}".encode(), b"/healthz", b"/nowhere"):
+        status, body = raw(server, request_bytes(target, *host_lines))
+        assert_json_error(status, body, 400)
+        assert json.loads(body)["errors"] == {"_request": ["An HTTP/1.1 request needs exactly one Host header."]}
+
+
+@pytest.mark.parametrize("request_data", [
+    request_bytes(URL.encode(), version=b"HTTP/1.0"),  # HTTP/1.0 has no Host rule
+    request_bytes(URL.encode(), b"Host:"),  # empty, as RFC 9112 allows
+    request_bytes(URL.encode(), b"Host: pods.example:8080"),
+    request_bytes(b"http://pods.example" + URL.encode(), b"Host: pods.example"),
+])
+def test_one_host_is_fine(server, request_data):
+    status, body = raw(server, request_data)
+    assert status == 200, body
+    assert json.loads(body)["count"] >= 3
+
+
+@pytest.mark.parametrize("target", [
+    b"/agent//v0/pods", b"//agent/v0/pods", b"///agent/v0/pods", b"//agent/v0/pods?limit=1", b"/agent/v0//pods/x",
+    b"/agent/v0/pods/", b"/AGENT/v0/pods", b"//healthz", b"/agent/v0/pods/x/inboxes",
+])
+def test_no_redirects_and_one_spelling_per_route(server, unchanged, target):
+    for method in (b"GET", b"POST", b"DELETE"):
+        status, head, body = raw_answer(server, request_bytes(target, b"Host: evil.example", method=method))
+        assert status == 404, (method, target, body)
+        assert json.loads(body) == {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
+        assert b"location:" not in head.lower()
+
+
+def test_paths_are_logged_as_sent(server):
+    raw(server, request_bytes(b"//agent/v0/pods", b"Host: x"))
+    assert " GET //agent/v0/pods 404 " in server.stderr
+
+
+@pytest.mark.parametrize("segment", ["%0A", "a%0Ab", "%0D%0A", "%00", "%FF", "%ED%A0%80", "%09", "..", "%2E%2E"])
+def test_any_one_segment_is_an_authenticated_pod_id(server, unchanged, segment):
+    # Raw bytes: clients resolve ".." segments before sending.
+    target = f"{URL}/{segment}".encode()
+    for method in (b"GET", b"DELETE"):
+        status, body = raw(server, request_bytes(target, b"Host: x", method=method, key=False))
+        assert status == 401, (method, segment)
+        status, body = raw(server, request_bytes(target, b"Host: x", method=method))
+        assert (status, json.loads(body)["message"]) == (404, "Pod not found."), (method, segment)

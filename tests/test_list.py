@@ -207,3 +207,60 @@ def test_paging_while_pods_come_and_go_sees_every_stable_pod_once(client, header
     assert stable_seen == stable[::-1]
     keys = [(p["created_at"], p["pod_id"]) for p in seen]
     assert keys == sorted(keys, reverse=True)
+
+
+# Each of these is a number to int(), which marshmallow's Integer uses: a sign,
+# blanks (ASCII or Unicode), underscores, digits of other scripts, leading zeros.
+NOT_ASCII_DIGITS = ["1_0", "%205", "5%20", "%095", "%0A5", "%2B5", "%C2%A05", "%D9%A5", "%EF%BC%95",
+                    "%F0%9D%9F%93", "05", "010", "0010", "00", "1%2C0", "1.0", "0x5", "%E2%80%8B5"]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS)
+def test_limit_is_ascii_digits_only(client, headers, many, value):
+    r = client.get(URL, query_string=f"limit={value}", headers=headers)
+    assert r.status_code == 400, r.json
+    message = "Not a valid integer: use the digits 0-9, with no sign, spaces or leading zeros."
+    assert r.json["errors"] == {"limit": [message]}
+
+
+@pytest.mark.parametrize("value,limit", [("1", 1), ("9", 9), ("10", 10), ("100", 100)])
+def test_limit_in_plain_digits_is_accepted(client, headers, many, value, limit):
+    r = client.get(URL, query_string=f"limit={value}", headers=headers)
+    assert r.status_code == 200
+    assert (r.json["limit"], r.json["count"]) == (limit, min(limit, len(many)))
+
+
+@pytest.mark.parametrize("value", ["0", "101", "1000", "9" * 18, "9" * 19, "9" * 5000])
+def test_limit_out_of_range_is_400(client, headers, many, value):
+    r = client.get(URL, query_string=f"limit={value}", headers=headers)
+    assert r.status_code == 400
+    assert set(r.json["errors"]) == {"limit"}
+
+
+def test_a_repeated_parameter_is_400_naming_it(client, headers, many):
+    token = client.get(URL, query_string={"limit": 3}, headers=headers).json["next_page_token"]
+    for query, bad in [
+        ("limit=2&limit=2", {"limit"}),
+        ("limit=2&limit=3", {"limit"}),
+        ("limit=2&limit=", {"limit"}),
+        ("ascending=true&ascending=false", {"ascending"}),
+        ("ascending=true&ascending=true", {"ascending"}),
+        (f"page_token={token}&page_token={token}", {"page_token"}),
+        (f"limit=3&page_token={token}&ascending=0&limit=3&ascending=0&page_token={token}",
+         {"limit", "ascending", "page_token"}),
+    ]:
+        r = client.get(URL, query_string=query, headers=headers)
+        assert r.status_code == 400, query
+        assert r.json["errors"] == {name: ["Given more than once."] for name in bad}, query
+
+
+def test_a_repeated_parameter_is_named_beside_other_bad_values(client, headers, many):
+    r = client.get(URL, query_string="limit=1&limit=2&ascending=maybe", headers=headers)
+    assert r.status_code == 400
+    assert r.json["errors"] == {"limit": ["Given more than once."], "ascending": ["Not a valid boolean."]}
+
+
+def test_repeated_unknown_parameters_are_ignored(client, headers, many):
+    r = client.get(URL, query_string="colour=red&colour=blue&limit=2", headers=headers)
+    assert r.status_code == 200
+    assert r.json["pods"] == many[::-1][:2]

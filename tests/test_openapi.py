@@ -62,3 +62,15 @@ def test_documented_limits_are_the_enforced_ones(client):
     assert (create["name"]["minLength"], create["name"]["maxLength"]) == (1, 255)
     limit = next(p for p in d["paths"]["/v0/pods"]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 100)
+
+
+def test_documented_limit_pattern_is_what_the_server_accepts(client, headers):
+    import re
+
+    d = doc(client)
+    limit = next(p for p in d["paths"]["/v0/pods"]["get"]["parameters"] if p["name"] == "limit")["schema"]
+    pattern = re.compile(limit["pattern"])
+    for value in ["1", "7", "10", "99", "100", "0", "101", "05", "007", "+5", " 5", "5 ", "1_0", "٥", "５", "1.0", ""]:
+        r = client.get(URL, query_string={"limit": value}, headers=headers)
+        documented = bool(pattern.search(value)) and limit["minimum"] <= int(value) <= limit["maximum"]
+        assert r.status_code == (200 if documented else 400), value
