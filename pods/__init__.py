@@ -12,11 +12,12 @@ from .routing import StrictRoutingFlask
 __version__ = "0.1.0"
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None) -> Flask:
     """Build the app and bring its database to the current schema.
 
-    Config comes from defaults, then ``PODS_*`` environment variables, then
-    ``test_config``.
+    Config comes from defaults, then ``config``, and from nowhere else: the CLI
+    resolves flags and their documented variables, so no other ``PODS_*``
+    variable can change a limit, and no token lands in ``app.config``.
     """
     app = StrictRoutingFlask(__name__)
     app.json = CompactJSONProvider(app)
@@ -25,9 +26,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
     )
-    app.config.from_prefixed_env("PODS")
-    if test_config is not None:
-        app.config.from_mapping(test_config)
+    if config is not None:
+        app.config.from_mapping(config)
 
     db.init_db(app.config["DB"])
     with app.app_context():

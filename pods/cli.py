@@ -1,27 +1,41 @@
 """The operator's command line: ``python app.py [serve options] [COMMAND]``."""
 
+import contextlib
 import functools
 import logging
 import os
+import shlex
 import sqlite3
 import sys
 from contextlib import contextmanager
 
 import click
+from click.core import ParameterSource
 
 from . import __version__, accesslog, create_app, logstream, queries, server
 from .auth import hash_key, new_token
 from .db import (
-    SchemaTooNew,
+    SCHEMA_VERSION,
+    UnusableDatabase,
     backup,
     checkpoint,
     close_thread_connection,
+    companions,
     connect,
+    create_file,
+    database_file_suffix,
     init_db,
     integrity_problems,
+    remove_files,
+    schema_version,
 )
 
+log = logging.getLogger("pods.cli")
+
 DEFAULT_ORG = "default"
+API_KEY_VARIABLE = "PODS_API_KEY"
+API_KEY_MIN_LENGTH = 32
+MAKE_A_TOKEN = "python3 -c \"import secrets; print('pods_' + secrets.token_urlsafe(32))\""
 THREADS_DEFAULT = 1
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -33,12 +47,15 @@ def _org_name(ctx, param, value):
 
 
 def db_option(default):
+    """--db for the group (with its variable and default) or for a command (neither:
+    a command's --db counts only when given on its command line)."""
     return click.option(
         "--db",
-        envvar="PODS_DB",
+        envvar="PODS_DB" if default is not None else None,
         default=default,
         show_default=default is not None,
-        help="SQLite database file (env PODS_DB).",
+        help="SQLite database file (env PODS_DB)." if default is not None
+        else "SQLite database file (env PODS_DB; default pods.db).",
     )
 
 
@@ -50,18 +67,58 @@ def _trusted_proxies(ctx, param, value):
 
 
 def _db_path(ctx: click.Context, db: str | None) -> str:
-    """A command's own --db, else the one given before the command name."""
-    return db or ctx.find_root().params["db"]
+    """The database a command works on: --db on the command line (after the command
+    name or before it), else PODS_DB, else pods.db. Two different explicit values
+    are a usage error, never a silent choice."""
+    root = ctx.find_root()
+    before = root.params["db"]
+    if db is None:
+        return before
+    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and before != db:
+        raise click.UsageError(f"--db given twice: {before} before the command name and {db} after it")
+    return db
+
+
+def _command_line(*args: str) -> str:
+    """How the operator runs this program with ``args``, for messages that say what to run."""
+    name = click.get_current_context().find_root().info_name or "pods"
+    program = f"python {name}" if name.endswith(".py") else name
+    return " ".join([program, *map(shlex.quote, args)])
 
 
 @contextmanager
 def _database(path: str):
-    """A connection to the database at ``path`` (brought to the current schema),
-    with expected failures reported in one line."""
+    """A connection to the database at ``path``, created or brought to the current
+    schema as serving does, with expected failures reported in one line."""
     with _clear_failures(path):
         init_db(path)
         conn = connect(path)
         try:
+            yield conn
+        finally:
+            conn.close()
+
+
+@contextmanager
+def _existing_database(path: str, current: bool = True):
+    """A connection to the pods database at ``path``, which must exist; with
+    ``current``, it must have this version's schema. Nothing is changed on the way:
+    only serving, init and migrate create or upgrade a database."""
+    with _clear_failures(path):
+        if not os.path.exists(path):
+            raise click.ClickException(
+                f"database {path} does not exist (check --db or PODS_DB; "
+                f"`{_command_line('init', '--db', path)}` creates a new one)"
+            )
+        conn = connect(path)
+        try:
+            version = schema_version(conn, path)
+            if current and version < SCHEMA_VERSION:
+                raise click.ClickException(
+                    f"database {path} has schema version {version}, older than this pods' "
+                    f"{SCHEMA_VERSION}: run `{_command_line('migrate', '--db', path)}` "
+                    f"(or start the server) first"
+                )
             yield conn
         finally:
             conn.close()
@@ -109,6 +166,55 @@ def cli(ctx, host, port, db, threads, workers, log_level, **limits):
             serve(host, port, db, threads, workers, log_level, limits)
         finally:
             logstream.stderr.flush(timeout=2)  # a stalled log reader delays the exit by this at most
+    elif _unknown_variables():
+        click.echo(f"warning: {_unknown_variables_message()}", err=True)
+
+
+def documented_variables(command: click.Command | None = None) -> set[str]:
+    """Every PODS_* variable pods reads: PODS_API_KEY and each option's own variable,
+    so a new option with an ``envvar`` is documented here without a list to keep."""
+    command = command or cli
+    names = {API_KEY_VARIABLE}
+    for param in command.params:
+        if isinstance(param.envvar, str):
+            names.add(param.envvar)
+        elif param.envvar:
+            names.update(param.envvar)
+    for subcommand in getattr(command, "commands", {}).values():
+        names |= documented_variables(subcommand)
+    return names
+
+
+def _unknown_variables() -> list[str]:
+    known = documented_variables()
+    return sorted(name for name in os.environ if name.startswith("PODS_") and name not in known)
+
+
+def _unknown_variables_message() -> str:
+    return (
+        f"ignoring unknown environment variable(s) {', '.join(_unknown_variables())} "
+        f"(pods reads {', '.join(sorted(documented_variables()))})"
+    )
+
+
+def _check_env_token(token: str | None) -> None:
+    """Refuse a PODS_API_KEY that could never authenticate or is easy to guess.
+
+    A client sends the token in a header: HTTP trims blanks around it and reads
+    non-ASCII as Latin-1, so only visible ASCII can match, and a short one is guessable.
+    """
+    if not token:
+        return
+    if len(token) < API_KEY_MIN_LENGTH:
+        problem = f"is {len(token)} character(s) long"
+    elif not all("!" <= c <= "~" for c in token):
+        problem = "holds a space, a control character or a non-ASCII character"
+    else:
+        return
+    raise click.ClickException(
+        f"{API_KEY_VARIABLE} {problem}; it must be at least {API_KEY_MIN_LENGTH} visible ASCII "
+        f"characters. Make one with: {MAKE_A_TOKEN}"
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -120,9 +226,13 @@ def configure_logging(level: str) -> None:
 
 def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str, limits: dict) -> None:
     configure_logging(log_level)
+    if _unknown_variables():
+        log.warning(_unknown_variables_message())
+    env_token = os.environ.get(API_KEY_VARIABLE)
+    _check_env_token(env_token)
     limits["trusted_proxies"] = limits.pop("trusted_proxy")
     limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
-    _prepare_database(db, os.environ.get("PODS_API_KEY"))
+    _prepare_database(db, env_token)
     config = {"DB": db, "TRUSTED_PROXIES": limits["trusted_proxies"]}
     with _clear_failures(db):
         # One process builds its app now, so a failure shows before "serving on";
@@ -133,13 +243,15 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
 
     url_host = f"[{host}]" if ":" in host else host
     click.echo(f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]} (database {db}, {workers} worker(s))")
-    sys.stdout.flush()
     if app is not None:
-        _serve_app(app, sockets[0], threads, limits)
+        _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(db))
         return
     code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
     for sock in sockets + [port_lock]:
         sock.close()
+    # Once, after every worker is gone: a worker checkpointing while its siblings
+    # still serve would find the WAL in use.
+    checkpoint(db)
     if code:
         sys.exit(code)
 
@@ -182,13 +294,12 @@ def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, threads, limits)
+    _serve_app(app, sock, threads, limits, on_exit=lambda: close_thread_connection(config["DB"]))
 
 
-def _serve_app(app, sock, threads: int, limits: dict) -> None:
-    db = app.config["DB"]
+def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
     waitress_server = server.make_server(app, sock, threads, **limits)
-    server.run_until_signalled(waitress_server, on_exit=lambda: _close_database(db))
+    server.run_until_signalled(waitress_server, on_exit=on_exit)
 
 
 def _close_database(path: str) -> None:
@@ -202,10 +313,12 @@ def _clear_failures(db: str):
     too new a schema) become one line on stderr and exit status 1, not a traceback."""
     try:
         yield
-    except SchemaTooNew as e:
+    except UnusableDatabase as e:
         raise click.ClickException(str(e)) from None
     except sqlite3.Error as e:
         raise click.ClickException(f"database {db}: {e}") from None
+    except OSError as e:
+        raise click.ClickException(f"database {db}: {e.strerror}") from None
 
 
 def _bootstrap_key(conn, env_token: str | None) -> None:
@@ -219,12 +332,89 @@ def _bootstrap_key(conn, env_token: str | None) -> None:
         _create_key(conn, DEFAULT_ORG)
 
 
+class _StdoutUnwritable(Exception):
+    """Writing a new key's token to stdout failed."""
+
+
+def _require_stdout() -> None:
+    """Refuse early when stdout is closed (started with ``>&-``): a new key could not be shown."""
+    if sys.stdout is None:
+        raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
+
+
 def _create_key(conn, org: str) -> None:
-    """Store a new key for ``org`` and print it: once, as the last line."""
+    """Store a new key for ``org`` and print it: once, as the last line.
+
+    Storing and showing are one step: the key is committed only once its token has
+    been written and flushed to stdout, so no key is ever stored unseen.
+    """
+    _require_stdout()
     token = new_token()
-    key_id = queries.insert_api_key(conn, org, hash_key(token))
-    click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
-    click.echo(token)
+
+    def show(key_id: str) -> None:
+        try:
+            click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
+            click.echo(token)
+            sys.stdout.flush()
+        except (OSError, ValueError) as e:  # ValueError: written to a closed file
+            raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
+
+    try:
+        queries.insert_api_key(conn, org, hash_key(token), before_commit=show)
+    except _StdoutUnwritable as e:
+        _discard_stdout()
+        raise click.ClickException(
+            f"cannot write a new API key to stdout ({e}); nothing was stored"
+        ) from None
+
+
+def _discard_stdout() -> None:
+    """Point a stdout that failed at /dev/null, so that the interpreter's last flush
+    of what is still buffered (the unstored token) fails nowhere and prints nothing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+@cli.command("init")
+@db_option(None)
+@click.pass_context
+def init_command(ctx, db):
+    """Create a new database (readable by its owner only) and a key for the
+    organization "default"; its token is printed once, as the last line."""
+    path = _db_path(ctx, db)
+    _require_stdout()
+    with _clear_failures(path):
+        try:
+            create_file(path)
+        except FileExistsError:
+            raise click.ClickException(f"database {path} already exists; init only creates a new one") from None
+        try:
+            init_db(path, create=False)
+            with _existing_database(path) as conn:
+                _create_key(conn, DEFAULT_ORG)
+        except BaseException:
+            remove_files(path)  # it was created just now: nothing of anyone's is lost
+            raise
+
+
+@cli.command("migrate")
+@db_option(None)
+@click.pass_context
+def migrate_command(ctx, db):
+    """Bring a database made by an older pods to the current schema (serving does
+    the same at start); logs one line per step."""
+    path = _db_path(ctx, db)
+    configure_logging("info")
+    with _existing_database(path, current=False) as conn:
+        before = schema_version(conn, path)
+    if before == SCHEMA_VERSION:
+        click.echo(f"{path}: schema version {before} is current; nothing to do.")
+        return
+    with _clear_failures(path):
+        init_db(path, create=False)
+    click.echo(f"Migrated {path} from schema version {before} to {SCHEMA_VERSION}.")
 
 
 @cli.group()
@@ -238,7 +428,7 @@ def keys():
 @click.pass_context
 def keys_create(ctx, org, db):
     """Create a key; its token is printed once, as the last line."""
-    with _database(_db_path(ctx, db)) as conn:
+    with _existing_database(_db_path(ctx, db)) as conn:
         _create_key(conn, org)
 
 
@@ -247,7 +437,7 @@ def keys_create(ctx, org, db):
 @click.pass_context
 def keys_list(ctx, db):
     """One key per line: key id, organization, created, revoked (or -)."""
-    with _database(_db_path(ctx, db)) as conn:
+    with _existing_database(_db_path(ctx, db)) as conn:
         rows = queries.list_api_keys(conn)
     for row in rows:
         click.echo("\t".join([row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-"]))
@@ -259,7 +449,7 @@ def keys_list(ctx, db):
 @click.pass_context
 def keys_revoke(ctx, key_id, db):
     """Revoke a key; it fails from the next request on."""
-    with _database(_db_path(ctx, db)) as conn:
+    with _existing_database(_db_path(ctx, db)) as conn:
         revoked_at = queries.revoke_api_key(conn, key_id)
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
@@ -268,28 +458,67 @@ def keys_revoke(ctx, key_id, db):
 
 @cli.command("backup")
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @db_option(None)
 @click.pass_context
-def backup_command(ctx, path, db):
-    """Write a consistent copy of the database to PATH, safely while serving."""
+def backup_command(ctx, path, force, db):
+    """Write a consistent copy of the database to PATH, safely while serving.
+
+    Refuses PATH when it is the database or one of its -wal, -shm, -journal files,
+    however spelled, and when it exists, unless --force.
+    """
     source = _db_path(ctx, db)
-    with _clear_failures(source):
-        backup(source, path)
-    with _database(path) as conn:
+    with _existing_database(source, current=False) as conn:
+        _check_backup_destination(path, source, force)
+        try:
+            backup(conn, path)
+        except FileExistsError:
+            raise click.ClickException(
+                f"{path}.partial exists, left by an interrupted backup; remove it and run again"
+            ) from None
+        except OSError as e:
+            raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
+    with _existing_database(path, current=False) as conn:
         pods = queries.count_pods(conn)
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
+
+
+def _check_backup_destination(path: str, source: str, force: bool) -> None:
+    suffix = database_file_suffix(path, source)
+    if suffix is not None:
+        what = f"the {suffix} file of the database" if suffix else "the database"
+        raise click.ClickException(
+            f"backup destination {path} is {what} being backed up ({source}); choose another path"
+        )
+    if os.path.lexists(path) and not force:
+        raise click.ClickException(f"{path} exists; add --force to replace it")
+    # A new file beside another database's WAL would have that WAL replayed into it.
+    in_use = [name for name in companions(path) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
+            f"{in_use[0]}, then run again"
+        )
 
 
 @cli.command("check")
 @db_option(None)
 @click.pass_context
 def check_command(ctx, db):
-    """Check the database's integrity; exits 1 on damage."""
+    """Check that the file is a pods database of a known schema version, then its
+    integrity and foreign keys; exits 1 on any problem. Changes nothing."""
     path = _db_path(ctx, db)
-    with _clear_failures(path):
-        problems = integrity_problems(path)
+    with _existing_database(path, current=False) as conn:
+        version = schema_version(conn, path)
+        problems = integrity_problems(conn)
     if problems:
         for line in problems:
             click.echo(line, err=True)
         raise click.ClickException(f"database {path} is damaged ({len(problems)} problem(s))")
-    click.echo(f"{path}: ok")
+    if version < SCHEMA_VERSION:
+        click.echo(
+            f"{path}: ok (schema version {version}, older than this pods' {SCHEMA_VERSION}: "
+            f"`{_command_line('migrate', '--db', path)}` upgrades it)"
+        )
+    else:
+        click.echo(f"{path}: ok")

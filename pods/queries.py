@@ -52,11 +52,12 @@ def org_for_key_hash(conn: sqlite3.Connection, key_hash: str):
     ).fetchone()
 
 
-def insert_api_key(conn: sqlite3.Connection, org_name: str, key_hash: str) -> str:
+def insert_api_key(conn: sqlite3.Connection, org_name: str, key_hash: str, before_commit=None) -> str:
     """Store a key for ``org_name`` (creating the organization if needed).
 
     Idempotent on ``key_hash``: storing the same key again changes nothing, a
-    revoked key stays revoked. Returns the key's id.
+    revoked key stays revoked. Returns the key's id. ``before_commit(key_id)``, if
+    given, runs inside the transaction: if it raises, nothing is stored.
     """
     now = utc_now()
     with write_tx(conn):
@@ -71,9 +72,10 @@ def insert_api_key(conn: sqlite3.Connection, org_name: str, key_hash: str) -> st
             " ON CONFLICT (key_hash) DO NOTHING",
             (secrets.token_hex(8), key_hash, now, org_name),
         )
-        return conn.execute(
-            "SELECT key_id FROM api_key WHERE key_hash = ?", (key_hash,)
-        ).fetchone()[0]
+        key_id = conn.execute("SELECT key_id FROM api_key WHERE key_hash = ?", (key_hash,)).fetchone()[0]
+        if before_commit is not None:
+            before_commit(key_id)
+    return key_id
 
 
 def count_api_keys(conn: sqlite3.Connection) -> int:

@@ -1,20 +1,65 @@
 """The operator's commands, exactly as the contract words them."""
 
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
+from live import APP, run_app
 
 from pods import create_app, db
-from pods.cli import _bootstrap_key, cli
+from pods.cli import _bootstrap_key, cli, documented_variables
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 
 
 @pytest.fixture
-def dbpath(tmp_path):
+def newpath(tmp_path):
+    """Where a database may be made; nothing is there yet."""
     return str(tmp_path / "cli.db")
 
 
+@pytest.fixture
+def dbpath(newpath):
+    """A database made by ``init`` (it holds one key, of "default")."""
+    assert run("init", "--db", newpath).exit_code == 0
+    return newpath
+
+
+@pytest.fixture
+def v1_copy(tmp_path):
+    path = str(tmp_path / "old.db")
+    shutil.copy(FIXTURE_V1, path)
+    return path
+
+
 def run(*args, env=None):
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def one_line_error(result) -> str:
+    """The one ``Error: ...`` line a failed command printed on stderr (exit 1)."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def key_rows(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT key_id, revoked_at FROM api_key ORDER BY created_at").fetchall()
+    finally:
+        conn.close()
 
 
 def authenticates(path, token):
@@ -26,6 +71,9 @@ def authenticates(path, token):
         db.close_thread_connection(path)
 
 
+# -- keys ----------------------------------------------------------------------
+
+
 def test_keys_create_prints_the_token_last(dbpath):
     result = run("keys", "create", "--org", "acme", "--db", dbpath)
     assert result.exit_code == 0
@@ -34,39 +82,29 @@ def test_keys_create_prints_the_token_last(dbpath):
     assert authenticates(dbpath, token)
 
 
-def test_db_option_before_the_command_and_from_the_environment(tmp_path):
-    first, second = str(tmp_path / "a.db"), str(tmp_path / "b.db")
-    assert run("--db", first, "keys", "create", "--org", "x").exit_code == 0
-    assert run("keys", "create", "--org", "y", env={"PODS_DB": second}).exit_code == 0
-    assert run("--db", first, "keys", "list").output.split("\t")[1] == "x"
-    assert run("keys", "list", env={"PODS_DB": second}).output.split("\t")[1] == "y"
-
-
 def test_keys_list_shows_id_org_created_revoked_and_never_the_token(dbpath):
     tokens = [run("keys", "create", "--org", org, "--db", dbpath).output.splitlines()[-1] for org in ("a", "b")]
     out = run("keys", "list", "--db", dbpath).output
     lines = out.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     rows = [line.split("\t") for line in lines]
-    assert [r[1] for r in rows] == ["a", "b"]
+    assert [r[1] for r in rows] == ["default", "a", "b"]
     assert all(len(r) == 4 and r[3] == "-" for r in rows)
     assert all(t not in out for t in tokens)
 
 
 def test_keys_revoke_takes_effect_and_is_listed(dbpath):
     token = run("keys", "create", "--org", "acme", "--db", dbpath).output.splitlines()[-1]
-    key_id = run("keys", "list", "--db", dbpath).output.split("\t")[0]
+    key_id = run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")[0]
     result = run("keys", "revoke", key_id, "--db", dbpath)
     assert result.exit_code == 0
     assert key_id in result.output
     assert not authenticates(dbpath, token)
-    assert run("keys", "list", "--db", dbpath).output.rstrip().split("\t")[3] != "-"
+    assert run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")[3] != "-"
 
 
 def test_revoking_an_unknown_key_fails_clearly(dbpath):
-    result = CliRunner().invoke(cli, ["keys", "revoke", "nope", "--db", dbpath])
-    assert result.exit_code != 0
-    assert "no key with id nope" in result.output
+    assert one_line_error(run("keys", "revoke", "nope", "--db", dbpath)) == "Error: no key with id nope"
 
 
 @pytest.mark.parametrize("org", ["", "x" * 256, "bad\norg"])
@@ -76,9 +114,9 @@ def test_keys_create_rejects_a_bad_org_name(dbpath, org):
     assert "--org" in result.output
 
 
-def test_first_start_creates_and_prints_one_key(dbpath, capsys):
-    db.init_db(dbpath)
-    conn = db.connect(dbpath)
+def test_first_start_creates_and_prints_one_key(newpath, capsys):
+    db.init_db(newpath)
+    conn = db.connect(newpath)
     try:
         _bootstrap_key(conn, None)
         token = capsys.readouterr().out.splitlines()[-1]
@@ -87,27 +125,211 @@ def test_first_start_creates_and_prints_one_key(dbpath, capsys):
         assert conn.execute("SELECT count(*) FROM api_key").fetchone()[0] == 1
     finally:
         conn.close()
-    assert authenticates(dbpath, token)
+    assert authenticates(newpath, token)
 
 
-def test_pods_api_key_is_stored_once_across_restarts(dbpath, capsys):
-    db.init_db(dbpath)
-    conn = db.connect(dbpath)
+def test_pods_api_key_is_stored_once_across_restarts(newpath, capsys):
+    token = "my-own-token-of-at-least-32-characters"
+    db.init_db(newpath)
+    conn = db.connect(newpath)
     try:
         for _ in range(3):
-            _bootstrap_key(conn, "my-own-token")
+            _bootstrap_key(conn, token)
         assert capsys.readouterr().out == ""  # nothing to print: the operator chose it
         rows = conn.execute("SELECT o.name FROM api_key k JOIN organization o USING (org_id)").fetchall()
         assert [tuple(r) for r in rows] == [("default",)]
     finally:
         conn.close()
-    assert authenticates(dbpath, "my-own-token")
+    assert authenticates(newpath, token)
+
+
+# -- init, and only init (or serving) creates a database -------------------------
+
+
+def test_init_creates_an_owner_only_database_and_prints_its_first_key(newpath):
+    result = run("init", "--db", newpath)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2].endswith('for organization "default". It is shown only once:')
+    token = result.output.splitlines()[-1]
+    assert token.startswith("pods_") and authenticates(newpath, token)
+    assert os.stat(newpath).st_mode & 0o777 == 0o600
+    conn = sqlite3.connect(newpath)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    finally:
+        conn.close()
+    assert [line.split("\t")[1] for line in run("keys", "list", "--db", newpath).output.splitlines()] == ["default"]
+
+
+@pytest.mark.parametrize("content", [None, b""], ids=["a-database", "an-empty-file"])
+def test_init_refuses_a_file_that_exists(dbpath, content):
+    if content is not None:
+        Path(dbpath).write_bytes(content)
+    before = digest(dbpath)
+    line = one_line_error(run("init", "--db", dbpath))
+    assert line == f"Error: database {dbpath} already exists; init only creates a new one"
+    assert digest(dbpath) == before
+
+
+@pytest.mark.parametrize("command", [
+    ["keys", "list"], ["keys", "create", "--org", "acme"], ["keys", "revoke", "0123456789abcdef"],
+    ["backup", "copy.db"], ["check"], ["migrate"],
+])
+def test_every_other_command_refuses_a_missing_database(tmp_path, command):
+    mistyped = str(tmp_path / "prod.bd")
+    result = CliRunner().invoke(cli, [*command, "--db", mistyped])
+    line = one_line_error(result)
+    assert f"database {mistyped} does not exist" in line and "init" in line
+    assert sorted(os.listdir(tmp_path)) == []  # neither the database nor a backup
+    assert "Created API key" not in result.stdout
+
+
+def test_a_mistyped_db_variable_creates_nothing_either(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(run("keys", "create", "--org", "acme", env={"PODS_DB": "prod.bd"}))
+    assert "database prod.bd does not exist" in line
+    assert os.listdir(tmp_path) == []
+
+
+# -- --db: an explicit flag beats its variable, wherever it stands ----------------
+
+
+@pytest.fixture
+def staging_and_prod(tmp_path):
+    paths = {name: str(tmp_path / f"{name}.db") for name in ("staging", "prod")}
+    for path in paths.values():
+        assert run("init", "--db", path).exit_code == 0
+    return paths
+
+
+@pytest.mark.parametrize("flag_first", [True, False], ids=["flag-before-the-command", "flag-after-it"])
+def test_an_explicit_db_flag_beats_pods_db(staging_and_prod, flag_first):
+    staging, prod = staging_and_prod["staging"], staging_and_prod["prod"]
+    prod_key = key_rows(prod)[0][0]
+    args = ["--db", prod, "keys", "revoke", prod_key] if flag_first else ["keys", "revoke", prod_key, "--db", prod]
+    result = run(*args, env={"PODS_DB": staging})
+    assert result.exit_code == 0, result.output
+    assert key_rows(prod)[0][1] is not None  # revoked where the flag said
+    assert all(revoked is None for _, revoked in key_rows(staging))
+
+
+def test_pods_db_beats_the_default(staging_and_prod, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default pods.db would be
+    listed = run("keys", "list", env={"PODS_DB": staging_and_prod["staging"]}).output
+    assert listed.split("\t")[0] == key_rows(staging_and_prod["staging"])[0][0]
+    assert not os.path.exists("pods.db")
+
+
+def test_two_different_explicit_db_flags_are_a_usage_error(staging_and_prod):
+    staging, prod = staging_and_prod["staging"], staging_and_prod["prod"]
+    result = CliRunner().invoke(cli, ["--db", staging, "keys", "revoke", key_rows(prod)[0][0], "--db", prod])
+    assert result.exit_code == 2
+    assert f"--db given twice: {staging} before the command name and {prod} after it" in result.stderr
+    assert all(revoked is None for path in (staging, prod) for _, revoked in key_rows(path))
+    assert run("--db", prod, "keys", "list", "--db", prod).exit_code == 0  # the same value twice is fine
+
+
+# -- older schemas: only serving and migrate change them --------------------------
+
+
+@pytest.mark.parametrize("command", [["keys", "create", "--org", "acme"], ["keys", "revoke", "0123456789abcdef"],
+                                     ["keys", "list"]])
+def test_commands_on_an_older_schema_refuse_and_say_what_to_run(v1_copy, command):
+    before = digest(v1_copy)
+    line = one_line_error(CliRunner().invoke(cli, [*command, "--db", v1_copy]))
+    assert f"database {v1_copy} has schema version 1, older than this pods' {db.SCHEMA_VERSION}" in line
+    assert f"migrate --db {v1_copy}` (or start the server) first" in line
+    assert digest(v1_copy) == before
+    assert sorted(os.listdir(Path(v1_copy).parent)) == ["old.db"]
+
+
+def test_migrate_upgrades_an_older_database_logging_each_step(v1_copy):
+    before = key_rows(v1_copy)
+    result = run_app("migrate", "--db", v1_copy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Migrated {v1_copy} from schema version 1 to {db.SCHEMA_VERSION}.\n"
+    steps = [line.split(" INFO pods.db ")[1] for line in result.stderr.splitlines()]
+    assert steps == [f"migrating schema {v} → {v + 1}" for v in range(1, db.SCHEMA_VERSION)]
+    assert key_rows(v1_copy) == before
+    assert run("keys", "list", "--db", v1_copy).exit_code == 0
+    again = run_app("migrate", "--db", v1_copy)
+    assert (again.returncode, again.stderr) == (0, "")
+    assert again.stdout == f"{v1_copy}: schema version {db.SCHEMA_VERSION} is current; nothing to do.\n"
+
+
+# -- a key is never stored unseen ------------------------------------------------
+
+
+def run_with_stdout(stdout, *args):
+    """``python app.py ARGS`` with stdout closed (``>&-``, when ``stdout`` is None)
+    or sent to ``stdout``."""
+    if stdout is None:
+        command = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, APP, *args]
+        return subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=60)
+    with open(stdout, "w") as out:
+        return subprocess.run([sys.executable, APP, *args], stdout=out, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def assert_one_line_on_stderr(result, *words):
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+
+
+@pytest.mark.parametrize("stdout", [None, "/dev/full"], ids=["closed", "unwritable"])
+def test_keys_create_stores_nothing_it_cannot_show(dbpath, stdout):
+    before = key_rows(dbpath)
+    result = run_with_stdout(stdout, "keys", "create", "--org", "acme", "--db", dbpath)
+    assert_one_line_on_stderr(result, "nothing was stored")
+    assert key_rows(dbpath) == before
+
+
+@pytest.mark.parametrize("stdout", [None, "/dev/full"], ids=["closed", "unwritable"])
+def test_init_leaves_nothing_when_it_cannot_show_the_key(tmp_path, stdout):
+    result = run_with_stdout(stdout, "init", "--db", str(tmp_path / "new.db"))
+    assert_one_line_on_stderr(result, "nothing was stored")
+    assert os.listdir(tmp_path) == []  # so init can simply be run again
+
+
+# -- configuration comes from the flags and the documented variables only ----------
+
+
+def test_the_app_reads_no_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("PODS_API_KEY", "an-operator-token-of-at-least-32-chars")
+    monkeypatch.setenv("PODS_MAX_CONTENT_LENGTH", "10")
+    monkeypatch.setenv("PODS_DB", str(tmp_path / "elsewhere.db"))
+    path = str(tmp_path / "app.db")
+    app = create_app({"TESTING": True, "DB": path})
+    try:
+        assert app.config["DB"] == path and app.config["MAX_CONTENT_LENGTH"] == 64 * 1024
+        assert "an-operator-token-of-at-least-32-chars" not in repr(dict(app.config))
+        assert not os.path.exists(tmp_path / "elsewhere.db")
+    finally:
+        db.close_thread_connection(path)
+
+
+def test_documented_variables_come_from_the_options(dbpath):
+    assert documented_variables() >= {"PODS_HOST", "PODS_PORT", "PODS_DB", "PODS_THREADS", "PODS_WORKERS",
+                                      "PODS_LOG_LEVEL", "PODS_API_KEY"}
+    env = {name: None for name in os.environ if name.startswith("PODS_")}
+    quiet = run("keys", "list", "--db", dbpath, env={**env, "PODS_LOG_LEVEL": "info", "PODS_THREADS": "2"})
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_an_unknown_pods_variable_gets_one_warning_naming_it(dbpath):
+    env = {name: None for name in os.environ if name.startswith("PODS_")}
+    result = run("keys", "list", "--db", dbpath, env={**env, "PODS_DATABASE": "x.db", "PODS_TRHEADS": "4"})
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: ignoring unknown environment variable(s) PODS_DATABASE, PODS_TRHEADS")
 
 
 def test_help_documents_flags_and_commands():
     out = run("--help").output
     for word in ("--host", "--port", "--db", "--threads", "PODS_HOST", "PODS_PORT", "PODS_DB",
-                 "PODS_THREADS", "PODS_API_KEY", "keys"):
+                 "PODS_THREADS", "PODS_API_KEY", "keys", "init", "migrate", "backup", "check"):
         assert word in out
     keys_help = run("keys", "--help").output
     assert all(c in keys_help for c in ("create", "list", "revoke"))

@@ -9,7 +9,7 @@ import httpx
 from live import Server
 
 URL = "/agent/v0/pods"
-KEY = "crash-test-key"
+KEY = "crash-test-key-with-at-least-32-characters"
 CYCLES = 4
 
 

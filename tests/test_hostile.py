@@ -10,7 +10,7 @@ import pytest
 from live import Server
 
 URL = "/agent/v0/pods"
-KEY = "hostile-key"
+KEY = "hostile-test-key-with-at-least-32-characters"
 SQL_INJECTIONS = [
     "' OR '1'='1",
     "1; DROP TABLE pod; --",

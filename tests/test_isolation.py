@@ -16,6 +16,7 @@ NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_
 def world(tmp_path_factory):
     """A server with three organizations, each with a key and five pods."""
     db = str(tmp_path_factory.mktemp("iso") / "iso.db")
+    assert run_app("init", "--db", db).returncode == 0
     tokens = {}
     for org in ORGS:
         result = run_app("keys", "create", "--org", org, "--db", db)

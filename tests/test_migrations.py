@@ -4,7 +4,9 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
+from live import Server
 
 from pods import create_app, db
 
@@ -64,6 +66,19 @@ def test_a_version_1_database_upgrades_and_keeps_every_pod_and_key(v1_copy):
         assert r.status_code == 401
     finally:
         db.close_thread_connection(v1_copy)
+
+
+def test_serving_an_older_database_logs_each_step(v1_copy):
+    server = Server(v1_copy)
+    try:
+        r = httpx.get(server.url + "/agent/v0/pods", params={"limit": 100},
+                      headers={"Authorization": "Bearer v1-token-acme"})
+        assert r.status_code == 200 and r.json()["count"] == 12
+    finally:
+        assert server.stop() == 0
+    steps = [line.split(" INFO pods.db ")[1] for line in server.stderr.splitlines() if " INFO pods.db " in line]
+    assert steps == [f"migrating schema {v} → {v + 1}" for v in range(1, db.SCHEMA_VERSION)]
+    assert version(v1_copy) == db.SCHEMA_VERSION
 
 
 def test_the_upgrade_uses_the_new_page_index(v1_copy):

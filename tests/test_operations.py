@@ -10,14 +10,25 @@ import threading
 import time
 import warnings
 
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
-from live import Server, run_app
+from click.testing import CliRunner
+from live import APP, Server, run_app
 
+from pods import create_app, db, queries
 from pods.accesslog import new_request_id
+from pods.auth import hash_key
+from pods.cli import cli
 from pods.server import QueueDepthSummary
 
 URL = "/agent/v0/pods"
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 
 
 def pods_in(path):
@@ -38,6 +49,22 @@ def integrity(path):
 
 def auth(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_cli(*args):
+    """A command run in this process (for what needs a working directory or a umask)."""
+    return CliRunner().invoke(cli, list(args))
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
 
 
 # -- graceful shutdown ---------------------------------------------------------
@@ -71,6 +98,31 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path):
     assert "Traceback" not in s.stderr
     # The WAL was folded back into the database file.
     assert not os.path.exists(s.db + "-wal") or os.path.getsize(s.db + "-wal") == 0
+
+
+def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing(tmp_path):
+    s = Server(tmp_path / "read.db")
+    token = s.bootstrap_token
+    pod = httpx.post(s.url + URL, json={"name": "kept"}, headers=auth(token)).json()
+    reader = sqlite3.connect(s.db, isolation_level=None)  # a backup, Litestream, an operator's shell
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM pod").fetchone()  # holds a read transaction on the WAL
+    try:
+        started = time.monotonic()
+        assert s.stop() == 0
+        stopped_in = time.monotonic() - started
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert stopped_in < db.BUSY_TIMEOUT_MS / 1000  # it used to wait out the whole busy timeout
+    warnings = [line for line in s.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and " WARNING pods.db WAL not truncated: " in warnings[0]
+    assert integrity(s.db) == [("ok",)]
+    again = Server(s.db)
+    try:
+        assert httpx.get(f"{again.url}{URL}/{pod['pod_id']}", headers=auth(token)).json() == pod
+    finally:
+        assert again.stop() == 0
 
 
 @pytest.mark.parametrize("workers,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT)])
@@ -232,7 +284,7 @@ def test_backup_under_write_load_restores_every_acknowledged_pod(tmp_path):
 
 def test_check_passes_a_sound_database_and_fails_a_damaged_one(tmp_path):
     path = str(tmp_path / "c.db")
-    assert run_app("keys", "create", "--org", "a", "--db", path).returncode == 0
+    assert run_app("init", "--db", path).returncode == 0
     ok = run_app("check", "--db", path)
     assert (ok.returncode, ok.stdout.strip()) == (0, f"{path}: ok")
 
@@ -263,6 +315,168 @@ def test_commands_on_a_file_that_is_not_a_database_fail_in_one_line(tmp_path, co
     assert result.stderr.strip().splitlines() == [f"Error: database {path}: file is not a database"]
 
 
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A database ``pods.db`` in the working directory, as a server leaves it: a key,
+    three pods, and (the server still running) a connection holding the WAL open."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init").exit_code == 0
+    app = create_app({"DB": "pods.db"})
+    with app.app_context():
+        conn = db.get_db()
+        org_id = conn.execute("SELECT org_id FROM organization").fetchone()[0]
+        for name in ("a", "b", "c"):
+            queries.insert_pod(conn, org_id, name, None)
+    yield "pods.db"
+    db.close_thread_connection("pods.db")
+
+
+def pods_and_keys(path):
+    conn = sqlite3.connect(path)
+    try:
+        return [conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in ("pod", "api_key")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("db_flag,dest", [
+    (None, "pods.db"),  # "back up pods.db", with the default --db pods.db
+    (None, "./pods.db"),
+    (None, "{cwd}/pods.db"),
+    (None, "sub/../pods.db"),
+    (None, "link.db"),  # a symlink to the database
+    (None, "hard.db"),  # a hard link to it
+    (None, "pods.db-wal"),
+    (None, "./pods.db-shm"),
+    (None, "pods.db-journal"),  # there is none in WAL mode: compared by path
+    ("link.db", "pods.db"),
+    ("link.db", "pods.db-wal"),  # SQLite names the companions after the real file, not the link
+    ("{cwd}/pods.db", "shm-link"),  # a symlink to a companion
+])
+def test_backup_refuses_the_database_and_its_companions_however_spelled(served, tmp_path, db_flag, dest):
+    os.symlink("pods.db", "link.db")
+    os.link("pods.db", "hard.db")
+    os.mkdir("sub")
+    os.symlink("pods.db-shm", "shm-link")
+    before = pods_and_keys("pods.db")
+    files = sorted(os.listdir())
+    args = ["backup", dest.format(cwd=tmp_path)] + (["--db", db_flag.format(cwd=tmp_path)] if db_flag else [])
+    line = one_line_error(run_cli(*args))
+    assert "being backed up" in line and "choose another path" in line
+    assert pods_and_keys("pods.db") == before and len(before[0]) == 3
+    assert sorted(os.listdir()) == files
+    assert integrity("pods.db") == [("ok",)]
+
+
+def test_backup_replaces_an_existing_file_only_with_force(served):
+    Path("precious.db").write_bytes(b"an earlier backup, or anything else")
+    line = one_line_error(run_cli("backup", "precious.db"))
+    assert line == "Error: precious.db exists; add --force to replace it"
+    assert Path("precious.db").read_bytes() == b"an earlier backup, or anything else"
+    result = run_cli("backup", "precious.db", "--force")
+    assert result.exit_code == 0, result.output
+    assert pods_and_keys("precious.db") == pods_and_keys("pods.db")
+
+
+def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy(served):
+    Path("busy.db-wal").write_bytes(b"another database's log")
+    line = one_line_error(run_cli("backup", "busy.db"))
+    assert line.startswith("Error: busy.db-wal exists: busy.db may be a database in use")
+    Path("stale.db.partial").write_bytes(b"left by a backup that was killed")
+    line = one_line_error(run_cli("backup", "stale.db"))
+    assert line == "Error: stale.db.partial exists, left by an interrupted backup; remove it and run again"
+    assert Path("stale.db.partial").read_bytes() == b"left by a backup that was killed"
+    assert not os.path.exists("busy.db") and not os.path.exists("stale.db")
+
+
+def test_backup_and_check_read_an_older_schema_as_it_is(tmp_path):
+    old = str(tmp_path / "old.db")
+    shutil.copy(FIXTURE_V1, old)
+    before = digest(old)
+    checked = run_app("check", "--db", old)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"{old}: ok (schema version 1, older than this pods' {db.SCHEMA_VERSION}")
+    copy = str(tmp_path / "copy.db")
+    backed_up = run_app("backup", copy, "--db", old)
+    assert backed_up.returncode == 0, backed_up.stderr
+    assert backed_up.stdout == f"Backed up {old} to {copy}: 36 pods, integrity ok.\n"
+    assert digest(old) == before  # not upgraded, not switched to WAL, not touched
+    assert sorted(os.listdir(tmp_path)) == ["copy.db", "old.db"]
+    assert pods_and_keys(copy) == pods_and_keys(old)
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+def sqlite_file(path, *statements):
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+NOT_PODS_DATABASES = {
+    "empty-file": (lambda p: p.write_bytes(b""), "is an empty file, not a pods database"),
+    "empty-sqlite": (lambda p: sqlite_file(p, "CREATE TABLE t (x)", "DROP TABLE t"),
+                     "is an empty SQLite database, not a pods database"),
+    "another-programs": (lambda p: sqlite_file(p, "CREATE TABLE notes (body TEXT)", "INSERT INTO notes VALUES ('hi')"),
+                         "is not a pods database (schema version 0, tables: notes)"),
+    "unknown-version": (lambda p: (shutil.copy(FIXTURE_V1, p), sqlite_file(p, "PRAGMA user_version = 99")),
+                        "has schema version 99, newer than this server's"),
+    "missing-table": (lambda p: (shutil.copy(FIXTURE_V1, p), sqlite_file(p, "DROP TABLE setting")),
+                      "is not a pods database: schema version 1 without table(s) setting"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_PODS_DATABASES)
+@pytest.mark.parametrize("command", ["check", "backup"])
+def test_check_and_backup_refuse_what_is_not_a_pods_database(tmp_path, kind, command):
+    make, words = NOT_PODS_DATABASES[kind]
+    path = tmp_path / "restored.db"
+    make(path)
+    before = digest(path)
+    args = ["check"] if command == "check" else ["backup", str(tmp_path / "copy.db")]
+    assert_one_line_failure(run_app(*args, "--db", str(path)), f"Error: database {path} {words}")
+    assert digest(path) == before
+    assert sorted(os.listdir(tmp_path)) == ["restored.db"]
+
+
+def test_serving_refuses_another_programs_sqlite_file(tmp_path):
+    path = tmp_path / "notes.db"
+    sqlite_file(path, "CREATE TABLE notes (body TEXT)", "INSERT INTO notes VALUES ('keep me')")
+    before = digest(path)
+    result = run_app("--port", "0", "--db", str(path), timeout=30)
+    assert_one_line_failure(result, f"database {path} is not a pods database")
+    assert digest(path) == before
+
+
+# -- file modes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_databases_their_wal_files_and_backups_are_owner_only(tmp_path, monkeypatch, umask):
+    monkeypatch.chdir(tmp_path)
+    def modes(*names):
+        return {name: os.stat(name).st_mode & 0o777 for name in names}
+
+    previous = os.umask(umask)
+    try:
+        app = create_app({"DB": "served.db"})  # as serving creates it
+        with app.app_context():
+            queries.insert_api_key(db.get_db(), "acme", hash_key("a-token"))  # the WAL files exist now
+            assert modes("served.db", "served.db-wal", "served.db-shm") == {
+                "served.db": 0o600, "served.db-wal": 0o600, "served.db-shm": 0o600}
+            assert run_cli("backup", "copy.db", "--db", "served.db").exit_code == 0
+        db.close_thread_connection("served.db")
+        assert run_cli("init", "--db", "init.db").exit_code == 0
+        assert modes("copy.db", "init.db") == {"copy.db": 0o600, "init.db": 0o600}
+    finally:
+        os.umask(previous)
+
+
 # -- clear failures at start --------------------------------------------------------
 
 
@@ -285,7 +499,7 @@ def test_port_in_use(tmp_path):
 
 def test_database_path_unwritable(tmp_path):
     result = run_app("--port", "0", "--db", str(tmp_path / "missing-dir" / "p.db"))
-    assert_one_line_failure(result, "unable to open database file")
+    assert_one_line_failure(result, "missing-dir/p.db: No such file or directory")
 
 
 def test_database_that_is_not_a_database(tmp_path):
@@ -296,12 +510,12 @@ def test_database_that_is_not_a_database(tmp_path):
 
 def test_database_locked_beyond_the_busy_timeout(tmp_path):
     path = str(tmp_path / "p.db")
-    assert run_app("keys", "create", "--org", "a", "--db", path).returncode == 0
+    assert run_app("init", "--db", path).returncode == 0
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
         started = time.monotonic()
-        result = run_app("--port", "0", "--db", path, env={"PODS_API_KEY": "needs-a-write"})
+        result = run_app("--port", "0", "--db", path, env={"PODS_API_KEY": "a-token-whose-storing-needs-a-write"})
         waited = time.monotonic() - started
     finally:
         holder.execute("ROLLBACK")
@@ -312,11 +526,70 @@ def test_database_locked_beyond_the_busy_timeout(tmp_path):
 
 def test_a_newer_schema_is_refused_in_one_line(tmp_path):
     path = str(tmp_path / "p.db")
-    assert run_app("keys", "create", "--org", "a", "--db", path).returncode == 0
+    assert run_app("init", "--db", path).returncode == 0
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     assert_one_line_failure(run_app("--port", "0", "--db", path), "schema version 99", "upgrade pods")
+
+
+@pytest.mark.parametrize("token", [
+    "x", "a" * 31,
+    "é" * 40,  # a client's header is read as Latin-1: it could never match
+    "a" * 40 + " ",  # HTTP trims the blank a client sends: it could never match
+    "a" * 20 + " " + "a" * 20, "a" * 39 + "\x7f",
+])
+def test_a_pods_api_key_that_could_never_match_or_is_short_is_refused_at_start(tmp_path, token):
+    path = tmp_path / "k.db"
+    result = run_app("--port", "0", "--db", str(path), env={"PODS_API_KEY": token}, timeout=30)
+    assert_one_line_failure(result, "PODS_API_KEY", "at least 32 visible ASCII characters",
+                            "secrets.token_urlsafe(32)")
+    assert token not in result.stderr
+    assert not path.exists()
+
+
+def test_a_first_start_with_stdout_closed_stores_no_key(tmp_path):
+    path = tmp_path / "closed.db"
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, APP, "--db", str(path)]
+    result = subprocess.run([*closed, "--port", "0"], stderr=subprocess.PIPE, text=True, timeout=30)
+    assert_one_line_failure(result, "stdout is closed", "nothing was stored")
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM api_key").fetchone() == (0,)
+    finally:
+        conn.close()
+    # With a key of the operator's own, there is nothing to show: it serves.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = "an-operator-token-of-at-least-32-characters"
+    proc = subprocess.Popen([*closed, "--port", str(port)], stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PODS_API_KEY": token})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{URL}", headers=auth(token), timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert proc.poll() is None, "the server exited"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_unknown_pods_variables_change_nothing_and_get_one_warning(tmp_path):
+    s = Server(tmp_path / "v.db", env={"PODS_MAX_CONTENT_LENGTH": "10", "PODS_TRHEADS": "4"})
+    try:
+        r = httpx.post(s.url + URL, json={"name": "n" * 200}, headers=auth(s.bootstrap_token))
+        assert r.status_code == 200  # the contract's 64 KiB limit holds
+    finally:
+        assert s.stop() == 0
+    warnings = [line for line in s.stderr.splitlines() if "unknown environment variable" in line]
+    assert len(warnings) == 1
+    assert " WARNING pods.cli ignoring unknown environment variable(s) PODS_MAX_CONTENT_LENGTH, PODS_TRHEADS " \
+        in warnings[0]
 
 
 def test_an_unwritable_stderr_loses_the_log_line_not_the_answer(client, headers, sql, monkeypatch, caplog):

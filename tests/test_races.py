@@ -9,7 +9,7 @@ import pytest
 from live import Server
 
 URL = "/agent/v0/pods"
-KEY = "race-key"
+KEY = "race-test-key-with-at-least-32-characters"
 
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])

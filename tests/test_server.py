@@ -65,10 +65,11 @@ def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(live_serv
 
 
 def test_pods_api_key_from_the_environment(tmp_path, sdk):
-    s = Server(tmp_path / "env.db", env={"PODS_API_KEY": "operator-chosen-token"})
+    token = "operator-chosen-token-of-32-characters-or-more"
+    s = Server(tmp_path / "env.db", env={"PODS_API_KEY": token})
     try:
         assert not any(line.startswith("pods_") for line in s.stdout.splitlines())
-        assert sdk(s.url, "operator-chosen-token").pods.list().count == 0
+        assert sdk(s.url, token).pods.list().count == 0
     finally:
         s.stop()
 

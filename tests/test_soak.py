@@ -9,7 +9,7 @@ import httpx
 from live import Server
 
 URL = "/agent/v0/pods"
-KEY = "soak-key"
+KEY = "soak-test-key-with-at-least-32-characters"
 CLIENTS = 16
 SECONDS = 6
 
