@@ -161,13 +161,24 @@ def cli(ctx, host, port, db, threads, workers, log_level, **limits):
     "default" and prints it once. PODS_API_KEY=<token> in the environment makes
     that token a key of "default".
     """
+    _plug_closed_standard_streams()
     if ctx.invoked_subcommand is None:
-        try:
-            serve(host, port, db, threads, workers, log_level, limits)
-        finally:
-            logstream.stderr.flush(timeout=2)  # a stalled log reader delays the exit by this at most
+        serve(host, port, db, threads, workers, log_level, limits)
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
+
+
+def _plug_closed_standard_streams() -> None:
+    """Open /dev/null on any of file descriptors 0-2 that the process started without
+    (``2>&-``), so that no file or socket opened later takes that number and
+    receives what is meant for stdout or stderr (the log writes to descriptor 2).
+    ``sys.stdout`` stays None for a closed stdout, which is how a new key refuses
+    to be stored unseen."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def documented_variables(command: click.Command | None = None) -> set[str]:

@@ -8,6 +8,7 @@ queue is full, new lines are dropped and counted, and once the stream takes line
 again a warning says how many were lost.
 """
 
+import atexit
 import collections
 import logging
 import os
@@ -114,6 +115,10 @@ class LogStream:
 
 
 stderr = LogStream(2)
+# Lines still queued when the process exits are written first, unless the stream
+# is stalled: then the exit waits this long at most. (Forked workers end with
+# os._exit and flush themselves.)
+atexit.register(stderr.flush, 2.0)
 
 
 class UTCFormatter(logging.Formatter):

@@ -265,3 +265,26 @@ def wait_for_url(stdout_path, proc) -> str:
         assert proc.poll() is None, "server exited"
         time.sleep(0.05)
     raise AssertionError("server did not start")
+
+
+def test_a_closed_stderr_loses_the_log_not_the_answers_nor_the_database(tmp_path):
+    """Started with ``2>&-``: requests are answered, and no log line lands in a file
+    or socket that took descriptor 2's place."""
+    db = tmp_path / "closed.db"
+    out = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
+                            env={**os.environ, "PODS_API_KEY": KEY}, preexec_fn=lambda: os.close(2))
+    try:
+        url = wait_for_url(tmp_path / "out.txt", proc)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
+            made = [c.post(URL, json={"name": f"kept {i}"}).json() for i in range(20)]
+            assert [c.get(f"{URL}/{p['pod_id']}").json() for p in made] == made
+        assert os.readlink(f"/proc/{proc.pid}/fd/2") == os.devnull
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+    for path in tmp_path.glob("closed.db*"):
+        assert b"pods.access" not in path.read_bytes()

@@ -591,12 +591,3 @@ def test_unknown_pods_variables_change_nothing_and_get_one_warning(tmp_path):
     assert " WARNING pods.cli ignoring unknown environment variable(s) PODS_MAX_CONTENT_LENGTH, PODS_TRHEADS " \
         in warnings[0]
 
-
-def test_an_unwritable_stderr_loses_the_log_line_not_the_answer(client, headers, sql, monkeypatch, caplog):
-    closed = open(os.devnull, "w")
-    closed.close()
-    monkeypatch.setattr("sys.stderr", closed)
-    caplog.set_level(logging.INFO, logger="pods.access")  # the line is attempted
-    r = client.post("/agent/v0/pods", json={"name": "kept"}, headers=headers)
-    assert r.status_code == 200 and r.json["name"] == "kept"
-    assert sql("SELECT name FROM pod") == [("kept",)]
