@@ -253,7 +253,11 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     sockets, port_lock = _listen(host, port, workers)
 
     url_host = f"[{host}]" if ":" in host else host
-    click.echo(f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]} (database {db}, {workers} worker(s))")
+    serving = f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]} (database {db}, {workers} worker(s))"
+    try:
+        click.echo(serving)
+    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
+        log.warning("%s; stdout could not be written", serving)
     if app is not None:
         _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(db))
         return
