@@ -88,17 +88,19 @@ def floor(app, by_id, pod_id: str) -> list:
     """Patch pods' GET step by step; returns (what is left, cost) after each patch."""
     from flask import Response
 
-    from pods import auth, db, queries
+    from pods import auth
     from pods.schemas import pod_schema
+    from pods.storage import EXTENSION_KEY
+    from pods.storage.sqlite import SQLiteStorage
 
-    with app.app_context():
-        caller = dict(queries.org_for_key_hash(db.get_db(), auth.hash_key(run.KEY)))
-        pod = dict(queries.find_pod(db.get_db(), caller["org_id"], pod_id))
+    storage = app.extensions[EXTENSION_KEY]
+    caller = dict(storage.caller_for_key_hash(auth.hash_key(run.KEY)))
+    pod = dict(storage.find_pod(caller["org_id"], pod_id))
     dumped = pod_schema.dump(pod)
     body = (json.dumps(dumped, separators=(",", ":")) + "\n").encode()
     steps = [
-        ("key lookup", lambda: setattr(queries, "org_for_key_hash", lambda conn, key_hash: caller)),
-        ("pod lookup", lambda: setattr(queries, "find_pod", lambda conn, org_id, pod_id: pod)),
+        ("key lookup", lambda: setattr(SQLiteStorage, "caller_for_key_hash", lambda self, key_hash: caller)),
+        ("pod lookup", lambda: setattr(SQLiteStorage, "find_pod", lambda self, org_id, pod_id: pod)),
         ("access-log line", lambda: logging.getLogger("pods.access").setLevel(logging.WARNING)),
         ("dump", lambda: setattr(pod_schema, "dump", lambda obj: dumped)),
         ("teardown", app.teardown_appcontext_funcs.clear),

@@ -30,13 +30,13 @@ LAUNCH = """
 import sys
 sys.path.insert(0, {root!r})
 variant, port, db = sys.argv[1:4]
-from pods import queries
+from pods.storage.sqlite import SQLiteStorage
 if variant in ("no-key-sql", "no-sql"):
     caller = {{"org_id": 1, "org_name": "bench", "key_id": "k"}}
-    queries.org_for_key_hash = lambda conn, key_hash: caller
+    SQLiteStorage.caller_for_key_hash = lambda self, key_hash: caller
 if variant in ("no-pod-sql", "no-sql"):
     pod = {{"pod_id": "p", "name": "n", "client_id": None, "created_at": "2026-01-01T00:00:00.000000Z"}}
-    queries.find_pod = lambda conn, org_id, pod_id: pod
+    SQLiteStorage.find_pod = lambda self, org_id, pod_id: pod
 sys.argv = ["app.py", "--port", port, "--db", db] + (["--log-level", "warning"] if variant == "no-access-log" else [])
 from pods.cli import cli
 cli()

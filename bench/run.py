@@ -38,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from pods import db, queries  # noqa: E402
+from pods.storage import sqlite  # noqa: E402
 from pods.auth import hash_key  # noqa: E402
 
 KEY = "bench-key"
@@ -110,11 +110,12 @@ def pods_server(name, db_path, workdir, threads, workers=1) -> Process:
 
 def seed(path: Path, pods: int) -> list[str]:
     """A database with one key and ``pods`` pods, 1 ms apart; returns their ids."""
-    db.init_db(str(path))
-    conn = db.connect(str(path))
+    sqlite.init_db(str(path))
+    storage = sqlite.SQLiteStorage(str(path))
+    conn = storage.connection()
     try:
-        queries.insert_api_key(conn, "bench", hash_key(KEY))
-        org_id = queries.org_for_key_hash(conn, hash_key(KEY))["org_id"]
+        storage.insert_api_key("bench", hash_key(KEY))
+        org_id = storage.caller_for_key_hash(hash_key(KEY))["org_id"]
         start = datetime(2026, 1, 1, tzinfo=UTC)
         rows = [
             (str(uuid.uuid4()), org_id, f"pod {i}", f"client-{i}",
@@ -127,7 +128,7 @@ def seed(path: Path, pods: int) -> list[str]:
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
-        conn.close()
+        storage.close()
     return [r[0] for r in rows]
 
 
@@ -257,11 +258,11 @@ def main() -> None:
 
 
 def count_pods(path: Path) -> int:
-    conn = db.connect(str(path))
+    storage = sqlite.SQLiteStorage(str(path))
     try:
-        return queries.count_pods(conn)
+        return storage.count_pods()
     finally:
-        conn.close()
+        storage.close()
 
 
 def measure_startup(work: Path, threads: int) -> float:

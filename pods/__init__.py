@@ -4,9 +4,10 @@ import secrets
 
 from flask import Flask
 
-from . import accesslog, db, errors, httprules, queries
+from . import accesslog, errors, httprules
 from .leanflask import CompactJSONProvider, NoSessions
 from .routing import StrictRoutingFlask
+from .storage import EXTENSION_KEY, open_storage
 
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
@@ -29,15 +30,13 @@ def create_app(config: dict | None = None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
-    db.init_db(app.config["DB"])
-    with app.app_context():
-        # Shared by every process on this database, so any worker accepts any token.
-        app.config["PAGE_TOKEN_SECRET"] = queries.setting(
-            db.get_db(), "page_token_secret", lambda: secrets.token_bytes(32)
-        )
+    storage = app.extensions[EXTENSION_KEY] = open_storage(app.config["DB"])
+    storage.prepare()
+    # Shared by every process on this database, so any worker accepts any token.
+    app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
 
-    app.teardown_appcontext(db.rollback_open_transaction)
-    errors.register(app)
+    app.teardown_appcontext(lambda _exc: storage.end_request())
+    errors.register(app, storage.unavailable)
     app.wsgi_app = httprules.HttpRules(app.wsgi_app)
     app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
 

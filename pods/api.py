@@ -2,10 +2,10 @@
 
 from flask import Blueprint, Response, abort, current_app, request
 
-from . import pagetoken, queries
+from . import pagetoken
 from .auth import auth
-from .db import get_db
 from .jsonbody import json_body
+from .storage import get_storage
 from .schemas import (
     PageTokenContext,
     list_args_schema,
@@ -26,7 +26,7 @@ def list_pods():
         args = list_args_schema.load(request.args)
     limit, ascending = args["limit"], args["ascending"]
     # One row more than asked for tells whether another page follows.
-    rows = queries.page_pods(get_db(), org_id, ascending, args["after"], limit + 1)
+    rows = get_storage().page_pods(org_id, ascending, args["after"], limit + 1)
     page = {"count": min(len(rows), limit), "limit": limit, "pods": rows[:limit]}
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -40,7 +40,7 @@ def list_pods():
 @auth.login_required
 def create_pod():
     fields = pod_create_schema.load(json_body())
-    pod = queries.insert_pod(get_db(), auth.current_user()["org_id"], **fields)
+    pod = get_storage().insert_pod(auth.current_user()["org_id"], **fields)
     return pod_schema.dump(pod)
 
 
@@ -50,7 +50,7 @@ def create_pod():
 @bp.get("/pods/<pod_id>")
 @auth.login_required
 def get_pod(pod_id):
-    pod = queries.find_pod(get_db(), auth.current_user()["org_id"], pod_id)
+    pod = get_storage().find_pod(auth.current_user()["org_id"], pod_id)
     if pod is None:
         abort(404, description="Pod not found.")
     return pod_schema.dump(pod)
@@ -59,7 +59,7 @@ def get_pod(pod_id):
 @bp.delete("/pods/<pod_id>")
 @auth.login_required
 def delete_pod(pod_id):
-    if not queries.delete_pod(get_db(), auth.current_user()["org_id"], pod_id):
+    if not get_storage().delete_pod(auth.current_user()["org_id"], pod_id):
         abort(404, description="Pod not found.")
     response = Response(status=200)
     del response.headers["Content-Type"]  # the body is empty, not an empty document

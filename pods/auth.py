@@ -7,10 +7,9 @@ from flask import request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
-from . import queries
 from .accesslog import CALLER_ENVIRON_KEY
-from .db import get_db
 from .errors import error_response
+from .storage import get_storage
 
 TOKEN_PREFIX = "pods_"
 
@@ -53,7 +52,7 @@ auth = ExactBearerAuth(scheme="Bearer")
 
 @auth.verify_token
 def verify_token(token: str):
-    caller = queries.org_for_key_hash(get_db(), hash_key(token))
+    caller = get_storage().caller_for_key_hash(hash_key(token))
     if caller is not None:
         request.environ[CALLER_ENVIRON_KEY] = caller  # for the access log
     return caller

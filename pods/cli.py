@@ -12,22 +12,19 @@ from contextlib import contextmanager
 import click
 from click.core import ParameterSource
 
-from . import __version__, accesslog, create_app, logstream, queries, server
+from . import __version__, accesslog, create_app, logstream, server
 from .auth import hash_key, new_token
-from .db import (
+from .storage import EXTENSION_KEY, UnusableDatabase, open_storage
+from .storage.sqlite import (
     SCHEMA_VERSION,
-    UnusableDatabase,
     backup,
     checkpoint,
-    close_thread_connection,
     companions,
-    connect,
     create_file,
     database_file_suffix,
     init_db,
     integrity_problems,
     remove_files,
-    schema_version,
 )
 
 log = logging.getLogger("pods.cli")
@@ -88,40 +85,40 @@ def _command_line(*args: str) -> str:
 
 @contextmanager
 def _database(path: str):
-    """A connection to the database at ``path``, created or brought to the current
-    schema as serving does, with expected failures reported in one line."""
+    """The storage at ``path``, created or brought to the current schema as serving
+    does, with expected failures reported in one line."""
     with _clear_failures(path):
-        init_db(path)
-        conn = connect(path)
+        storage = open_storage(path)
+        storage.prepare()
         try:
-            yield conn
+            yield storage
         finally:
-            conn.close()
+            storage.close()
 
 
 @contextmanager
 def _existing_database(path: str, current: bool = True):
-    """A connection to the pods database at ``path``, which must exist; with
-    ``current``, it must have this version's schema. Nothing is changed on the way:
-    only serving, init and migrate create or upgrade a database."""
+    """The pods database at ``path``, which must exist; with ``current``, it must
+    have this version's schema. Nothing is changed on the way: only serving, init
+    and migrate create or upgrade a database."""
     with _clear_failures(path):
         if not os.path.exists(path):
             raise click.ClickException(
                 f"database {path} does not exist (check --db or PODS_DB; "
                 f"`{_command_line('init', '--db', path)}` creates a new one)"
             )
-        conn = connect(path)
+        storage = open_storage(path)
         try:
-            version = schema_version(conn, path)
+            version = storage.schema_version()
             if current and version < SCHEMA_VERSION:
                 raise click.ClickException(
                     f"database {path} has schema version {version}, older than this pods' "
                     f"{SCHEMA_VERSION}: run `{_command_line('migrate', '--db', path)}` "
                     f"(or start the server) first"
                 )
-            yield conn
+            yield storage
         finally:
-            conn.close()
+            storage.close()
 
 
 @click.group(invoke_without_command=True)
@@ -259,7 +256,7 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
         log.warning("%s; stdout could not be written", serving)
     if app is not None:
-        _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(db))
+        _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(app))
         return
     code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
     for sock in sockets + [port_lock]:
@@ -298,8 +295,8 @@ def _fit_connection_limit(wanted: int) -> int:
 
 
 def _prepare_database(db: str, env_token: str | None) -> None:
-    with _database(db) as conn:
-        _bootstrap_key(conn, env_token)
+    with _database(db) as storage:
+        _bootstrap_key(storage, env_token)
 
 
 def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
@@ -309,7 +306,7 @@ def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, threads, limits, on_exit=lambda: close_thread_connection(config["DB"]))
+    _serve_app(app, sock, threads, limits, on_exit=app.extensions[EXTENSION_KEY].close)
 
 
 def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
@@ -317,9 +314,9 @@ def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
     server.run_until_signalled(waitress_server, on_exit=on_exit)
 
 
-def _close_database(path: str) -> None:
-    close_thread_connection(path)
-    checkpoint(path)
+def _close_database(app) -> None:
+    app.extensions[EXTENSION_KEY].close()
+    checkpoint(app.config["DB"])
 
 
 @contextmanager
@@ -336,15 +333,15 @@ def _clear_failures(db: str):
         raise click.ClickException(f"database {db}: {e.strerror}") from None
 
 
-def _bootstrap_key(conn, env_token: str | None) -> None:
+def _bootstrap_key(storage, env_token: str | None) -> None:
     """Make PODS_API_KEY a key of "default", or give a new database its first key."""
     if env_token:
         key_hash = hash_key(env_token)
-        queries.insert_api_key(conn, DEFAULT_ORG, key_hash)
-        if queries.org_for_key_hash(conn, key_hash) is None:
+        storage.insert_api_key(DEFAULT_ORG, key_hash)
+        if storage.caller_for_key_hash(key_hash) is None:
             click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
-    elif queries.count_api_keys(conn) == 0:
-        _create_key(conn, DEFAULT_ORG)
+    elif storage.count_api_keys() == 0:
+        _create_key(storage, DEFAULT_ORG)
 
 
 class _StdoutUnwritable(Exception):
@@ -357,7 +354,7 @@ def _require_stdout() -> None:
         raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
 
 
-def _create_key(conn, org: str) -> None:
+def _create_key(storage, org: str) -> None:
     """Store a new key for ``org`` and print it: once, as the last line.
 
     Storing and showing are one step: the key is committed only once its token has
@@ -375,7 +372,7 @@ def _create_key(conn, org: str) -> None:
             raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
 
     try:
-        queries.insert_api_key(conn, org, hash_key(token), before_commit=show)
+        storage.insert_api_key(org, hash_key(token), before_commit=show)
     except _StdoutUnwritable as e:
         _discard_stdout()
         raise click.ClickException(
@@ -407,8 +404,8 @@ def init_command(ctx, db):
             raise click.ClickException(f"database {path} already exists; init only creates a new one") from None
         try:
             init_db(path, create=False)
-            with _existing_database(path) as conn:
-                _create_key(conn, DEFAULT_ORG)
+            with _existing_database(path) as storage:
+                _create_key(storage, DEFAULT_ORG)
         except BaseException:
             remove_files(path)  # it was created just now: nothing of anyone's is lost
             raise
@@ -422,8 +419,8 @@ def migrate_command(ctx, db):
     the same at start); logs one line per step."""
     path = _db_path(ctx, db)
     configure_logging("info")
-    with _existing_database(path, current=False) as conn:
-        before = schema_version(conn, path)
+    with _existing_database(path, current=False) as storage:
+        before = storage.schema_version()
     if before == SCHEMA_VERSION:
         click.echo(f"{path}: schema version {before} is current; nothing to do.")
         return
@@ -443,8 +440,8 @@ def keys():
 @click.pass_context
 def keys_create(ctx, org, db):
     """Create a key; its token is printed once, as the last line."""
-    with _existing_database(_db_path(ctx, db)) as conn:
-        _create_key(conn, org)
+    with _existing_database(_db_path(ctx, db)) as storage:
+        _create_key(storage, org)
 
 
 @keys.command("list")
@@ -452,8 +449,8 @@ def keys_create(ctx, org, db):
 @click.pass_context
 def keys_list(ctx, db):
     """One key per line: key id, organization, created, revoked (or -)."""
-    with _existing_database(_db_path(ctx, db)) as conn:
-        rows = queries.list_api_keys(conn)
+    with _existing_database(_db_path(ctx, db)) as storage:
+        rows = storage.list_api_keys()
     for row in rows:
         click.echo("\t".join([row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-"]))
 
@@ -464,8 +461,8 @@ def keys_list(ctx, db):
 @click.pass_context
 def keys_revoke(ctx, key_id, db):
     """Revoke a key; it fails from the next request on."""
-    with _existing_database(_db_path(ctx, db)) as conn:
-        revoked_at = queries.revoke_api_key(conn, key_id)
+    with _existing_database(_db_path(ctx, db)) as storage:
+        revoked_at = storage.revoke_api_key(key_id)
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked API key {key_id} at {revoked_at}.")
@@ -483,18 +480,18 @@ def backup_command(ctx, path, force, db):
     however spelled, and when it exists, unless --force.
     """
     source = _db_path(ctx, db)
-    with _existing_database(source, current=False) as conn:
+    with _existing_database(source, current=False) as storage:
         _check_backup_destination(path, source, force)
         try:
-            backup(conn, path)
+            backup(storage.connection(), path)
         except FileExistsError:
             raise click.ClickException(
                 f"{path}.partial exists, left by an interrupted backup; remove it and run again"
             ) from None
         except OSError as e:
             raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
-    with _existing_database(path, current=False) as conn:
-        pods = queries.count_pods(conn)
+    with _existing_database(path, current=False) as storage:
+        pods = storage.count_pods()
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
 
 
@@ -523,9 +520,9 @@ def check_command(ctx, db):
     """Check that the file is a pods database of a known schema version, then its
     integrity and foreign keys; exits 1 on any problem. Changes nothing."""
     path = _db_path(ctx, db)
-    with _existing_database(path, current=False) as conn:
-        version = schema_version(conn, path)
-        problems = integrity_problems(conn)
+    with _existing_database(path, current=False) as storage:
+        version = storage.schema_version()
+        problems = integrity_problems(storage.connection())
     if problems:
         for line in problems:
             click.echo(line, err=True)

@@ -1,7 +1,6 @@
 """One JSON error shape for every status: ``{name, message, code[, errors]}``."""
 
 import logging
-import sqlite3
 from http import HTTPStatus
 
 from flask import Flask, json
@@ -61,16 +60,19 @@ def _validation_error(e: ValidationError):
     return error_response(400, errors=messages)
 
 
-def _database_unavailable(e: sqlite3.OperationalError):
+def _database_unavailable(e: Exception):
     # Locked beyond the busy timeout, disk full, read-only or vanished file: the
     # request changed nothing (its transaction rolled back) and may be retried.
     logging.getLogger("pods.db").warning("database unavailable: %s", e)
     return error_response(503)
 
 
-def register(app: Flask) -> None:
+def register(app: Flask, unavailable: tuple) -> None:
+    """JSON errors for ``app``; ``unavailable``: the storage's exceptions that mean
+    the database is not answering (503)."""
     # No handler for Exception: Flask then logs an unhandled error and passes an
     # InternalServerError to the HTTPException handler, so 500s are JSON and logged.
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ValidationError, _validation_error)
-    app.register_error_handler(sqlite3.OperationalError, _database_unavailable)
+    for exception in unavailable:
+        app.register_error_handler(exception, _database_unavailable)

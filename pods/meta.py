@@ -1,23 +1,20 @@
 """Routes about the service rather than pods: health and the API description."""
 
-import sqlite3
+from flask import Blueprint
 
-from flask import Blueprint, current_app
-
-from . import openapi, queries
-from .db import close_thread_connection, get_db
+from . import openapi
 from .errors import error_response
+from .storage import get_storage
 
 bp = Blueprint("meta", __name__)
 
 
 @bp.get("/healthz")
 def healthz():
+    storage = get_storage()
     try:
-        queries.ping(get_db())
-    except sqlite3.Error:
-        # Reconnect on the next call: the file may have been replaced or repaired.
-        close_thread_connection(current_app.config["DB"])
+        storage.ping()
+    except storage.unavailable:
         return error_response(503, "Database is not answering.")
     return {"status": "ok"}
 

@@ -8,19 +8,17 @@ all find them the same way. ``pods/schema.sql`` is a symlink to the top-level
 """
 
 import re
-from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 MIGRATION_NAME = re.compile(r"[0-9]{4}-.+\.sql")
 
 
-def version_history(package: str, baseline: str, migrations: str) -> list[Traversable]:
+def version_history(migrations: Traversable, baseline: Traversable | None = None) -> list[Traversable]:
     """The scripts that take a new database to the current version, in order.
 
-    Script ``i`` takes a database from version ``i`` to ``i + 1``: ``baseline``
-    (a file of ``package``) is version 1, then every ``NNNN-*.sql`` in the folder
-    ``migrations`` of ``package``, by name.
+    Script ``i`` takes a database from version ``i`` to ``i + 1``: ``baseline``, if
+    given, is version 1; then every ``NNNN-*.sql`` in the folder ``migrations``, by
+    name (``NNNN`` is the version the script makes).
     """
-    root = files(package)
-    steps = sorted((p for p in (root / migrations).iterdir() if MIGRATION_NAME.fullmatch(p.name)), key=lambda p: p.name)
-    return [root / baseline, *steps]
+    steps = sorted((p for p in migrations.iterdir() if MIGRATION_NAME.fullmatch(p.name)), key=lambda p: p.name)
+    return ([baseline] if baseline is not None else []) + steps

@@ -2,7 +2,8 @@ import sqlite3
 
 import pytest
 
-from pods import create_app, db, queries
+from pods import create_app
+from pods.storage import EXTENSION_KEY
 from pods.auth import hash_key, new_token
 
 
@@ -10,7 +11,12 @@ from pods.auth import hash_key, new_token
 def app(tmp_path):
     app = create_app({"TESTING": True, "DB": str(tmp_path / "pods.db")})
     yield app
-    db.close_thread_connection(app.config["DB"])
+    storage_of(app).close()
+
+
+def storage_of(app):
+    """The app's storage (pods.storage), for tests that set up or read data directly."""
+    return app.extensions[EXTENSION_KEY]
 
 
 @pytest.fixture
@@ -24,8 +30,7 @@ def make_key(app):
 
     def make(org="acme"):
         token = new_token()
-        with app.app_context():
-            key_id = queries.insert_api_key(db.get_db(), org, hash_key(token))
+        key_id = storage_of(app).insert_api_key(org, hash_key(token))
         return {"Authorization": f"Bearer {token}"}, key_id
 
     return make

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from pods import db, queries
+from conftest import storage_of
 
 POD_ENDPOINTS = [
     ("get", "/agent/v0/pods"),
@@ -86,8 +86,7 @@ def test_scheme_is_case_insensitive_and_separating_spaces_are_skipped(client, he
 def test_revoked_key_fails_on_the_very_next_request(app, client, make_key):
     headers, key_id = make_key("acme")
     assert client.get("/agent/v0/pods", headers=headers).status_code == 200
-    with app.app_context():
-        assert queries.revoke_api_key(db.get_db(), key_id) is not None
+    assert storage_of(app).revoke_api_key(key_id) is not None
     assert_unauthorized(client.get("/agent/v0/pods", headers=headers))
 
 

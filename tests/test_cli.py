@@ -12,7 +12,10 @@ import pytest
 from click.testing import CliRunner
 from live import APP, run_app
 
-from pods import create_app, db
+from conftest import storage_of
+
+from pods import create_app
+from pods.storage import sqlite as db
 from pods.cli import _bootstrap_key, cli, documented_variables
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
@@ -68,7 +71,7 @@ def authenticates(path, token):
         r = app.test_client().get("/agent/v0/pods", headers={"Authorization": f"Bearer {token}"})
         return r.status_code == 200
     finally:
-        db.close_thread_connection(path)
+        storage_of(app).close()
 
 
 # -- keys ----------------------------------------------------------------------
@@ -116,30 +119,31 @@ def test_keys_create_rejects_a_bad_org_name(dbpath, org):
 
 def test_first_start_creates_and_prints_one_key(newpath, capsys):
     db.init_db(newpath)
-    conn = db.connect(newpath)
+    storage = db.SQLiteStorage(newpath)
     try:
-        _bootstrap_key(conn, None)
+        _bootstrap_key(storage, None)
         token = capsys.readouterr().out.splitlines()[-1]
-        _bootstrap_key(conn, None)  # a second start prints nothing new
+        _bootstrap_key(storage, None)  # a second start prints nothing new
         assert capsys.readouterr().out == ""
-        assert conn.execute("SELECT count(*) FROM api_key").fetchone()[0] == 1
+        assert storage.count_api_keys() == 1
     finally:
-        conn.close()
+        storage.close()
     assert authenticates(newpath, token)
 
 
 def test_pods_api_key_is_stored_once_across_restarts(newpath, capsys):
     token = "my-own-token-of-at-least-32-characters"
     db.init_db(newpath)
-    conn = db.connect(newpath)
+    storage = db.SQLiteStorage(newpath)
+    conn = storage.connection()
     try:
         for _ in range(3):
-            _bootstrap_key(conn, token)
+            _bootstrap_key(storage, token)
         assert capsys.readouterr().out == ""  # nothing to print: the operator chose it
         rows = conn.execute("SELECT o.name FROM api_key k JOIN organization o USING (org_id)").fetchall()
         assert [tuple(r) for r in rows] == [("default",)]
     finally:
-        conn.close()
+        storage.close()
     assert authenticates(newpath, token)
 
 
@@ -306,7 +310,7 @@ def test_the_app_reads_no_environment_variables(tmp_path, monkeypatch):
         assert "an-operator-token-of-at-least-32-chars" not in repr(dict(app.config))
         assert not os.path.exists(tmp_path / "elsewhere.db")
     finally:
-        db.close_thread_connection(path)
+        storage_of(app).close()
 
 
 def test_documented_variables_come_from_the_options(dbpath):

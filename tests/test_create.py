@@ -3,6 +3,7 @@ import re
 import threading
 
 import pytest
+from conftest import storage_of
 
 URL = "/agent/v0/pods"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -186,8 +187,6 @@ def test_client_id_is_free_again_after_delete(client, headers):
 
 
 def test_concurrent_creates_with_one_client_id_make_one_pod(app, headers, sql):
-    from pods import db
-
     threads, answers = 16, []
     barrier = threading.Barrier(threads)
 
@@ -195,7 +194,7 @@ def test_concurrent_creates_with_one_client_id_make_one_pod(app, headers, sql):
         barrier.wait()
         r = app.test_client().post(URL, json={"client_id": "race", "name": "n"}, headers=headers)
         answers.append((r.status_code, r.json))
-        db.close_thread_connection(app.config["DB"])
+        storage_of(app).close()  # this thread's connection
 
     workers = [threading.Thread(target=create) for _ in range(threads)]
     for w in workers:

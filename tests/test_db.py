@@ -2,7 +2,10 @@ import sqlite3
 
 import pytest
 
-from pods import create_app, db
+from conftest import storage_of
+
+from pods import create_app
+from pods.storage import sqlite as db
 
 
 def test_schema_is_applied_once_and_idempotently(tmp_path):
@@ -20,13 +23,13 @@ def test_schema_is_applied_once_and_idempotently(tmp_path):
 
 
 def test_connections_enforce_foreign_keys_and_full_sync(app):
-    with app.app_context():
-        conn = db.get_db()
-        assert conn is db.get_db()  # one connection per thread, reused
-        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        with pytest.raises(sqlite3.IntegrityError):
-            conn.execute("INSERT INTO pod VALUES ('p', 999, 'n', NULL, 'now')")
+    storage = storage_of(app)
+    conn = storage.connection()
+    assert conn is storage.connection()  # one connection per thread, reused
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO pod VALUES ('p', 999, 'n', NULL, 'now')")
 
 
 def test_a_newer_schema_is_refused(tmp_path):
@@ -41,7 +44,8 @@ def test_a_newer_schema_is_refused(tmp_path):
 
 def test_page_token_secret_survives_restarts(tmp_path):
     path = str(tmp_path / "p.db")
-    first = create_app({"DB": path}).config["PAGE_TOKEN_SECRET"]
-    second = create_app({"DB": path}).config["PAGE_TOKEN_SECRET"]
-    db.close_thread_connection(path)
+    first, second = (create_app({"DB": path}) for _ in range(2))
+    for app in (first, second):
+        storage_of(app).close()
+    first, second = first.config["PAGE_TOKEN_SECRET"], second.config["PAGE_TOKEN_SECRET"]
     assert first == second and len(first) == 32

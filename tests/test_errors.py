@@ -1,10 +1,9 @@
 """Every error is the contract's JSON, whatever produced it."""
 
-import sqlite3
 
 import pytest
 
-from pods import queries
+from pods.storage.sqlite import SQLiteStorage
 
 
 def assert_error(r, status, name, code):
@@ -44,7 +43,7 @@ def test_unexpected_failure_is_json_500_without_a_traceback(app, client, headers
     def broken(*args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(queries, "find_pod", broken)
+    monkeypatch.setattr(SQLiteStorage, "find_pod", broken)
     r = client.get(f"/agent/v0/pods/{pod['pod_id']}", headers=headers)
     assert_error(r, 500, "InternalServerError", "internal_server_error")
     assert b"secret internals" not in r.data and b"Traceback" not in r.data
@@ -52,8 +51,8 @@ def test_unexpected_failure_is_json_500_without_a_traceback(app, client, headers
 
 
 def test_healthz_is_503_while_the_database_cannot_be_read(app, client, monkeypatch):
-    def unreadable(conn):
-        raise sqlite3.DatabaseError("file is not a database")
+    def unreadable(self):
+        self.connection().execute("SELECT * FROM file_is_not_a_database")  # raises sqlite3.OperationalError
 
-    monkeypatch.setattr(queries, "ping", unreadable)
+    monkeypatch.setattr(SQLiteStorage, "ping", unreadable)
     assert_error(client.get("/healthz"), 503, "ServiceUnavailableError", "service_unavailable")

@@ -3,7 +3,7 @@ import string
 
 import pytest
 
-from pods import queries
+from pods.storage import sqlite
 
 URL = "/agent/v0/pods"
 
@@ -19,7 +19,7 @@ def clock(monkeypatch):
             self.now = ts
 
     c = Clock()
-    monkeypatch.setattr(queries, "utc_now", lambda: c.now)
+    monkeypatch.setattr(sqlite, "utc_now", lambda: c.now)
     return c
 
 

@@ -8,7 +8,10 @@ import httpx
 import pytest
 from live import Server
 
-from pods import create_app, db
+from conftest import storage_of
+
+from pods import create_app
+from pods.storage import sqlite as db
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 TOKENS = {"v1-token-acme": "acme", "v1-token-globex": "globex", "v1-token-initech": "initech"}
@@ -65,7 +68,7 @@ def test_a_version_1_database_upgrades_and_keeps_every_pod_and_key(v1_copy):
         r = client.get("/agent/v0/pods", headers={"Authorization": f"Bearer {REVOKED}"})
         assert r.status_code == 401
     finally:
-        db.close_thread_connection(v1_copy)
+        storage_of(app).close()
 
 
 def test_serving_an_older_database_logs_each_step(v1_copy):
@@ -82,8 +85,7 @@ def test_serving_an_older_database_logs_each_step(v1_copy):
 
 
 def test_the_upgrade_uses_the_new_page_index(v1_copy):
-    create_app({"DB": v1_copy})
-    db.close_thread_connection(v1_copy)
+    storage_of(create_app({"DB": v1_copy})).close()
     conn = sqlite3.connect(v1_copy)
     try:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from conftest import storage_of
 from live import APP, Server, run_app
 
-from pods import create_app, db, queries
+from pods import create_app
+from pods.storage import sqlite as db
 from pods.accesslog import new_request_id
 from pods.auth import hash_key
 from pods.cli import cli
@@ -321,14 +323,12 @@ def served(tmp_path, monkeypatch):
     three pods, and (the server still running) a connection holding the WAL open."""
     monkeypatch.chdir(tmp_path)
     assert run_cli("init").exit_code == 0
-    app = create_app({"DB": "pods.db"})
-    with app.app_context():
-        conn = db.get_db()
-        org_id = conn.execute("SELECT org_id FROM organization").fetchone()[0]
-        for name in ("a", "b", "c"):
-            queries.insert_pod(conn, org_id, name, None)
+    storage = storage_of(create_app({"DB": "pods.db"}))
+    org_id = storage.connection().execute("SELECT org_id FROM organization").fetchone()[0]
+    for name in ("a", "b", "c"):
+        storage.insert_pod(org_id, name, None)
     yield "pods.db"
-    db.close_thread_connection("pods.db")
+    storage.close()
 
 
 def pods_and_keys(path):
@@ -464,13 +464,12 @@ def test_databases_their_wal_files_and_backups_are_owner_only(tmp_path, monkeypa
 
     previous = os.umask(umask)
     try:
-        app = create_app({"DB": "served.db"})  # as serving creates it
-        with app.app_context():
-            queries.insert_api_key(db.get_db(), "acme", hash_key("a-token"))  # the WAL files exist now
-            assert modes("served.db", "served.db-wal", "served.db-shm") == {
-                "served.db": 0o600, "served.db-wal": 0o600, "served.db-shm": 0o600}
-            assert run_cli("backup", "copy.db", "--db", "served.db").exit_code == 0
-        db.close_thread_connection("served.db")
+        storage = storage_of(create_app({"DB": "served.db"}))  # as serving creates it
+        storage.insert_api_key("acme", hash_key("a-token"))  # the WAL files exist now
+        assert modes("served.db", "served.db-wal", "served.db-shm") == {
+            "served.db": 0o600, "served.db-wal": 0o600, "served.db-shm": 0o600}
+        assert run_cli("backup", "copy.db", "--db", "served.db").exit_code == 0
+        storage.close()
         assert run_cli("init", "--db", "init.db").exit_code == 0
         assert modes("copy.db", "init.db") == {"copy.db": 0o600, "init.db": 0o600}
     finally:

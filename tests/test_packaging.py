@@ -28,10 +28,11 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import pods
-from pods import db
+from pods.storage import sqlite as db
 
 ROOT = Path(__file__).resolve().parent.parent
-SQL_FILES = ["schema.sql", *(f"migrations/{p.name}" for p in (ROOT / "pods" / "migrations").glob("*.sql"))]
+SQL_FILES = ["schema.sql", *(f"storage/sqlite_migrations/{p.name}"
+                             for p in (ROOT / "pods" / "storage" / "sqlite_migrations").glob("*.sql"))]
 # pyproject.toml holds these to the minor version the tests ran against (why: there).
 BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth"]
 

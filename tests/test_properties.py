@@ -6,7 +6,7 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pods import queries
+from pods.storage import sqlite
 
 URL = "/agent/v0/pods"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -89,7 +89,7 @@ operations = st.lists(
 def test_paging_visits_exactly_the_pods_in_order(client, make_key, monkeypatch, ops, limit, ascending):
     headers, _ = make_key(f"org-{uuid.uuid4()}")
     now = {"ts": ""}
-    monkeypatch.setattr(queries, "utc_now", lambda: now["ts"])
+    monkeypatch.setattr(sqlite, "utc_now", lambda: now["ts"])
     model = {}
     for op, arg in ops:
         if op == "create":

@@ -1,5 +1,7 @@
 """The SQL scripts are found as package data, in whatever package and folder a backend names."""
 
+from importlib.resources import files
+
 from pods.schemafiles import version_history
 
 
@@ -12,7 +14,9 @@ def test_another_backend_points_the_lookup_at_its_own_package_folder(tmp_path, m
         (package / "migrations-pg" / name).write_text(f"-- {name}")
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    scripts = version_history("otherbackend", "baseline.sql", "migrations-pg")
+    root = files("otherbackend")
+    scripts = version_history(root / "migrations-pg", root / "baseline.sql")
 
     assert [s.name for s in scripts] == ["baseline.sql", "0002-first.sql", "0003-second.sql"]
     assert [s.read_text() for s in scripts] == ["-- version 1", "-- 0002-first.sql", "-- 0003-second.sql"]
+    assert [s.name for s in version_history(root / "migrations-pg")] == ["0002-first.sql", "0003-second.sql"]

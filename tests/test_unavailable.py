@@ -4,26 +4,28 @@ import sqlite3
 
 import pytest
 
-from pods import create_app, db
+from conftest import storage_of
+
+from pods import create_app
+from pods.storage import sqlite
 
 URL = "/agent/v0/pods"
 
 
 @pytest.fixture
 def quick_app(tmp_path, monkeypatch):
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)  # not 5 s per locked request
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 200)  # not 5 s per locked request
     app = create_app({"TESTING": True, "DB": str(tmp_path / "u.db")})
     yield app
-    db.close_thread_connection(app.config["DB"])
+    storage_of(app).close()
 
 
 @pytest.fixture
 def key(quick_app):
-    from pods import queries
     from pods.auth import hash_key
 
     with quick_app.app_context():
-        queries.insert_api_key(db.get_db(), "acme", hash_key("k"))
+        storage_of(quick_app).insert_api_key("acme", hash_key("k"))
     return {"Authorization": "Bearer k"}
 
 
@@ -59,7 +61,7 @@ def test_disk_full_is_503_then_recovers(quick_app, key):
     client = quick_app.test_client()
     client.post(URL, json={"name": "first"}, headers=key)
     with quick_app.app_context():
-        conn = db.get_db()
+        conn = storage_of(quick_app).connection()
         # SQLite's own "disk is full": the file may not grow past its current pages.
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")

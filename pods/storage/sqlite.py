@@ -1,4 +1,6 @@
-"""SQLite connections, write transactions, and the schema's version history.
+"""The SQLite backend: every SQLite statement pods runs, with its connections,
+write transactions, schema versions and file-level operations (create, check,
+back up).
 
 Every thread keeps one connection per database file (waitress's pool is fixed, so the
 count stays bounded). Writers take one process-wide lock and then ``BEGIN IMMEDIATE``,
@@ -13,43 +15,34 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import urllib.parse
+import uuid
 from contextlib import contextmanager
+from importlib.resources import files
 
-from flask import current_app
-
-from .schemafiles import version_history
+from ..schemafiles import version_history
+from .base import NotPodsDatabase, SchemaTooNew, utc_now
 
 BUSY_TIMEOUT_MS = 5000
 
-# schema.sql is version 1, frozen. migrations/NNNN-*.sql takes a database from
-# version NNNN - 1 to NNNN. Each script opens its own transaction and sets
+# schema.sql is version 1, frozen. sqlite_migrations/NNNN-*.sql takes a database
+# from version NNNN - 1 to NNNN. Each script opens its own transaction and sets
 # user_version before COMMIT, because executescript() commits whatever
 # transaction was open before it runs.
-SCHEMA, *MIGRATIONS = version_history("pods", "schema.sql", "migrations")
+SCHEMA, *MIGRATIONS = version_history(files(__package__) / "sqlite_migrations", files("pods") / "schema.sql")
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 # SQLite's companion files: the write-ahead log, its shared-memory index, and the
 # rollback journal. Each holds part of the database while it is in use.
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 
+POD_COLUMNS = "pod_id, name, client_id, created_at"
+
 log = logging.getLogger("pods.db")
-_local = threading.local()
 _write_lock = threading.Lock()
-
-
-class UnusableDatabase(Exception):
-    """The file is not a pods database this version can use; the message says why."""
-
-
-class NotPodsDatabase(UnusableDatabase):
-    """A file that holds no pods database: empty, or another program's SQLite file."""
-
-
-class SchemaTooNew(UnusableDatabase):
-    """The database was written by a newer version of pods than this one."""
 
 
 def create_file(path: str) -> None:
@@ -93,36 +86,6 @@ def connect(path: str, busy_timeout_ms: int | None = None) -> sqlite3.Connection
     # on power loss, and edge devices lose power.
     conn.execute("PRAGMA synchronous = FULL")
     return conn
-
-
-def get_db() -> sqlite3.Connection:
-    """This thread's connection to the app's database, opened on first use."""
-    path = current_app.config["DB"]
-    conns = _thread_connections()
-    conn = conns.get(path)
-    if conn is None:
-        conn = conns[path] = connect(path)
-    return conn
-
-
-def _thread_connections() -> dict:
-    if not hasattr(_local, "conns"):
-        _local.conns = {}
-    return _local.conns
-
-
-def close_thread_connection(path: str) -> None:
-    """Close this thread's connection to ``path``, if it has one."""
-    conn = _thread_connections().pop(path, None)
-    if conn is not None:
-        conn.close()
-
-
-def rollback_open_transaction(_exc=None) -> None:
-    """Teardown: a request must never leave a transaction (and its locks) open."""
-    conn = _thread_connections().get(current_app.config["DB"])
-    if conn is not None and conn.in_transaction:
-        conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -324,3 +287,185 @@ def backup(source: sqlite3.Connection, dest: str) -> None:
         remove_files(partial)
         raise
     os.replace(partial, dest)
+
+
+# -- the storage the server and the CLI use ------------------------------------------
+
+
+class SQLiteStorage:
+    """The pods database in the SQLite file ``path`` (see ``base.Storage``).
+
+    Each thread has its own connection, opened on first use.
+    """
+
+    unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, disk full, file gone
+
+    def __init__(self, path: str):
+        self.path = path
+        self.description = path
+        self._local = threading.local()
+
+    def prepare(self) -> None:
+        """Create the database if it is missing and bring it to the current schema
+        (serving does this at start)."""
+        init_db(self.path)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+        return conn
+
+    def end_request(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            conn.execute("ROLLBACK")  # a request never leaves a transaction (and its locks) open
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
+    def ping(self) -> None:
+        try:
+            self.connection().execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            self.close()  # reconnect next time: the file may have been replaced or repaired
+            raise sqlite3.OperationalError(str(e)) from e
+
+    def schema_version(self) -> int:
+        """The database's schema version, checked (``schema_version``)."""
+        return schema_version(self.connection(), self.path)
+
+    def setting(self, key: str, make_value) -> bytes:
+        conn = self.connection()
+        row = conn.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        if row is not None:  # the usual case: no write lock needed
+            return row[0]
+        with write_tx(conn):
+            conn.execute(
+                "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, make_value()),
+            )
+            return conn.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()[0]
+
+    # -- organizations and keys ---------------------------------------------------
+
+    def caller_for_key_hash(self, key_hash: str):
+        """The (org_id, org_name, key_id) of an unrevoked key with this hash, or None."""
+        return self.connection().execute(
+            "SELECT o.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            " JOIN organization o ON o.org_id = k.org_id"
+            " WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+            (key_hash,),
+        ).fetchone()
+
+    def insert_api_key(self, org_name: str, key_hash: str, before_commit=None) -> str:
+        """Store a key for ``org_name`` (creating the organization if needed).
+
+        Idempotent on ``key_hash``: storing the same key again changes nothing, a
+        revoked key stays revoked. Returns the key's id. ``before_commit(key_id)``, if
+        given, runs inside the transaction: if it raises, nothing is stored.
+        """
+        now = utc_now()
+        conn = self.connection()
+        with write_tx(conn):
+            conn.execute(
+                "INSERT INTO organization (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (org_name, now),
+            )
+            conn.execute(
+                "INSERT INTO api_key (key_id, org_id, key_hash, created_at)"
+                " SELECT ?, org_id, ?, ? FROM organization WHERE name = ?"
+                " ON CONFLICT (key_hash) DO NOTHING",
+                (secrets.token_hex(8), key_hash, now, org_name),
+            )
+            key_id = conn.execute("SELECT key_id FROM api_key WHERE key_hash = ?", (key_hash,)).fetchone()[0]
+            if before_commit is not None:
+                before_commit(key_id)
+        return key_id
+
+    def count_api_keys(self) -> int:
+        """How many keys exist, revoked ones included."""
+        return self.connection().execute("SELECT count(*) FROM api_key").fetchone()[0]
+
+    def list_api_keys(self) -> list:
+        """Every key as (key_id, org_name, created_at, revoked_at), oldest first."""
+        return self.connection().execute(
+            "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at FROM api_key k"
+            " JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
+        ).fetchall()
+
+    def revoke_api_key(self, key_id: str):
+        """Revoke a key. Returns its revocation time (the earlier one if it was already
+        revoked), or None when no key has this id."""
+        conn = self.connection()
+        with write_tx(conn):
+            conn.execute(
+                "UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (utc_now(), key_id),
+            )
+            row = conn.execute("SELECT revoked_at FROM api_key WHERE key_id = ?", (key_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- pods ---------------------------------------------------------------------
+
+    def insert_pod(self, org_id: int, name, client_id):
+        """Create a pod, or return the organization's existing pod with this client_id.
+
+        ``name`` defaults to the client_id, else to the new pod_id. Returns the pod row.
+        """
+        pod_id = str(uuid.uuid4())
+        conn = self.connection()
+        with write_tx(conn):
+            # The timestamp is taken under the write lock, so this process's pods get
+            # created_at values in commit order.
+            row = conn.execute(
+                f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
+                f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, client_id) DO NOTHING"
+                f" RETURNING {POD_COLUMNS}",
+                (pod_id, org_id, name or client_id or pod_id, client_id, utc_now()),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    f"SELECT {POD_COLUMNS} FROM pod WHERE org_id = ? AND client_id = ?",
+                    (org_id, client_id),
+                ).fetchone()
+        return row
+
+    def find_pod(self, org_id: int, pod_id: str):
+        """The organization's pod with this id, or None."""
+        return self.connection().execute(
+            f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id)
+        ).fetchone()
+
+    def page_pods(self, org_id: int, ascending: bool, after, limit: int) -> list:
+        """Up to ``limit`` of the organization's pods in (created_at, pod_id) order.
+
+        ``after`` is the (created_at, pod_id) of the last pod already seen, or None to
+        start at the beginning; "after" follows the direction.
+        """
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
+        where = "org_id = ?"
+        params: list = [org_id]
+        if after is not None:
+            where += f" AND (created_at, pod_id) {op} (?, ?)"
+            params += after
+        return self.connection().execute(
+            f"SELECT {POD_COLUMNS} FROM pod WHERE {where}"
+            f" ORDER BY created_at {order}, pod_id {order} LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+
+    def delete_pod(self, org_id: int, pod_id: str) -> bool:
+        """Delete the organization's pod. Returns False when there was none."""
+        conn = self.connection()
+        with write_tx(conn):
+            cur = conn.execute("DELETE FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
+        return cur.rowcount == 1
+
+    def count_pods(self) -> int:
+        """How many pods exist, in every organization."""
+        return self.connection().execute("SELECT count(*) FROM pod").fetchone()[0]

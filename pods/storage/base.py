@@ -1,0 +1,84 @@
+"""What every storage backend offers, and the failures they share.
+
+The views, authentication and the CLI speak to a ``Storage`` only; they never see
+a database driver, a connection or a statement. Each backend module
+(``sqlite.py``, ``postgres.py``) holds every statement it runs.
+
+Rows come back as mappings (``row["pod_id"]``), timestamps as fixed-width RFC 3339
+UTC text with microseconds (``2026-11-29T03:39:26.642805Z``), the same on every
+backend, so that what is dumped, compared and put in page tokens never depends on
+where it was stored.
+"""
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class UnusableDatabase(Exception):
+    """The database is not one this version of pods can use; the message says why."""
+
+
+class NotPodsDatabase(UnusableDatabase):
+    """A database that holds no pods data: empty, or another program's."""
+
+
+class SchemaTooNew(UnusableDatabase):
+    """The database was written by a newer version of pods than this one."""
+
+
+def utc_text(moment: datetime) -> str:
+    """``moment`` as stored and shown: fixed-width RFC 3339 UTC with microseconds,
+    so that text order is time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_now() -> str:
+    return utc_text(datetime.now(UTC))
+
+
+class Storage(Protocol):
+    """One database, as the server and the CLI use it. Methods that write commit
+    before they return; methods are safe to call from any thread."""
+
+    # Exceptions (of the driver) that mean "the database is not answering now":
+    # the request changed nothing and may be retried; the server answers 503.
+    unavailable: tuple[type[BaseException], ...]
+
+    def end_request(self) -> None:
+        """After each request: roll back anything left open, release what it held."""
+
+    def close(self) -> None:
+        """Release this process's hold on the database (at shutdown)."""
+
+    def ping(self) -> None:
+        """Raise one of ``unavailable`` unless the database answers."""
+
+    def setting(self, key: str, make_value) -> bytes:
+        """The stored value of ``key``; stores ``make_value()`` first if there is
+        none (the first of several processes starting at once wins)."""
+
+    # -- keys -----------------------------------------------------------------------
+
+    def caller_for_key_hash(self, key_hash: str):
+        """The key (with its organization) that authenticates a request, or None."""
+
+    def insert_api_key(self, org_name: str, key_hash: str, before_commit=None) -> str:
+        """Store a key for ``org_name`` (made if new); idempotent on ``key_hash``."""
+
+    def count_api_keys(self) -> int: ...
+
+    def list_api_keys(self) -> list: ...
+
+    def revoke_api_key(self, key_id: str): ...
+
+    # -- pods -----------------------------------------------------------------------
+
+    def insert_pod(self, org_id: int, name, client_id): ...
+
+    def find_pod(self, org_id: int, pod_id: str): ...
+
+    def page_pods(self, org_id: int, ascending: bool, after, limit: int) -> list: ...
+
+    def delete_pod(self, org_id: int, pod_id: str) -> bool: ...
+
+    def count_pods(self) -> int: ...
