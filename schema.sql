@@ -1,5 +1,5 @@
 -- Schema version 1: the baseline. Applied only to a database whose user_version is 0;
--- later changes are migrations in pods/db.py. Every statement is idempotent, so a crash
+-- later changes are pods/storage/sqlite_migrations/. Every statement is idempotent, so a crash
 -- before the version bump is harmless: the next start runs this again.
 BEGIN IMMEDIATE;
 

@@ -114,7 +114,7 @@ def seed(path: Path, pods: int) -> list[str]:
     storage = sqlite.SQLiteStorage(str(path))
     conn = storage.connection()
     try:
-        storage.insert_api_key("bench", hash_key(KEY))
+        storage.insert_api_key("bench", hash_key(KEY), KEY[:12])
         org_id = storage.caller_for_key_hash(hash_key(KEY))["org_id"]
         start = datetime(2026, 1, 1, tzinfo=UTC)
         rows = [

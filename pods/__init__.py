@@ -4,7 +4,7 @@ import secrets
 
 from flask import Flask
 
-from . import accesslog, errors, httprules
+from . import accesslog, errors, httprules, keyuse
 from .leanflask import CompactJSONProvider, NoSessions
 from .routing import StrictRoutingFlask
 from .storage import EXTENSION_KEY, open_storage
@@ -26,6 +26,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
+        KEY_USE_FLUSH_SECONDS=keyuse.FLUSH_SECONDS,
     )
     if config is not None:
         app.config.from_mapping(config)
@@ -35,13 +36,21 @@ def create_app(config: dict | None = None) -> Flask:
     # Shared by every process on this database, so any worker accepts any token.
     app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
 
+    app.extensions[keyuse.EXTENSION_KEY] = keyuse.KeyUseRecorder(storage, app.config["KEY_USE_FLUSH_SECONDS"])
     app.teardown_appcontext(lambda _exc: storage.end_request())
     errors.register(app, storage.unavailable)
     app.wsgi_app = httprules.HttpRules(app.wsgi_app)
     app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
 
-    from . import api, meta
+    from . import api, keys, meta
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(keys.bp)
     app.register_blueprint(meta.bp)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """At shutdown: record the key uses still pending, release the database."""
+    app.extensions[keyuse.EXTENSION_KEY].flush()
+    app.extensions[EXTENSION_KEY].close()

@@ -27,7 +27,7 @@ from . import logstream
 
 log = logging.getLogger("pods.access")
 
-# Set by authentication to the caller: a mapping with "org_name" and "key_id".
+# Set by authentication to the caller (access.Caller: org_name, key_id ...).
 CALLER_ENVIRON_KEY = "pods.caller"
 
 # An incoming X-Request-Id is honoured when it is short and plain enough to be
@@ -101,7 +101,7 @@ def write_line(method, path, status, started, request_id, caller=None, client="-
     """Queue one access line; ``started`` is the request's ``time.perf_counter()``."""
     if not log.isEnabledFor(logging.INFO):
         return
-    org, key = (escape_text(caller["org_name"]), caller["key_id"]) if caller is not None else ("-", "-")
+    org, key = (escape_text(caller.org_name), caller.key_id) if caller is not None else ("-", "-")
     logstream.stderr.write(
         f"{logstream.utc_timestamp(time.time())} INFO {log.name} {escape(method)} {escape(path[:MAX_PATH])}"
         f" {status} {(time.perf_counter() - started) * 1000:.1f}ms request_id={escape(request_id)}"

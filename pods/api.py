@@ -1,66 +1,73 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort
 
-from . import pagetoken
-from .auth import auth
+from .access import Caller, require_organization_scope
+from .auth import auth, current_caller
 from .jsonbody import json_body
+from .pagetoken import ORGANIZATION_PODS
+from .paging import keyset_page
+from .schemas import list_args_schema, pod_create_schema, pod_list_schema, pod_schema
 from .storage import get_storage
-from .schemas import (
-    PageTokenContext,
-    list_args_schema,
-    pod_create_schema,
-    pod_list_schema,
-    pod_schema,
-)
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
 
 
 @bp.get("/pods")
-@auth.login_required
+@auth.login_required(role="pod_read")
 def list_pods():
-    org_id = auth.current_user()["org_id"]
-    secret = current_app.config["PAGE_TOKEN_SECRET"]
-    with PageTokenContext({"secret": secret, "org_id": org_id}):
-        args = list_args_schema.load(request.args)
-    limit, ascending = args["limit"], args["ascending"]
-    # One row more than asked for tells whether another page follows.
-    rows = get_storage().page_pods(org_id, ascending, args["after"], limit + 1)
-    page = {"count": min(len(rows), limit), "limit": limit, "pods": rows[:limit]}
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        page["next_page_token"] = pagetoken.encode(
-            secret, org_id, ascending, last["created_at"], last["pod_id"]
-        )
-    return pod_list_schema.dump(page)
+    caller = current_caller()
+    # A pod-scoped key's list holds its pod at most.
+    list_id = ORGANIZATION_PODS if caller.pod_id is None else f"pods:{caller.pod_id}"
+
+    def fetch(args, limit):
+        return get_storage().page_pods(caller.org_id, args["ascending"], args["after"], limit, caller.pod_id)
+
+    page, pods = keyset_page(caller, list_id, list_args_schema, fetch, "pod_id")
+    return pod_list_schema.dump({**page, "pods": pods})
 
 
 @bp.post("/pods")
-@auth.login_required
+@auth.login_required(role="pod_create")
 def create_pod():
+    caller = current_caller()
+    require_organization_scope(caller, "create pods")
     fields = pod_create_schema.load(json_body())
-    pod = get_storage().insert_pod(auth.current_user()["org_id"], **fields)
-    return pod_schema.dump(pod)
+    return pod_schema.dump(get_storage().insert_pod(caller.org_id, **fields))
 
 
 # <pod_id> is werkzeug's default converter: one path segment of anything but "/"
 # (newlines, NUL and invalid UTF-8 included), so every such request is authenticated
 # and answered by the lookup. A longer path is no route: 404 before authentication.
 @bp.get("/pods/<pod_id>")
-@auth.login_required
+@auth.login_required(role="pod_read")
 def get_pod(pod_id):
-    pod = get_storage().find_pod(auth.current_user()["org_id"], pod_id)
-    if pod is None:
-        abort(404, description="Pod not found.")
-    return pod_schema.dump(pod)
+    return pod_schema.dump(visible_pod(current_caller(), pod_id))
 
 
 @bp.delete("/pods/<pod_id>")
-@auth.login_required
+@auth.login_required(role="pod_delete")
 def delete_pod(pod_id):
-    if not get_storage().delete_pod(auth.current_user()["org_id"], pod_id):
+    caller = current_caller()
+    if not caller.sees_pod(pod_id) or not get_storage().delete_pod(caller.org_id, pod_id):
         abort(404, description="Pod not found.")
+    return empty_ok()
+
+
+def visible_pod(caller: Caller, pod_id: str):
+    """The pod, if it is the caller's to see.
+
+    :raise 404: no such pod in the caller's organization, or outside its key's scope
+        (answered alike: another pod's existence is not revealed).
+    """
+    pod = get_storage().find_pod(caller.org_id, pod_id) if caller.sees_pod(pod_id) else None
+    if pod is None:
+        abort(404, description="Pod not found.")
+    return pod
+
+
+def empty_ok() -> Response:
+    """200 with an empty body and no Content-Type: nothing, not an empty document."""
     response = Response(status=200)
-    del response.headers["Content-Type"]  # the body is empty, not an empty document
+    del response.headers["Content-Type"]
     return response

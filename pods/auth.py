@@ -1,14 +1,22 @@
-"""Bearer-token authentication: each API key belongs to exactly one organization."""
+"""Bearer-token authentication: each API key belongs to exactly one organization.
+
+One key lookup per request answers who is asking (401 when nobody valid) and,
+through flask-httpauth's roles, whether the key has the permission the endpoint
+names (``@auth.login_required(role="pod_read")``; 403 when not). Scope is decided
+in ``access.py`` from the same lookup.
+"""
 
 import hashlib
 import secrets
 
-from flask import request
+from flask import current_app, g, request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
+from .access import Caller, missing_permission_message
 from .accesslog import CALLER_ENVIRON_KEY
 from .errors import error_response
+from .keyuse import EXTENSION_KEY as KEY_USE
 from .storage import get_storage
 
 TOKEN_PREFIX = "pods_"
@@ -17,6 +25,12 @@ TOKEN_PREFIX = "pods_"
 def new_token() -> str:
     """A fresh API key: 256 random bits, prefixed so secret scanners can spot it."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_prefix(token: str) -> str:
+    """The part of a token shown to recognise its key (``pods_`` and 7 more), never
+    enough to use it."""
+    return token[:12]
 
 
 def hash_key(token: str) -> str:
@@ -46,19 +60,35 @@ class ExactBearerAuth(HTTPTokenAuth):
         token = bearer_token(request.environ.get("HTTP_AUTHORIZATION", ""))
         return Authorization("bearer", token=token) if token else None
 
+    def authorize(self, role, user, auth):
+        """``role`` is the permission the endpoint needs (None: none)."""
+        if role is None or role in user.permissions:
+            return True
+        g.missing_permission = role  # for the 403's message
+        return False
+
 
 auth = ExactBearerAuth(scheme="Bearer")
 
 
 @auth.verify_token
-def verify_token(token: str):
-    caller = get_storage().caller_for_key_hash(hash_key(token))
-    if caller is not None:
-        request.environ[CALLER_ENVIRON_KEY] = caller  # for the access log
+def verify_token(token: str) -> Caller | None:
+    row = get_storage().caller_for_key_hash(hash_key(token))
+    if row is None:
+        return None
+    caller = request.environ[CALLER_ENVIRON_KEY] = Caller.from_row(row)  # also for the access log
+    current_app.extensions[KEY_USE].used(caller.key_id, caller.used_at)
     return caller
+
+
+def current_caller() -> Caller:
+    """The caller of a view behind ``auth.login_required``."""
+    return auth.current_user()
 
 
 @auth.error_handler
 def auth_error(status: int):
     # A (body, status) tuple: a bare Response would keep status 200.
+    if status == 403:
+        return error_response(403, missing_permission_message(g.missing_permission))
     return error_response(status)

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 import click
 from click.core import ParameterSource
 
-from . import __version__, accesslog, create_app, logstream, server
-from .auth import hash_key, new_token
-from .storage import EXTENSION_KEY, UnusableDatabase, open_storage
+from . import __version__, accesslog, close_app, create_app, logstream, server
+from .auth import hash_key, new_token, token_prefix
+from .storage import UnusableDatabase, open_storage
 from .storage.sqlite import (
     SCHEMA_VERSION,
     backup,
@@ -54,6 +54,18 @@ def db_option(default):
         help="SQLite database file (env PODS_DB)." if default is not None
         else "SQLite database file (env PODS_DB; default pods.db).",
     )
+
+
+def _shown(text: str) -> str:
+    """``text`` for a terminal: as it is when printable, else escaped whole (a name
+    set over the API may hold, say, a C1 control character a terminal obeys)."""
+    return text if text.isprintable() else accesslog.escape_text(text)
+
+
+def _key_name(ctx, param, value):
+    if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
+        raise click.BadParameter("must be 1 to 255 printable characters")
+    return value
 
 
 def _trusted_proxies(ctx, param, value):
@@ -306,7 +318,7 @@ def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, threads, limits, on_exit=app.extensions[EXTENSION_KEY].close)
+    _serve_app(app, sock, threads, limits, on_exit=lambda: close_app(app))
 
 
 def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
@@ -315,7 +327,7 @@ def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
 
 
 def _close_database(app) -> None:
-    app.extensions[EXTENSION_KEY].close()
+    close_app(app)
     checkpoint(app.config["DB"])
 
 
@@ -337,7 +349,7 @@ def _bootstrap_key(storage, env_token: str | None) -> None:
     """Make PODS_API_KEY a key of "default", or give a new database its first key."""
     if env_token:
         key_hash = hash_key(env_token)
-        storage.insert_api_key(DEFAULT_ORG, key_hash)
+        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))
         if storage.caller_for_key_hash(key_hash) is None:
             click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
     elif storage.count_api_keys() == 0:
@@ -354,8 +366,9 @@ def _require_stdout() -> None:
         raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
 
 
-def _create_key(storage, org: str) -> None:
-    """Store a new key for ``org`` and print it: once, as the last line.
+def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None) -> None:
+    """Store a new key for ``org`` (scoped to ``pod_id``, if given) and print it:
+    once, as the last line.
 
     Storing and showing are one step: the key is committed only once its token has
     been written and flushed to stdout, so no key is ever stored unseen.
@@ -363,16 +376,19 @@ def _create_key(storage, org: str) -> None:
     _require_stdout()
     token = new_token()
 
-    def show(key_id: str) -> None:
+    def show(key) -> None:
+        scope = f'pod {pod_id} of organization "{org}"' if pod_id else f'organization "{org}"'
         try:
-            click.echo(f'Created API key {key_id} for organization "{org}". It is shown only once:')
+            click.echo(f"Created API key {key['key_id']} for {scope}. It is shown only once:")
             click.echo(token)
             sys.stdout.flush()
         except (OSError, ValueError) as e:  # ValueError: written to a closed file
             raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
 
     try:
-        storage.insert_api_key(org, hash_key(token), before_commit=show)
+        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show)
+    except LookupError:
+        raise click.ClickException(f'organization "{org}" has no pod {pod_id}') from None
     except _StdoutUnwritable as e:
         _discard_stdout()
         raise click.ClickException(
@@ -418,12 +434,12 @@ def migrate_command(ctx, db):
     """Bring a database made by an older pods to the current schema (serving does
     the same at start); logs one line per step."""
     path = _db_path(ctx, db)
-    configure_logging("info")
     with _existing_database(path, current=False) as storage:
         before = storage.schema_version()
     if before == SCHEMA_VERSION:
         click.echo(f"{path}: schema version {before} is current; nothing to do.")
         return
+    configure_logging("info")  # the steps' lines
     with _clear_failures(path):
         init_db(path, create=False)
     click.echo(f"Migrated {path} from schema version {before} to {SCHEMA_VERSION}.")
@@ -436,23 +452,28 @@ def keys():
 
 @keys.command("create")
 @click.option("--org", required=True, callback=_org_name, help="Organization the key belongs to.")
+@click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: the whole organization).")
+@click.option("--name", callback=_key_name, help="Name of the key (default: the start of its token).")
 @db_option(None)
 @click.pass_context
-def keys_create(ctx, org, db):
-    """Create a key; its token is printed once, as the last line."""
+def keys_create(ctx, org, pod_id, name, db):
+    """Create a key with every permission; its token is printed once, as the last line."""
     with _existing_database(_db_path(ctx, db)) as storage:
-        _create_key(storage, org)
+        _create_key(storage, org, pod_id, name)
 
 
 @keys.command("list")
 @db_option(None)
 @click.pass_context
 def keys_list(ctx, db):
-    """One key per line: key id, organization, created, revoked (or -)."""
+    """One key per line, tab-separated: key id, organization, created, revoked (or
+    -), name, scope (org, or the pod's id)."""
     with _existing_database(_db_path(ctx, db)) as storage:
         rows = storage.list_api_keys()
     for row in rows:
-        click.echo("\t".join([row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-"]))
+        columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
+                   row["name"], row["pod_id"] or "org"]
+        click.echo("\t".join(_shown(column) for column in columns))
 
 
 @keys.command("revoke")

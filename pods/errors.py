@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 KNOWN = {
     400: ("ValidationError", "validation_error", "Invalid request."),
     401: ("UnauthorizedError", "unauthorized", "A valid API key is required."),
+    403: ("ForbiddenError", "forbidden", "This API key may not do that."),
     404: ("NotFoundError", "not_found", "Not found."),
     405: ("MethodNotAllowedError", "method_not_allowed", "Method not allowed."),
     413: ("PayloadTooLargeError", "payload_too_large", "Request body is larger than 64 KiB."),

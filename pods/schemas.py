@@ -2,12 +2,15 @@
 
 import re
 
+from datetime import UTC, datetime
+
 from marshmallow import (
     EXCLUDE,
     RAISE,
     Schema,
     ValidationError,
     fields,
+    post_dump,
     post_load,
     validate,
     validates_schema,
@@ -15,6 +18,8 @@ from marshmallow import (
 from marshmallow.experimental.context import Context
 
 from . import pagetoken
+from .access import PERMISSIONS, permissions_from
+from .storage import utc_text
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -109,7 +114,7 @@ class QueryBoolean(fields.Boolean):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-# What decoding a page token needs: {"secret": bytes, "org_id": int}.
+# What decoding a page token needs: {"secret": bytes, "org_id": int, "list_id": str}.
 PageTokenContext = Context[dict]
 
 
@@ -121,14 +126,14 @@ class PageToken(fields.String):
         token = super()._deserialize(value, attr, data, **kwargs)
         ctx = PageTokenContext.get()
         try:
-            return pagetoken.decode(ctx["secret"], ctx["org_id"], token)
-        except ValueError:  # garbled, truncated, edited, or another organization's
+            return pagetoken.decode(ctx["secret"], ctx["org_id"], ctx["list_id"], token)
+        except ValueError:  # garbled, truncated, edited, another organization's or another list's
             raise ValidationError("Invalid page token.") from None
 
 
 class ListArgsSchema(Schema):
     """Loads ``request.args`` (a MultiDict) to {"limit", "ascending", "after"}:
-    ``after`` is the (created_at, pod_id) to continue from, or None; a page token
+    ``after`` is the (created_at, id) to continue from, or None; a page token
     decides the direction when the request does not."""
 
     class Meta:
@@ -164,12 +169,10 @@ class ListArgsSchema(Schema):
 
     @post_load
     def _resolve_position(self, data, **kwargs):
-        position = data["page_token"]
-        return {
-            "limit": data["limit"],
-            "ascending": position.ascending if position else bool(data["ascending"]),
-            "after": position.after if position else None,
-        }
+        position = data.pop("page_token")
+        data["ascending"] = position.ascending if position else bool(data["ascending"])
+        data["after"] = position.after if position else None
+        return data
 
 
 class PodListSchema(Schema):
@@ -181,7 +184,148 @@ class PodListSchema(Schema):
     pods = fields.Nested(PodSchema, many=True, required=True, metadata={"description": "The pods of this page."})
 
 
+# -- API keys --------------------------------------------------------------------------
+
+
+class JSONBoolean(fields.Boolean):
+    """true or false, nothing else (marshmallow's Boolean also takes 1, "yes" ...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+# The SDK's ApiKeyPermissions: an object of booleans, one per permission name; any
+# other name is an unknown field. null counts as false.
+PermissionsSchema = Schema.from_dict(
+    {name: JSONBoolean(allow_none=True) for name in PERMISSIONS}, name="ApiKeyPermissionsSchema"
+)
+
+
+class Permissions(fields.Nested):
+    """Loads the permissions object to the frozenset of names set to true; dumps a
+    stored set as the names it grants, each true (absent: every permission)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(PermissionsSchema, allow_none=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        loaded = super()._deserialize(value, attr, data, **kwargs)
+        return frozenset(name for name, granted in loaded.items() if granted)
+
+    def serialize(self, attr, obj, accessor=None, **kwargs):
+        stored = obj["permissions"]
+        return None if stored is None else {name: True for name in PERMISSIONS if name in permissions_from(stored)}
+
+
+class FutureTime(fields.AwareDateTime):
+    """An RFC 3339 time with its offset, in the future; loaded as stored (UTC text)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format="iso", allow_none=True, load_default=None, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if moment <= datetime.now(UTC):
+            raise ValidationError("Must be in the future.")
+        return utc_text(moment)
+
+
+class Unsupported(fields.Field):
+    """A field of the SDK's that this server refuses, saying why; null is absent."""
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(allow_none=True, load_only=True, **kwargs)
+        self.message = message
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        raise ValidationError(self.message)
+
+
+class ApiKeyUpdateSchema(Schema):
+    """PATCH: null or absent leaves a field as it is."""
+
+    class Meta:
+        unknown = RAISE  # expires_at is fixed at creation: unknown here
+
+    name = Text(metadata={"description": "Name of the key."})
+    permissions = Permissions(
+        load_default=None,
+        metadata={"description": "Replaces the key's permissions: exactly those set to true."},
+    )
+
+
+class ApiKeyCreateSchema(ApiKeyUpdateSchema):
+    """POST: absent name is the token's prefix, absent permissions every permission,
+    absent expires_at the creating key's own expiry."""
+
+    expires_at = FutureTime(metadata={"description": "When the key stops working; in the future, fixed."})
+    public_key = Unsupported("Public keys are not supported by this server; omit public_key for a bearer key.")
+
+
+class Time(Column):
+    """A timestamp column, dumped as stored (RFC 3339 UTC text)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"format": "date-time", **kwargs.pop("metadata", {})}, **kwargs)
+
+
+class ApiKeySchema(Schema):
+    """A key as the API shows it; optional fields without a value are left out."""
+
+    OPTIONAL = ("pod_id", "permissions", "used_at", "expires_at")
+
+    type = fields.Constant("bearer", dump_only=True, required=True, metadata={"enum": ["bearer"]})
+    api_key_id = Column(attribute="key_id", required=True, metadata={"description": "ID of the key."})
+    prefix = Column(required=True, metadata={"description": "The token's first 12 characters."})
+    name = Column(required=True, metadata={"description": "Name of the key."})
+    pod_id = Column(metadata={"description": "The pod the key is scoped to; absent for an organization key."})
+    permissions = Permissions(metadata={"description": "The permissions granted; absent: every permission."})
+    used_at = Time(metadata={"description": "When the key last authenticated a request, to within a minute."})
+    created_at = Time(required=True)
+    updated_at = Time(required=True)
+    expires_at = Time(metadata={"description": "When the key stops working; absent: never."})
+
+    @post_dump
+    def _leave_out_empty(self, data, **kwargs):
+        for name in self.OPTIONAL:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class ApiKeyCreatedSchema(ApiKeySchema):
+    """The answer to a create: the key, and its token, shown this once."""
+
+    class Meta:
+        exclude = ("type", "used_at", "updated_at")
+
+    api_key = fields.String(required=True, metadata={"description": "The token: shown this once, never again."})
+
+
+class ApiKeyListArgsSchema(ListArgsSchema):
+    type = fields.String(
+        load_default="bearer",
+        validate=validate.OneOf(["bearer", "public_key"]),
+        metadata={"description": "bearer: every key; public_key: none (not supported by this server)."},
+    )
+
+
+class ApiKeyListSchema(Schema):
+    count = fields.Integer(required=True, metadata={"description": "Number of items returned."})
+    limit = fields.Integer(required=True, metadata={"description": "Limit of number of items returned."})
+    next_page_token = fields.String(metadata={"description": "Page token for pagination; absent on the last page."})
+    api_keys = fields.Nested(ApiKeySchema, many=True, required=True, metadata={"description": "Newest first."})
+
+
 pod_create_schema = PodCreateSchema()
 pod_schema = PodSchema()
 list_args_schema = ListArgsSchema()
 pod_list_schema = PodListSchema()
+api_key_create_schema = ApiKeyCreateSchema()
+api_key_update_schema = ApiKeyUpdateSchema()
+api_key_schema = ApiKeySchema()
+api_key_created_schema = ApiKeyCreatedSchema()
+api_key_list_args_schema = ApiKeyListArgsSchema()
+api_key_list_schema = ApiKeyListSchema()

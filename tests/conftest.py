@@ -4,7 +4,7 @@ import pytest
 
 from pods import create_app
 from pods.storage import EXTENSION_KEY
-from pods.auth import hash_key, new_token
+from pods.auth import hash_key, new_token, token_prefix
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def make_key(app):
 
     def make(org="acme"):
         token = new_token()
-        key_id = storage_of(app).insert_api_key(org, hash_key(token))
+        key_id = storage_of(app).insert_api_key(org, hash_key(token), token_prefix(token))["key_id"]
         return {"Authorization": f"Bearer {token}"}, key_id
 
     return make

@@ -37,7 +37,7 @@ def test_every_pod_endpoint_needs_a_key(client, sql, method, path):
     assert sql("SELECT count(*) FROM pod") == [(0,)]
 
 
-@pytest.mark.parametrize("path", ["/agent/v0/pods/a/b", "/agent/v0/pods/a%2Fb", "/agent/v0/pods/x/api-keys"])
+@pytest.mark.parametrize("path", ["/agent/v0/pods/a/b", "/agent/v0/pods/a%2Fb", "/agent/v0/pods/x/inboxes"])
 def test_a_path_that_is_no_route_is_404_before_authentication(client, path):
     # Routing decides first: a pod id is one path segment.
     r = client.delete(path)

@@ -85,14 +85,15 @@ def test_keys_create_prints_the_token_last(dbpath):
     assert authenticates(dbpath, token)
 
 
-def test_keys_list_shows_id_org_created_revoked_and_never_the_token(dbpath):
+def test_keys_list_shows_id_org_created_revoked_name_scope_and_never_the_token(dbpath):
     tokens = [run("keys", "create", "--org", org, "--db", dbpath).output.splitlines()[-1] for org in ("a", "b")]
     out = run("keys", "list", "--db", dbpath).output
     lines = out.splitlines()
     assert len(lines) == 3
     rows = [line.split("\t") for line in lines]
     assert [r[1] for r in rows] == ["default", "a", "b"]
-    assert all(len(r) == 4 and r[3] == "-" for r in rows)
+    assert all(len(r) == 6 and r[3] == "-" and r[5] == "org" for r in rows)
+    assert [r[4] for r in rows[1:]] == [t[:12] for t in tokens]  # named after the token's prefix
     assert all(t not in out for t in tokens)
 
 

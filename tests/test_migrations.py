@@ -13,18 +13,27 @@ from conftest import storage_of
 from pods import create_app
 from pods.storage import sqlite as db
 
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURES = Path(__file__).parent / "fixtures"
+# Both fixtures hold the same data: v2.db is v1.db taken to version 2 by the pods of then.
 TOKENS = {"v1-token-acme": "acme", "v1-token-globex": "globex", "v1-token-initech": "initech"}
 REVOKED = "v1-token-acme-revoked"
 
 
-def dump(path):
+def dump(path, tables=("organization", "api_key", "pod")):
     conn = sqlite3.connect(path)
     try:
-        return {
-            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-            for table in ("organization", "api_key", "pod")
-        }
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in tables}
+    finally:
+        conn.close()
+
+
+def keys_of(path):
+    """Each key's id, organization, hash, creation and revocation: what every version keeps."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT key_id, org_id, key_hash, created_at, revoked_at FROM api_key ORDER BY 1"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -37,34 +46,52 @@ def version(path):
         conn.close()
 
 
+def copy_of(fixture_version, tmp_path):
+    path = str(tmp_path / f"old-v{fixture_version}.db")
+    shutil.copy(FIXTURES / f"v{fixture_version}.db", path)
+    assert version(path) == fixture_version
+    return path
+
+
 @pytest.fixture
 def v1_copy(tmp_path):
-    path = str(tmp_path / "old.db")
-    shutil.copy(FIXTURE_V1, path)
-    assert version(path) == 1
-    return path
+    return copy_of(1, tmp_path)
 
 
 def test_migrations_are_numbered_without_gaps():
     assert [int(p.name[:4]) for p in db.MIGRATIONS] == list(range(2, db.SCHEMA_VERSION + 1))
 
 
-def test_a_version_1_database_upgrades_and_keeps_every_pod_and_key(v1_copy):
-    before = dump(v1_copy)
-    assert len(before["pod"]) == 36 and len(before["api_key"]) == 4
-    app = create_app({"TESTING": True, "DB": v1_copy})
+@pytest.mark.parametrize("fixture_version", [1, 2])
+def test_an_older_database_upgrades_keeping_every_pod_and_key_as_an_organization_key_with_every_permission(
+    tmp_path, fixture_version
+):
+    path = copy_of(fixture_version, tmp_path)
+    before = dump(path, ("organization", "pod"))
+    keys_before = keys_of(path)
+    assert len(before["pod"]) == 36 and len(keys_before) == 4
+    app = create_app({"TESTING": True, "DB": path})
     try:
-        assert version(v1_copy) == db.SCHEMA_VERSION
-        assert dump(v1_copy) == before
+        assert version(path) == db.SCHEMA_VERSION
+        assert dump(path, ("organization", "pod")) == before
+        assert keys_of(path) == keys_before
         assert len(app.config["PAGE_TOKEN_SECRET"]) == 32  # added by this start
         client = app.test_client()
         for token, org in TOKENS.items():
-            pods = client.get("/agent/v0/pods", query_string={"limit": 100},
-                              headers={"Authorization": f"Bearer {token}"}).json["pods"]
+            auth = {"Authorization": f"Bearer {token}"}
+            pods = client.get("/agent/v0/pods", query_string={"limit": 100}, headers=auth).json["pods"]
             assert len(pods) == 12
             assert all(p["name"].startswith(org) for p in pods)
             keys = [(p["created_at"], p["pod_id"]) for p in pods]
             assert keys == sorted(keys, reverse=True)
+            # An organization key with every permission: it sees its organization's
+            # keys, each shown without a permissions object (every permission) and
+            # named after its id (its token, and so its prefix, was never stored).
+            listed = client.get("/agent/v0/api-keys", headers=auth).json["api_keys"]
+            assert listed and all("permissions" not in k and "pod_id" not in k for k in listed)
+            assert all(k["name"] == f"key {k['api_key_id']}" and k["prefix"] == "" for k in listed)
+            made = client.post("/agent/v0/api-keys", json={"name": "after the upgrade"}, headers=auth)
+            assert made.status_code == 200 and "permissions" not in made.json
         r = client.get("/agent/v0/pods", headers={"Authorization": f"Bearer {REVOKED}"})
         assert r.status_code == 401
     finally:

@@ -465,7 +465,7 @@ def test_databases_their_wal_files_and_backups_are_owner_only(tmp_path, monkeypa
     previous = os.umask(umask)
     try:
         storage = storage_of(create_app({"DB": "served.db"}))  # as serving creates it
-        storage.insert_api_key("acme", hash_key("a-token"))  # the WAL files exist now
+        storage.insert_api_key("acme", hash_key("a-token"), "a-token")  # the WAL files exist now
         assert modes("served.db", "served.db-wal", "served.db-shm") == {
             "served.db": 0o600, "served.db-wal": 0o600, "served.db-shm": 0o600}
         assert run_cli("backup", "copy.db", "--db", "served.db").exit_code == 0

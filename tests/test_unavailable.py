@@ -25,7 +25,7 @@ def key(quick_app):
     from pods.auth import hash_key
 
     with quick_app.app_context():
-        storage_of(quick_app).insert_api_key("acme", hash_key("k"))
+        storage_of(quick_app).insert_api_key("acme", hash_key("k"), "k")
     return {"Authorization": "Bearer k"}
 
 

@@ -36,6 +36,11 @@ def utc_now() -> str:
     return utc_text(datetime.now(UTC))
 
 
+def utc_text_of(seconds: float) -> str:
+    """``utc_text`` of a ``time.time()`` value."""
+    return utc_text(datetime.fromtimestamp(seconds, UTC))
+
+
 class Storage(Protocol):
     """One database, as the server and the CLI use it. Methods that write commit
     before they return; methods are safe to call from any thread."""

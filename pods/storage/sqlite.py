@@ -40,6 +40,7 @@ SCHEMA_VERSION = 1 + len(MIGRATIONS)
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 
 POD_COLUMNS = "pod_id, name, client_id, created_at"
+KEY_COLUMNS = "key_id, prefix, name, pod_id, permissions, created_at, updated_at, expires_at, used_at"
 
 log = logging.getLogger("pods.db")
 _write_lock = threading.Lock()
@@ -354,20 +355,28 @@ class SQLiteStorage:
     # -- organizations and keys ---------------------------------------------------
 
     def caller_for_key_hash(self, key_hash: str):
-        """The (org_id, org_name, key_id) of an unrevoked key with this hash, or None."""
+        """The key with this hash, with its organization, if it may authenticate a
+        request now (not revoked, not expired), else None."""
         return self.connection().execute(
-            "SELECT o.org_id, o.name AS org_name, k.key_id FROM api_key k"
-            " JOIN organization o ON o.org_id = k.org_id"
-            " WHERE k.key_hash = ? AND k.revoked_at IS NULL",
-            (key_hash,),
+            "SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions, k.expires_at, k.used_at"
+            " FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            " WHERE k.key_hash = ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)",
+            (key_hash, utc_now()),
         ).fetchone()
 
-    def insert_api_key(self, org_name: str, key_hash: str, before_commit=None) -> str:
-        """Store a key for ``org_name`` (creating the organization if needed).
+    def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
+                       pod_id: str | None = None, permissions: str | None = None,
+                       expires_at: str | None = None, before_commit=None):
+        """Store a key for ``org_name`` (creating the organization if needed), scoped
+        to ``pod_id`` if given, named ``name`` (default: its prefix), with the stored
+        ``permissions`` (None: every one). Returns the key's row.
 
-        Idempotent on ``key_hash``: storing the same key again changes nothing, a
-        revoked key stays revoked. Returns the key's id. ``before_commit(key_id)``, if
-        given, runs inside the transaction: if it raises, nothing is stored.
+        Idempotent on ``key_hash``: storing the same key again returns the stored one
+        unchanged (a revoked key stays revoked), except that a key made before its
+        prefix was kept gets it now. ``before_commit(row)``, if given, runs inside the
+        transaction: if it raises, nothing is stored.
+
+        :raise LookupError: ``pod_id`` names no pod of the organization.
         """
         now = utc_now()
         conn = self.connection()
@@ -376,25 +385,34 @@ class SQLiteStorage:
                 "INSERT INTO organization (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (org_name, now),
             )
-            conn.execute(
-                "INSERT INTO api_key (key_id, org_id, key_hash, created_at)"
-                " SELECT ?, org_id, ?, ? FROM organization WHERE name = ?"
-                " ON CONFLICT (key_hash) DO NOTHING",
-                (secrets.token_hex(8), key_hash, now, org_name),
-            )
-            key_id = conn.execute("SELECT key_id FROM api_key WHERE key_hash = ?", (key_hash,)).fetchone()[0]
+            org_id = conn.execute("SELECT org_id FROM organization WHERE name = ?", (org_name,)).fetchone()[0]
+            if pod_id is not None and conn.execute(
+                "SELECT 1 FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id)
+            ).fetchone() is None:
+                raise LookupError(f"no pod {pod_id} in organization {org_name}")
+            row = conn.execute(
+                f"INSERT INTO api_key (key_id, org_id, pod_id, key_hash, prefix, name, permissions,"
+                f" created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT (key_hash) DO UPDATE SET prefix = excluded.prefix WHERE api_key.prefix = ''"
+                f" RETURNING {KEY_COLUMNS}",
+                (secrets.token_hex(8), org_id, pod_id, key_hash, prefix, name or prefix, permissions,
+                 now, now, expires_at),
+            ).fetchone()
+            if row is None:  # stored before, and nothing to add
+                row = conn.execute(f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_hash = ?", (key_hash,)).fetchone()
             if before_commit is not None:
-                before_commit(key_id)
-        return key_id
+                before_commit(row)
+        return row
 
     def count_api_keys(self) -> int:
         """How many keys exist, revoked ones included."""
         return self.connection().execute("SELECT count(*) FROM api_key").fetchone()[0]
 
     def list_api_keys(self) -> list:
-        """Every key as (key_id, org_name, created_at, revoked_at), oldest first."""
+        """Every key of every organization (for the operator), revoked ones
+        included, oldest first: key_id, org_name, created_at, revoked_at, name, pod_id."""
         return self.connection().execute(
-            "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at FROM api_key k"
+            "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at, k.name, k.pod_id FROM api_key k"
             " JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
         ).fetchall()
 
@@ -409,6 +427,65 @@ class SQLiteStorage:
             )
             row = conn.execute("SELECT revoked_at FROM api_key WHERE key_id = ?", (key_id,)).fetchone()
         return row[0] if row else None
+
+    def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
+        """Up to ``limit`` of the organization's keys (only ``pod_id``'s, if given)
+        in (created_at, key_id) order, after ``after`` (as ``page_pods``). Revoked
+        and deleted keys are left out; expired ones are not."""
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
+        where, params = "org_id = ? AND revoked_at IS NULL", [org_id]
+        if pod_id is not None:
+            where += " AND pod_id = ?"
+            params.append(pod_id)
+        if after is not None:
+            where += f" AND (created_at, key_id) {op} (?, ?)"
+            params += after
+        return self.connection().execute(
+            f"SELECT {KEY_COLUMNS} FROM api_key WHERE {where}"
+            f" ORDER BY created_at {order}, key_id {order} LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+
+    def find_key(self, org_id: int, key_id: str):
+        """The organization's key with this id (not revoked or deleted), or None."""
+        return self.connection().execute(
+            f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL",
+            (key_id, org_id),
+        ).fetchone()
+
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
+        """Rename a key (unless ``name`` is None) and, with ``set_permissions``, replace
+        its stored permissions. Returns the key after the change, or None when the
+        organization has no such key."""
+        conn = self.connection()
+        with write_tx(conn):
+            return conn.execute(
+                f"UPDATE api_key SET name = coalesce(?, name),"
+                f" permissions = CASE WHEN ? THEN ? ELSE permissions END, updated_at = ?"
+                f" WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
+                (name, set_permissions, permissions, utc_now(), key_id, org_id),
+            ).fetchone()
+
+    def delete_key(self, org_id: int, key_id: str) -> bool:
+        """Delete a key: it is refused from the next request on, and gone from the API
+        (the operator still sees it, revoked, in ``keys list``). Returns False when
+        the organization has no such key."""
+        conn = self.connection()
+        with write_tx(conn):
+            cur = conn.execute(
+                "UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL",
+                (utc_now(), key_id, org_id),
+            )
+        return cur.rowcount == 1
+
+    def record_key_use(self, used: dict) -> None:
+        """Note when keys were used: {key_id: time}. Never moves a time backwards."""
+        conn = self.connection()
+        with write_tx(conn):
+            conn.executemany(
+                "UPDATE api_key SET used_at = ? WHERE key_id = ? AND (used_at IS NULL OR used_at < ?)",
+                [(at, key_id, at) for key_id, at in used.items()],
+            )
 
     # -- pods ---------------------------------------------------------------------
 
@@ -441,8 +518,9 @@ class SQLiteStorage:
             f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id)
         ).fetchone()
 
-    def page_pods(self, org_id: int, ascending: bool, after, limit: int) -> list:
-        """Up to ``limit`` of the organization's pods in (created_at, pod_id) order.
+    def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
+        """Up to ``limit`` of the organization's pods (only ``pod_id``, if given) in
+        (created_at, pod_id) order.
 
         ``after`` is the (created_at, pod_id) of the last pod already seen, or None to
         start at the beginning; "after" follows the direction.
@@ -450,6 +528,9 @@ class SQLiteStorage:
         op, order = (">", "ASC") if ascending else ("<", "DESC")
         where = "org_id = ?"
         params: list = [org_id]
+        if pod_id is not None:
+            where += " AND pod_id = ?"
+            params.append(pod_id)
         if after is not None:
             where += f" AND (created_at, pod_id) {op} (?, ?)"
             params += after
@@ -460,9 +541,11 @@ class SQLiteStorage:
         ).fetchall()
 
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
-        """Delete the organization's pod. Returns False when there was none."""
+        """Delete the organization's pod and the keys scoped to it, in one
+        transaction. Returns False when there was no such pod."""
         conn = self.connection()
         with write_tx(conn):
+            conn.execute("DELETE FROM api_key WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
             cur = conn.execute("DELETE FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
         return cur.rowcount == 1
 
