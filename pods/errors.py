@@ -58,7 +58,16 @@ def _http_error(e: HTTPException):
 
 def _validation_error(e: ValidationError):
     messages = e.messages if isinstance(e.messages, dict) else {"_schema": e.messages}
-    return error_response(400, errors=messages)
+    return error_response(400, errors={field: _flat(found) for field, found in messages.items()})
+
+
+def _flat(messages) -> list[str]:
+    """A field's messages as one list of strings: marshmallow reports a nested
+    object's (the permissions) as a dict, e.g. {"colour": ["Unknown field."]},
+    which becomes ["colour: Unknown field."]."""
+    if isinstance(messages, dict):
+        return [f"{key}: {message}" for key, inner in messages.items() for message in _flat(inner)]
+    return list(messages)
 
 
 def _database_unavailable(e: Exception):

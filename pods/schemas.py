@@ -33,12 +33,17 @@ def _printable(value: str) -> None:
         raise ValidationError("Must be valid Unicode text.") from None
 
 
-def Text(**kwargs) -> fields.String:
+# What _printable allows, as a JSON Schema pattern for the OpenAPI document.
+PRINTABLE_PATTERN = "^[^" + CONTROL_CHARACTERS.pattern[1:-1] + "]*$"
+
+
+def Text(metadata: dict | None = None, **kwargs) -> fields.String:
     """An optional string of 1 to 255 printable characters; null means absent."""
     return fields.String(
         load_default=None,
         allow_none=True,
         validate=[validate.Length(min=1, max=255), _printable],
+        metadata={"pattern": PRINTABLE_PATTERN, **(metadata or {})},
         **kwargs,
     )
 
@@ -142,7 +147,10 @@ class ListArgsSchema(Schema):
     limit = QueryInteger(
         load_default=10,
         validate=validate.Range(min=1, max=100),
-        metadata={"description": "Page size, 1 to 100 (default 10), in ASCII digits without leading zeros."},
+        metadata={
+            "description": "Page size, 1 to 100 (default 10), in ASCII digits without leading zeros.",
+            "pattern": f"^({QueryInteger.PATTERN.pattern})$",
+        },
     )
     ascending = QueryBoolean(
         load_default=None,

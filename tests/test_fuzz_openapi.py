@@ -1,5 +1,7 @@
-"""Schema-driven fuzzing: the live server against its own /agent/v0/openapi.json."""
+"""Schema-driven fuzzing: the live server against its own /agent/v0/openapi.json,
+with an organization key, a pod-scoped key and no key at all."""
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -12,6 +14,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+OPERATIONS = {
+    ("GET", "/v0/pods"), ("POST", "/v0/pods"), ("GET", "/v0/pods/{pod_id}"), ("DELETE", "/v0/pods/{pod_id}"),
+    ("GET", "/v0/api-keys"), ("POST", "/v0/api-keys"), ("GET", "/v0/api-keys/{api_key_id}"),
+    ("PATCH", "/v0/api-keys/{api_key_id}"), ("DELETE", "/v0/api-keys/{api_key_id}"),
+    ("GET", "/v0/pods/{pod_id}/api-keys"), ("POST", "/v0/pods/{pod_id}/api-keys"),
+    ("PATCH", "/v0/pods/{pod_id}/api-keys/{api_key_id}"), ("DELETE", "/v0/pods/{pod_id}/api-keys/{api_key_id}"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +28,32 @@ def server(tmp_path_factory):
     from live import Server
 
     s = Server(tmp_path_factory.mktemp("fuzz") / "fuzz.db")
+    org = {"Authorization": f"Bearer {s.bootstrap_token}"}
+    with httpx.Client(base_url=s.url + "/agent/v0", headers=org) as c:
+        pod = c.post("/pods", json={"name": "fuzzed"}).json()
+        s.pod_token = c.post(f"/pods/{pod['pod_id']}/api-keys", json={"name": "fuzzer"}).json()["api_key"]
     yield s
     assert s.stop() == 0
 
 
-@pytest.mark.parametrize("authorized", [True, False], ids=["with-key", "without-key"])
-def test_every_operation_conforms_to_the_published_schema(server, authorized):
+@pytest.mark.parametrize("key", ["organization", "pod", "none"])
+def test_every_operation_conforms_to_the_published_schema(server, key):
     schema = schemathesis.openapi.from_url(server.url + "/agent/v0/openapi.json")
-    headers = {"Authorization": f"Bearer {server.bootstrap_token}"} if authorized else {}
+    token = {"organization": server.bootstrap_token, "pod": server.pod_token, "none": None}[key]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {(op.method.upper(), op.path) for op in operations} == {
-        ("GET", "/v0/pods"), ("POST", "/v0/pods"), ("GET", "/v0/pods/{pod_id}"), ("DELETE", "/v0/pods/{pod_id}"),
-    }
+    assert {(op.method.upper(), op.path) for op in operations} == OPERATIONS
     for operation in operations:
 
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @hypothesis_given(case=operation.as_strategy())
         def conforms(case):
             response = case.call(headers=headers)
             case.validate_response(response, checks=CHECKS)
-            if not authorized:
+            if not token:
                 assert response.status_code == 401
 
         conforms()
+    # Whatever was sent, both keys still work.
+    for still in (server.bootstrap_token, server.pod_token):
+        assert httpx.get(server.url + "/agent/v0/pods", headers={"Authorization": f"Bearer {still}"}).status_code == 200
