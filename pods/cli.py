@@ -5,7 +5,6 @@ import functools
 import logging
 import os
 import shlex
-import sqlite3
 import sys
 from contextlib import contextmanager
 
@@ -14,18 +13,8 @@ from click.core import ParameterSource
 
 from . import __version__, accesslog, close_app, create_app, logstream, server
 from .auth import hash_key, new_token, token_prefix
-from .storage import UnusableDatabase, open_storage
-from .storage.sqlite import (
-    SCHEMA_VERSION,
-    backup,
-    checkpoint,
-    companions,
-    create_file,
-    database_file_suffix,
-    init_db,
-    integrity_problems,
-    remove_files,
-)
+from .storage import NotEmpty, UnusableDatabase, describe, driver_errors, is_url, open_storage
+from .storage.sqlite import backup, companions, database_file_suffix
 
 log = logging.getLogger("pods.cli")
 
@@ -96,36 +85,38 @@ def _command_line(*args: str) -> str:
 
 
 @contextmanager
-def _database(path: str):
-    """The storage at ``path``, created or brought to the current schema as serving
-    does, with expected failures reported in one line."""
-    with _clear_failures(path):
-        storage = open_storage(path)
-        storage.prepare()
+def _database(target: str):
+    """The storage at ``target``, created or brought to the current schema as
+    serving does, with expected failures reported in one line."""
+    with _clear_failures(target):
+        storage = open_storage(target)
         try:
+            storage.prepare()
             yield storage
         finally:
             storage.close()
 
 
 @contextmanager
-def _existing_database(path: str, current: bool = True):
-    """The pods database at ``path``, which must exist; with ``current``, it must
-    have this version's schema. Nothing is changed on the way: only serving, init
-    and migrate create or upgrade a database."""
-    with _clear_failures(path):
-        if not os.path.exists(path):
-            raise click.ClickException(
-                f"database {path} does not exist (check --db or PODS_DB; "
-                f"`{_command_line('init', '--db', path)}` creates a new one)"
-            )
-        storage = open_storage(path)
+def _existing_database(target: str, current: bool = True):
+    """The pods database at ``target``, which must exist; with ``current``, it must
+    have this version's schema. Nothing is changed on the way: only serving, init,
+    migrate and copy create or upgrade a database."""
+    with _clear_failures(target):
+        storage = open_storage(target)
         try:
-            version = storage.schema_version()
-            if current and version < SCHEMA_VERSION:
+            if not storage.exists():
+                how = "create it, then" if is_url(target) else "`" + _command_line("init", "--db", target) + "`"
                 raise click.ClickException(
-                    f"database {path} has schema version {version}, older than this pods' "
-                    f"{SCHEMA_VERSION}: run `{_command_line('migrate', '--db', path)}` "
+                    f"database {storage.description} does not exist (check --db or PODS_DB; "
+                    + (f"{how} `{_command_line('init', '--db', target)}` sets it up)" if is_url(target)
+                       else f"{how} creates a new one)")
+                )
+            version = storage.schema_version()
+            if current and version < storage.target_version:
+                raise click.ClickException(
+                    f"database {storage.description} has schema version {version}, older than this pods' "
+                    f"{storage.target_version}: run `{_command_line('migrate', '--db', target)}` "
                     f"(or start the server) first"
                 )
             yield storage
@@ -262,7 +253,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     sockets, port_lock = _listen(host, port, workers)
 
     url_host = f"[{host}]" if ":" in host else host
-    serving = f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]} (database {db}, {workers} worker(s))"
+    serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
+               f" (database {describe(db)}, {workers} worker(s))")
     try:
         click.echo(serving)
     except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
@@ -275,7 +267,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
         sock.close()
     # Once, after every worker is gone: a worker checkpointing while its siblings
     # still serve would find the WAL in use.
-    checkpoint(db)
+    with _clear_failures(db):
+        open_storage(db).checkpoint()
     if code:
         sys.exit(code)
 
@@ -328,21 +321,26 @@ def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
 
 def _close_database(app) -> None:
     close_app(app)
-    checkpoint(app.config["DB"])
+    from .storage import EXTENSION_KEY
+
+    app.extensions[EXTENSION_KEY].checkpoint()
 
 
 @contextmanager
-def _clear_failures(db: str):
-    """Expected failures (unreadable or foreign database file, locked, disk full,
-    too new a schema) become one line on stderr and exit status 1, not a traceback."""
+def _clear_failures(target: str):
+    """Expected failures (unreadable or foreign database, locked, disk full, server
+    unreachable, too new a schema) become one line on stderr and exit status 1, not
+    a traceback. A URL's password never appears."""
     try:
         yield
     except UnusableDatabase as e:
         raise click.ClickException(str(e)) from None
-    except sqlite3.Error as e:
-        raise click.ClickException(f"database {db}: {e}") from None
+    except driver_errors() as e:
+        # A driver's message may quote the URL it was given: show it without its password.
+        message = " ".join(str(e).replace(target, describe(target)).split())
+        raise click.ClickException(f"database {describe(target)}: {message}") from None
     except OSError as e:
-        raise click.ClickException(f"database {db}: {e.strerror}") from None
+        raise click.ClickException(f"database {describe(target)}: {e.strerror}") from None
 
 
 def _bootstrap_key(storage, env_token: str | None) -> None:
@@ -409,22 +407,26 @@ def _discard_stdout() -> None:
 @db_option(None)
 @click.pass_context
 def init_command(ctx, db):
-    """Create a new database (readable by its owner only) and a key for the
-    organization "default"; its token is printed once, as the last line."""
-    path = _db_path(ctx, db)
+    """Create a new database (a SQLite file readable by its owner only, or the
+    tables in an empty PostgreSQL database) and a key for the organization
+    "default"; its token is printed once, as the last line."""
+    target = _db_path(ctx, db)
     _require_stdout()
-    with _clear_failures(path):
+    with _clear_failures(target):
+        storage = open_storage(target)
         try:
-            create_file(path)
+            storage.create()
         except FileExistsError:
-            raise click.ClickException(f"database {path} already exists; init only creates a new one") from None
+            raise click.ClickException(
+                f"database {storage.description} already exists; init only creates a new one"
+            ) from None
         try:
-            init_db(path, create=False)
-            with _existing_database(path) as storage:
-                _create_key(storage, DEFAULT_ORG)
+            _create_key(storage, DEFAULT_ORG)
         except BaseException:
-            remove_files(path)  # it was created just now: nothing of anyone's is lost
+            storage.discard_new()  # made just now: nothing of anyone's is lost
             raise
+        finally:
+            storage.close()
 
 
 @cli.command("migrate")
@@ -433,16 +435,16 @@ def init_command(ctx, db):
 def migrate_command(ctx, db):
     """Bring a database made by an older pods to the current schema (serving does
     the same at start); logs one line per step."""
-    path = _db_path(ctx, db)
-    with _existing_database(path, current=False) as storage:
-        before = storage.schema_version()
-    if before == SCHEMA_VERSION:
-        click.echo(f"{path}: schema version {before} is current; nothing to do.")
-        return
-    configure_logging("info")  # the steps' lines
-    with _clear_failures(path):
-        init_db(path, create=False)
-    click.echo(f"Migrated {path} from schema version {before} to {SCHEMA_VERSION}.")
+    target = _db_path(ctx, db)
+    with _existing_database(target, current=False) as storage:
+        before, current = storage.schema_version(), storage.target_version
+        if before == current:
+            click.echo(f"{storage.description}: schema version {before} is current; nothing to do.")
+            return
+        configure_logging("info")  # the steps' lines
+        with _clear_failures(target):
+            storage.migrate()
+    click.echo(f"Migrated {storage.description} from schema version {before} to {current}.")
 
 
 @cli.group()
@@ -452,7 +454,7 @@ def keys():
 
 @keys.command("create")
 @click.option("--org", required=True, callback=_org_name, help="Organization the key belongs to.")
-@click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: the whole organization).")
+@click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: all of it).")
 @click.option("--name", callback=_key_name, help="Name of the key (default: the start of its token).")
 @db_option(None)
 @click.pass_context
@@ -501,6 +503,11 @@ def backup_command(ctx, path, force, db):
     however spelled, and when it exists, unless --force.
     """
     source = _db_path(ctx, db)
+    if is_url(source):
+        raise click.ClickException(
+            f"backup copies a SQLite database; for PostgreSQL, `{_command_line('copy', describe(source), path)}`"
+            " makes a SQLite copy of it (or use PostgreSQL's own tools)"
+        )
     with _existing_database(source, current=False) as storage:
         _check_backup_destination(path, source, force)
         try:
@@ -538,20 +545,60 @@ def _check_backup_destination(path: str, source: str, force: bool) -> None:
 @db_option(None)
 @click.pass_context
 def check_command(ctx, db):
-    """Check that the file is a pods database of a known schema version, then its
-    integrity and foreign keys; exits 1 on any problem. Changes nothing."""
-    path = _db_path(ctx, db)
-    with _existing_database(path, current=False) as storage:
-        version = storage.schema_version()
-        problems = integrity_problems(storage.connection())
+    """Check that the database is a pods database of a known schema version, then
+    (SQLite) its integrity and foreign keys; exits 1 on any problem. Changes nothing."""
+    target = _db_path(ctx, db)
+    with _existing_database(target, current=False) as storage:
+        version, current = storage.schema_version(), storage.target_version
+        problems = storage.problems()
+        name = storage.description
     if problems:
         for line in problems:
             click.echo(line, err=True)
-        raise click.ClickException(f"database {path} is damaged ({len(problems)} problem(s))")
-    if version < SCHEMA_VERSION:
+        raise click.ClickException(f"database {name} is damaged ({len(problems)} problem(s))")
+    if version < current:
         click.echo(
-            f"{path}: ok (schema version {version}, older than this pods' {SCHEMA_VERSION}: "
-            f"`{_command_line('migrate', '--db', path)}` upgrades it)"
+            f"{name}: ok (schema version {version}, older than this pods' {current}: "
+            f"`{_command_line('migrate', '--db', target)}` upgrades it)"
         )
     else:
-        click.echo(f"{path}: ok")
+        click.echo(f"{name}: ok")
+
+
+@cli.command("copy")
+@click.argument("source")
+@click.argument("dest")
+def copy_command(source, dest):
+    """Copy everything (organizations, keys, pods, settings) from SOURCE to DEST,
+    each a SQLite file or a postgresql:// URL, in one consistent read of SOURCE
+    (safe while a server writes to it). DEST must hold no pods data: a new file, an
+    empty database, or the schema with no rows; it is created or set up as needed.
+    Prints the counts copied, verified on DEST. Page tokens and keys issued before
+    keep working against DEST."""
+    if describe(source) == describe(dest) or (not is_url(source) and not is_url(dest)
+                                               and os.path.exists(dest) and os.path.samefile(source, dest)):
+        raise click.ClickException("SOURCE and DEST are the same database")
+    with _existing_database(source) as origin:
+        with _clear_failures(dest):
+            target = open_storage(dest)
+            created = not target.exists()
+            if created and is_url(dest):
+                raise click.ClickException(f"database {target.description} does not exist; create it first")
+            try:
+                target.prepare()  # a new SQLite file (owner-only), or the tables in an empty database
+                with origin.snapshot() as rows_of:
+                    counts = target.import_all(rows_of)
+            except NotEmpty as e:
+                raise click.ClickException(
+                    f"{target.description} holds pods data ({e}); copy writes only into an empty database"
+                ) from None
+            except BaseException:
+                if created:
+                    target.discard_new()
+                raise
+            finally:
+                target.close()
+    click.echo(
+        f"Copied {describe(source)} to {target.description}: {counts['organization']} organizations, "
+        f"{counts['api_key']} keys, {counts['pod']} pods, {counts['setting']} settings (counts verified)."
+    )

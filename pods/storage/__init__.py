@@ -1,26 +1,70 @@
-"""Where pods keeps its data: ``--db`` names a SQLite file (the default).
+"""Where pods keeps its data: ``--db`` names a SQLite file (the default) or a
+PostgreSQL database (a ``postgresql://`` URL).
 
 The views, authentication and the CLI use a ``Storage`` (``base.py``) and never a
 database driver; each backend module holds every statement it runs.
 """
 
+import sys
+
 from flask import current_app
 
-from .base import NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
+from .base import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
 
 __all__ = [
-    "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "get_storage", "open_storage", "utc_now", "utc_text",
+    "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
+    "describe", "driver_errors", "get_storage", "is_url", "open_storage", "utc_now", "utc_text",
 ]
 
 EXTENSION_KEY = "pods.storage"
 
 
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class BackendMissing(UnusableDatabase):
+    """The backend a URL asks for is not installed."""
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(URL_SCHEMES)
+
+
 def open_storage(target: str) -> Storage:
-    """The storage ``target`` names. Opens nothing yet: connections come on first use."""
+    """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
+    Opens nothing yet: connections come on first use.
+
+    :raise BackendMissing: a PostgreSQL URL, and psycopg is not installed.
+    """
+    if is_url(target):
+        try:
+            from .postgres import PostgresStorage
+        except ImportError:
+            raise BackendMissing(
+                "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
+            ) from None
+        return PostgresStorage(target)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(target)
+
+
+def describe(target: str) -> str:
+    """``target`` as messages and logs show it: a URL without its password."""
+    if is_url(target):
+        from .postgres import redact
+
+        return redact(target)
+    return target
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """Every database driver's base exception, of the drivers in use (psycopg is
+    loaded only with a PostgreSQL database, so only then can it raise)."""
+    import sqlite3
+
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
 
 def get_storage() -> Storage:

@@ -10,6 +10,7 @@ backend, so that what is dumped, compared and put in page tokens never depends o
 where it was stored.
 """
 
+import secrets
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -24,6 +25,48 @@ class NotPodsDatabase(UnusableDatabase):
 
 class SchemaTooNew(UnusableDatabase):
     """The database was written by a newer version of pods than this one."""
+
+
+class NotEmpty(Exception):
+    """``copy`` found pods data in its destination; the message says what."""
+
+
+# What ``copy`` moves, table by table in an order that keeps every reference valid;
+# times travel as text, the same on every backend.
+COPY_COLUMNS = {
+    "organization": ("org_id", "name", "created_at"),
+    "pod": ("pod_id", "org_id", "name", "client_id", "created_at"),
+    "api_key": ("key_id", "org_id", "pod_id", "key_hash", "prefix", "name", "permissions",
+                "created_at", "updated_at", "expires_at", "used_at", "revoked_at"),
+    "setting": ("key", "value"),
+}
+TIME_COLUMNS = {"created_at", "updated_at", "expires_at", "used_at", "revoked_at"}
+
+
+class CopyMismatch(Exception):
+    """What ``copy`` wrote is not what it read."""
+
+
+def counted(rows, counts: dict, table: str):
+    """``rows``, counting them into ``counts[table]`` as they pass."""
+    for row in rows:
+        counts[table] += 1
+        yield row
+
+
+def verified(written: dict, found: dict) -> dict:
+    """``found`` (rows per table after a copy), once it matches ``written``.
+
+    :raise CopyMismatch: it does not.
+    """
+    if written != found:
+        raise CopyMismatch(f"wrote {written} but found {found}")
+    return found
+
+
+def new_key_id() -> str:
+    """A new API key's id: 16 hex characters (64 random bits)."""
+    return secrets.token_hex(8)
 
 
 def utc_text(moment: datetime) -> str:

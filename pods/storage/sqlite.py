@@ -15,7 +15,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import urllib.parse
@@ -24,7 +23,7 @@ from contextlib import contextmanager
 from importlib.resources import files
 
 from ..schemafiles import version_history
-from .base import NotPodsDatabase, SchemaTooNew, utc_now
+from .base import COPY_COLUMNS, NotEmpty, NotPodsDatabase, SchemaTooNew, counted, new_key_id, utc_now, verified
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -300,16 +299,12 @@ class SQLiteStorage:
     """
 
     unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, disk full, file gone
+    target_version = SCHEMA_VERSION
 
     def __init__(self, path: str):
         self.path = path
         self.description = path
         self._local = threading.local()
-
-    def prepare(self) -> None:
-        """Create the database if it is missing and bring it to the current schema
-        (serving does this at start)."""
-        init_db(self.path)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -336,9 +331,77 @@ class SQLiteStorage:
             self.close()  # reconnect next time: the file may have been replaced or repaired
             raise sqlite3.OperationalError(str(e)) from e
 
-    def schema_version(self) -> int:
+    # -- the database as a whole (operator commands) ------------------------------
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def schema_version(self, empty_ok: bool = False) -> int:
         """The database's schema version, checked (``schema_version``)."""
-        return schema_version(self.connection(), self.path)
+        return schema_version(self.connection(), self.path, empty_ok)
+
+    def prepare(self) -> None:
+        """Serving: create the database if it is missing and bring it to the current schema."""
+        init_db(self.path)
+
+    def migrate(self) -> None:
+        """Bring an existing database to the current schema."""
+        init_db(self.path, create=False)
+
+    def create(self) -> None:
+        """``init``: a new database, owner-only, at the current schema.
+
+        :raise FileExistsError: something is at the path already.
+        """
+        create_file(self.path)
+        init_db(self.path, create=False)
+
+    def discard_new(self) -> None:
+        """Undo ``create`` (only right after it, when ``init`` could not finish)."""
+        self.close()
+        remove_files(self.path)
+
+    def problems(self) -> list[str]:
+        return integrity_problems(self.connection())
+
+    def checkpoint(self) -> None:
+        """At shutdown, once no request runs: fold the WAL back (``checkpoint``)."""
+        self.close()
+        checkpoint(self.path)
+
+    @contextmanager
+    def snapshot(self):
+        """One consistent read of the whole database (``copy``'s source): yields
+        ``rows(table)``, an iterator of the table's rows as COPY_COLUMNS tuples."""
+        conn = self.connection()
+        conn.execute("BEGIN")  # the first read fixes the snapshot (WAL: writers go on)
+        try:
+            yield lambda table: (
+                tuple(row) for row in conn.execute(f"SELECT {', '.join(COPY_COLUMNS[table])} FROM {table} ORDER BY 1")
+            )
+        finally:
+            conn.execute("COMMIT")
+
+    def import_all(self, rows_of) -> dict[str, int]:
+        """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
+        into this database, which holds no pods data, in one transaction. Returns how
+        many rows each table holds afterwards, checked against how many were written.
+
+        :raise NotEmpty: it holds pods data; nothing is written.
+        :raise CopyMismatch: the counts differ; nothing is written.
+        """
+        copied = dict.fromkeys(COPY_COLUMNS, 0)
+        conn = self.connection()
+        with write_tx(conn):
+            found = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in COPY_COLUMNS}
+            if any(found.values()):
+                raise NotEmpty(", ".join(f"{n} rows in {table}" for table, n in found.items() if n))
+            for table, columns in COPY_COLUMNS.items():
+                marks = ", ".join("?" * len(columns))
+                insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                conn.executemany(insert, counted(rows_of(table), copied, table))
+            found = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COPY_COLUMNS}
+            return verified(copied, found)
 
     def setting(self, key: str, make_value) -> bytes:
         conn = self.connection()
@@ -395,7 +458,7 @@ class SQLiteStorage:
                 f" created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" ON CONFLICT (key_hash) DO UPDATE SET prefix = excluded.prefix WHERE api_key.prefix = ''"
                 f" RETURNING {KEY_COLUMNS}",
-                (secrets.token_hex(8), org_id, pod_id, key_hash, prefix, name or prefix, permissions,
+                (new_key_id(), org_id, pod_id, key_hash, prefix, name or prefix, permissions,
                  now, now, expires_at),
             ).fetchone()
             if row is None:  # stored before, and nothing to add

@@ -1,0 +1,447 @@
+"""The PostgreSQL backend: every PostgreSQL statement pods runs, with its connection
+pool, schema versions and operator-level operations.
+
+Any number of pods processes, on any number of machines, may serve one database:
+nothing here is cached between requests, uniqueness is decided by the database's
+indexes, times come from the database server's clock, and the schema is applied
+under an advisory lock, so several instances starting at once apply it once.
+
+Connections come from a psycopg_pool pool, made in the process that uses it (after
+a fork, never inherited). A request borrows one connection for its whole length
+(the key lookup and the view's statements) and gives it back at its end; a
+connection that broke goes back to the pool, which replaces it.
+
+Tables are created in the connection's current schema (``public``, unless the URL
+says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
+"""
+
+import logging
+import threading
+import uuid
+from contextlib import contextmanager
+from importlib.resources import files
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from ..schemafiles import version_history
+from .base import (
+    COPY_COLUMNS,
+    TIME_COLUMNS,
+    NotEmpty,
+    NotPodsDatabase,
+    SchemaTooNew,
+    counted,
+    new_key_id,
+    verified,
+)
+
+SCRIPTS = version_history(files(__package__) / "postgres_migrations")
+SCHEMA_VERSION = len(SCRIPTS)
+TABLES = ("organization", "pod", "api_key", "setting")  # in the order their rows can be inserted
+VERSION_TABLE = "pods_schema"
+# pg_advisory_xact_lock key for schema changes: any fixed number; this one spells "pods".
+SCHEMA_LOCK = 0x706F6473
+CONNECT_TIMEOUT = 5  # seconds to reach the server, and to wait for a free connection
+
+log = logging.getLogger("pods.db")
+
+
+def _text(column: str, alias: str | None = None) -> str:
+    """A timestamptz column as every backend shows times: fixed-width RFC 3339 UTC
+    with microseconds (what SQLite stores)."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS {alias or column}"""
+
+
+POD_COLUMNS = f"pod_id, name, client_id, {_text('created_at')}"
+KEY_COLUMNS = (
+    f"key_id, prefix, name, pod_id, permissions, {_text('created_at')}, {_text('updated_at')},"
+    f" {_text('expires_at')}, {_text('used_at')}"
+)
+NOW = "clock_timestamp()"  # the database server's clock, for every instance alike
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced, for every message and log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+class PostgresStorage:
+    """The pods database at the ``postgresql://`` URL ``url`` (see ``base.Storage``)."""
+
+    unavailable = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+    target_version = SCHEMA_VERSION
+
+    def __init__(self, url: str, max_connections: int = 4):
+        self.url = url
+        self.description = redact(url)
+        self.max_connections = max_connections
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- connections ---------------------------------------------------------------
+
+    def pool(self) -> psycopg_pool.ConnectionPool:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = psycopg_pool.ConnectionPool(
+                        self.url,
+                        min_size=1,
+                        max_size=self.max_connections,
+                        timeout=CONNECT_TIMEOUT,
+                        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+                        name="pods",
+                        open=True,
+                    )
+        return self._pool
+
+    def connection(self) -> psycopg.Connection:
+        """This thread's connection for the current request, borrowed on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.pool().getconn()
+        return conn
+
+    def end_request(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            self.pool().putconn(conn)  # rolls back anything left open; drops a broken one
+
+    def close(self) -> None:
+        self.end_request()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _query(self, statement: str, params=()) -> list:
+        return self.connection().execute(statement, params).fetchall()
+
+    def _one(self, statement: str, params=()):
+        return self.connection().execute(statement, params).fetchone()
+
+    # -- schema ----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the database can be reached (its operator creates it).
+
+        :raise psycopg.OperationalError: it cannot, and not because it is missing.
+        """
+        try:
+            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
+        except psycopg.OperationalError as e:
+            if "does not exist" in str(e):
+                return False
+            raise
+        return True
+
+    def _tables(self) -> set[str]:
+        rows = self._query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        return {row["table_name"] for row in rows}
+
+    def schema_version(self, empty_ok: bool = False) -> int:
+        """The schema version of the pods database here, read without changing
+        anything; with ``empty_ok``, a database without tables is version 0.
+
+        :raise NotPodsDatabase: the database holds something else, or nothing.
+        :raise SchemaTooNew: a newer pods wrote it.
+        """
+        tables = self._tables()
+        if VERSION_TABLE not in tables:
+            if not tables and empty_ok:
+                return 0
+            found = ", ".join(sorted(tables)) or "none"
+            raise NotPodsDatabase(f"database {self.description} is not a pods database (tables: {found})")
+        version = self._one(f"SELECT version FROM {VERSION_TABLE}")["version"]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database {self.description} has schema version {version}, "
+                f"newer than this server's {SCHEMA_VERSION}; upgrade pods"
+            )
+        missing = set(TABLES) - tables
+        if missing:
+            raise NotPodsDatabase(
+                f"database {self.description} is not a pods database: schema version {version} "
+                f"without table(s) {', '.join(sorted(missing))}"
+            )
+        return version
+
+    def prepare(self) -> None:
+        """Bring the database to SCHEMA_VERSION, creating the tables in an empty one.
+
+        Several instances may start at once: each takes the same advisory lock
+        first, so the schema is applied exactly once.
+        """
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                version = self.schema_version(empty_ok=True)
+                if version == 0:
+                    conn.execute(f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)")
+                    conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (0)")
+                for step, script in enumerate(SCRIPTS[version:], start=version):
+                    if version > 0:  # an upgrade, not a new database
+                        log.info("migrating schema %d → %d", step, step + 1)
+                    conn.execute(script.read_text(encoding="utf-8"))
+                conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION,))
+        finally:
+            self.end_request()
+
+    migrate = prepare
+
+    def create(self) -> None:
+        """``init``: give an empty database the pods schema.
+
+        :raise FileExistsError: it holds a pods database already.
+        """
+        if self.schema_version(empty_ok=True) > 0:
+            raise FileExistsError(f"database {self.description} is a pods database already")
+        self.prepare()
+
+    def discard_new(self) -> None:
+        """Undo ``create`` (only right after it, when ``init`` could not finish)."""
+        conn = self.connection()
+        with conn.transaction():
+            for table in reversed((VERSION_TABLE, *TABLES)):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+        self.end_request()
+
+    def problems(self) -> list[str]:
+        """What is wrong beyond the schema (PostgreSQL enforces the constraints and
+        checks its own pages): nothing to report once the schema checks out."""
+        self.schema_version()
+        return []
+
+    def checkpoint(self) -> None:
+        """Nothing to fold back at shutdown: the server owns its write-ahead log."""
+
+    @contextmanager
+    def snapshot(self):
+        """One consistent read of the whole database (``copy``'s source), in one
+        repeatable-read transaction: yields ``rows(table)``, an iterator of the
+        table's rows as COPY_COLUMNS tuples, times as text."""
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+                def rows(table):
+                    columns = ", ".join(_text(c) if c in TIME_COLUMNS else c for c in COPY_COLUMNS[table])
+                    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+                        cur.execute(f"SELECT {columns} FROM {table} ORDER BY 1")
+                        while batch := cur.fetchmany(1000):
+                            yield from ((*row[:-1], bytes(row[-1])) if table == "setting" else row for row in batch)
+
+                yield rows
+        finally:
+            self.end_request()
+
+    def import_all(self, rows_of) -> dict[str, int]:
+        """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
+        into this database, which holds no pods data, in one transaction. Returns how
+        many rows each table holds afterwards, checked against how many were written.
+
+        :raise NotEmpty: it holds pods data; nothing is written.
+        :raise CopyMismatch: the counts differ; nothing is written.
+        """
+        copied = dict.fromkeys(COPY_COLUMNS, 0)
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                conn.execute(f"LOCK TABLE {', '.join(COPY_COLUMNS)}")  # no instance writes meanwhile
+                found = {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in COPY_COLUMNS}
+                if any(found.values()):
+                    raise NotEmpty(", ".join(f"{n} rows in {table}" for table, n in found.items() if n))
+                for table, columns in COPY_COLUMNS.items():
+                    marks = ", ".join("%s::timestamptz" if c in TIME_COLUMNS else "%s" for c in columns)
+                    with conn.cursor() as cur:
+                        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                        cur.executemany(insert, counted(rows_of(table), copied, table))
+                # Organizations came with their ids; new ones continue after them.
+                conn.execute("SELECT setval(pg_get_serial_sequence('organization', 'org_id'),"
+                             " coalesce(max(org_id), 0) + 1, false) FROM organization")
+                return verified(copied, {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
+                                         for t in COPY_COLUMNS})
+        finally:
+            self.end_request()
+
+    def ping(self) -> None:
+        try:
+            self._one("SELECT 1")
+        finally:
+            self.end_request()
+
+    def setting(self, key: str, make_value) -> bytes:
+        row = self._one("SELECT value FROM setting WHERE key = %s", (key,))
+        if row is None:  # the first of several instances starting at once wins
+            self.connection().execute(
+                "INSERT INTO setting (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, make_value())
+            )
+            row = self._one("SELECT value FROM setting WHERE key = %s", (key,))
+        return bytes(row["value"])
+
+    # -- organizations and keys ---------------------------------------------------
+
+    def caller_for_key_hash(self, key_hash: str):
+        return self._one(
+            f"SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions,"
+            f" {_text('k.expires_at', 'expires_at')}, {_text('k.used_at', 'used_at')}"
+            f" FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            f" WHERE k.key_hash = %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})",
+            (key_hash,),
+        )
+
+    def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
+                       pod_id: str | None = None, permissions: str | None = None,
+                       expires_at: str | None = None, before_commit=None):
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute(
+                f"INSERT INTO organization (name, created_at) VALUES (%s, {NOW}) ON CONFLICT (name) DO NOTHING",
+                (org_name,),
+            )
+            org_id = conn.execute("SELECT org_id FROM organization WHERE name = %s", (org_name,)).fetchone()["org_id"]
+            if pod_id is not None and conn.execute(
+                "SELECT 1 FROM pod WHERE pod_id = %s AND org_id = %s FOR KEY SHARE", (pod_id, org_id)
+            ).fetchone() is None:
+                raise LookupError(f"no pod {pod_id} in organization {org_name}")
+            row = conn.execute(
+                f"INSERT INTO api_key (key_id, org_id, pod_id, key_hash, prefix, name, permissions,"
+                f" created_at, updated_at, expires_at)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, {NOW}, %s::timestamptz)"
+                f" ON CONFLICT (key_hash) DO UPDATE SET prefix = excluded.prefix WHERE api_key.prefix = ''"
+                f" RETURNING {KEY_COLUMNS}",
+                (new_key_id(), org_id, pod_id, key_hash, prefix, name or prefix, permissions, expires_at),
+            ).fetchone()
+            if row is None:  # stored before, and nothing to add
+                row = conn.execute(f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_hash = %s", (key_hash,)).fetchone()
+            if before_commit is not None:
+                before_commit(row)
+        return row
+
+    def count_api_keys(self) -> int:
+        return self._one("SELECT count(*) AS n FROM api_key")["n"]
+
+    def list_api_keys(self) -> list:
+        return self._query(
+            f"SELECT k.key_id, o.name AS org_name, {_text('k.created_at', 'created_at')},"
+            f" {_text('k.revoked_at', 'revoked_at')}, k.name, k.pod_id"
+            f" FROM api_key k JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
+        )
+
+    def revoke_api_key(self, key_id: str):
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute(
+                f"UPDATE api_key SET revoked_at = {NOW} WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
+            )
+            row = conn.execute(
+                f"SELECT {_text('revoked_at')} FROM api_key WHERE key_id = %s", (key_id,)
+            ).fetchone()
+        return row["revoked_at"] if row else None
+
+    def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
+        where, params = "org_id = %s AND revoked_at IS NULL", [org_id]
+        if pod_id is not None:
+            where += " AND pod_id = %s"
+            params.append(pod_id)
+        if after is not None:
+            where += f" AND (created_at, key_id) {op} (%s::timestamptz, %s)"
+            params += after
+        return self._query(
+            f"SELECT {KEY_COLUMNS} FROM api_key WHERE {where}"
+            f" ORDER BY created_at {order}, key_id {order} LIMIT %s",
+            (*params, limit),
+        )
+
+    def find_key(self, org_id: int, key_id: str):
+        return self._one(
+            f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL",
+            (key_id, org_id),
+        )
+
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
+        return self._one(
+            f"UPDATE api_key SET name = coalesce(%s, name),"
+            f" permissions = CASE WHEN %s THEN %s ELSE permissions END, updated_at = {NOW}"
+            f" WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
+            (name, set_permissions, permissions, key_id, org_id),
+        )
+
+    def delete_key(self, org_id: int, key_id: str) -> bool:
+        cur = self.connection().execute(
+            f"UPDATE api_key SET revoked_at = {NOW} WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL",
+            (key_id, org_id),
+        )
+        return cur.rowcount == 1
+
+    def record_key_use(self, used: dict) -> None:
+        conn = self.connection()
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE api_key SET used_at = %s::timestamptz"
+                    " WHERE key_id = %s AND (used_at IS NULL OR used_at < %s::timestamptz)",
+                    [(at, key_id, at) for key_id, at in used.items()],
+                )
+
+    # -- pods ---------------------------------------------------------------------
+
+    def insert_pod(self, org_id: int, name, client_id):
+        pod_id = str(uuid.uuid4())
+        conn = self.connection()
+        with conn.transaction():
+            # Read committed: when another instance is inserting the same client_id,
+            # this insert waits for it to commit, then does nothing, and the select
+            # (a new snapshot) sees its pod.
+            row = conn.execute(
+                f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
+                f" VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (org_id, client_id) DO NOTHING"
+                f" RETURNING {POD_COLUMNS}",
+                (pod_id, org_id, name or client_id or pod_id, client_id),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    f"SELECT {POD_COLUMNS} FROM pod WHERE org_id = %s AND client_id = %s", (org_id, client_id)
+                ).fetchone()
+        return row
+
+    def find_pod(self, org_id: int, pod_id: str):
+        return self._one(f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
+
+    def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
+        where, params = "org_id = %s", [org_id]
+        if pod_id is not None:
+            where += " AND pod_id = %s"
+            params.append(pod_id)
+        if after is not None:
+            where += f" AND (created_at, pod_id) {op} (%s::timestamptz, %s)"
+            params += after
+        return self._query(
+            f"SELECT {POD_COLUMNS} FROM pod WHERE {where} ORDER BY created_at {order}, pod_id {order} LIMIT %s",
+            (*params, limit),
+        )
+
+    def delete_pod(self, org_id: int, pod_id: str) -> bool:
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute("DELETE FROM api_key WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
+            cur = conn.execute("DELETE FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
+        return cur.rowcount == 1
+
+    def count_pods(self) -> int:
+        return self._one("SELECT count(*) AS n FROM pod")["n"]
