@@ -40,9 +40,17 @@ def db_option(default):
         envvar="PODS_DB" if default is not None else None,
         default=default,
         show_default=default is not None,
-        help="SQLite database file (env PODS_DB)." if default is not None
-        else "SQLite database file (env PODS_DB; default pods.db).",
+        callback=_database_target,
+        help="SQLite database file or postgresql:// URL (env PODS_DB)." if default is not None
+        else "SQLite database file or postgresql:// URL (env PODS_DB; default pods.db).",
     )
+
+
+def _database_target(ctx, param, value):
+    # SQLite would take "" and ":memory:" for a database that vanishes with the process.
+    if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
+        raise click.BadParameter("must name a database file or a postgresql:// URL")
+    return value
 
 
 def _shown(text: str) -> str:
@@ -72,9 +80,17 @@ def _db_path(ctx: click.Context, db: str | None) -> str:
     before = root.params["db"]
     if db is None:
         return before
-    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and before != db:
-        raise click.UsageError(f"--db given twice: {before} before the command name and {db} after it")
+    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and not _same_target(before, db):
+        raise click.UsageError(
+            f"--db given twice: {describe(before)} before the command name and {describe(db)} after it"
+        )
     return db
+
+
+def _same_target(a: str, b: str) -> bool:
+    if is_url(a) or is_url(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _command_line(*args: str) -> str:
@@ -98,12 +114,13 @@ def _database(target: str):
 
 
 @contextmanager
-def _existing_database(target: str, current: bool = True):
+def _existing_database(target: str, current: bool = True, read_only: bool = False):
     """The pods database at ``target``, which must exist; with ``current``, it must
     have this version's schema. Nothing is changed on the way: only serving, init,
-    migrate and copy create or upgrade a database."""
+    migrate and copy create or upgrade a database; ``read_only`` commands change
+    nothing at all."""
     with _clear_failures(target):
-        storage = open_storage(target)
+        storage = open_storage(target, read_only=read_only)
         try:
             if not storage.exists():
                 how = "create it, then" if is_url(target) else "`" + _command_line("init", "--db", target) + "`"
@@ -374,6 +391,8 @@ def _create_key(storage, org: str, pod_id: str | None = None, name: str | None =
     _require_stdout()
     token = new_token()
 
+    shown = []
+
     def show(key) -> None:
         scope = f'pod {pod_id} of organization "{org}"' if pod_id else f'organization "{org}"'
         try:
@@ -382,9 +401,17 @@ def _create_key(storage, org: str, pod_id: str | None = None, name: str | None =
             sys.stdout.flush()
         except (OSError, ValueError) as e:  # ValueError: written to a closed file
             raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
+        shown.append(True)
 
     try:
         storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show)
+    except driver_errors() as e:
+        if not shown:
+            raise
+        # Shown, then the commit failed (a full disk, say): the token printed is void.
+        raise click.ClickException(
+            f"database {storage.description}: {e}; the key printed above was NOT stored and will not work"
+        ) from None
     except LookupError:
         raise click.ClickException(f'organization "{org}" has no pod {pod_id}') from None
     except _StdoutUnwritable as e:
@@ -470,7 +497,7 @@ def keys_create(ctx, org, pod_id, name, db):
 def keys_list(ctx, db):
     """One key per line, tab-separated: key id, organization, created, revoked (or
     -), name, scope (org, or the pod's id)."""
-    with _existing_database(_db_path(ctx, db)) as storage:
+    with _existing_database(_db_path(ctx, db), read_only=True) as storage:
         rows = storage.list_api_keys()
     for row in rows:
         columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
@@ -508,7 +535,7 @@ def backup_command(ctx, path, force, db):
             f"backup copies a SQLite database; for PostgreSQL, `{_command_line('copy', describe(source), path)}`"
             " makes a SQLite copy of it (or use PostgreSQL's own tools)"
         )
-    with _existing_database(source, current=False) as storage:
+    with _existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
             backup(storage.connection(), path)
@@ -518,18 +545,22 @@ def backup_command(ctx, path, force, db):
             ) from None
         except OSError as e:
             raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
-    with _existing_database(path, current=False) as storage:
+    with _existing_database(path, current=False, read_only=True) as storage:
         pods = storage.count_pods()
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
 
 
 def _check_backup_destination(path: str, source: str, force: bool) -> None:
-    suffix = database_file_suffix(path, source)
-    if suffix is not None:
-        what = f"the {suffix} file of the database" if suffix else "the database"
-        raise click.ClickException(
-            f"backup destination {path} is {what} being backed up ({source}); choose another path"
-        )
+    if not path.strip():
+        raise click.BadParameter("must name a file", param_hint="PATH")
+    # PATH.partial is written first: it must not be the database either.
+    for written in (path, path + ".partial"):
+        suffix = database_file_suffix(written, source)
+        if suffix is not None:
+            what = f"the {suffix} file of the database" if suffix else "the database"
+            raise click.ClickException(
+                f"backup destination {written} is {what} being backed up ({source}); choose another path"
+            )
     if os.path.lexists(path) and not force:
         raise click.ClickException(f"{path} exists; add --force to replace it")
     # A new file beside another database's WAL would have that WAL replayed into it.
@@ -548,7 +579,7 @@ def check_command(ctx, db):
     """Check that the database is a pods database of a known schema version, then
     (SQLite) its integrity and foreign keys; exits 1 on any problem. Changes nothing."""
     target = _db_path(ctx, db)
-    with _existing_database(target, current=False) as storage:
+    with _existing_database(target, current=False, read_only=True) as storage:
         version, current = storage.schema_version(), storage.target_version
         problems = storage.problems()
         name = storage.description
@@ -578,7 +609,7 @@ def copy_command(source, dest):
     if describe(source) == describe(dest) or (not is_url(source) and not is_url(dest)
                                                and os.path.exists(dest) and os.path.samefile(source, dest)):
         raise click.ClickException("SOURCE and DEST are the same database")
-    with _existing_database(source) as origin:
+    with _existing_database(source, read_only=True) as origin:
         with _clear_failures(dest):
             target = open_storage(dest)
             created = not target.exists()

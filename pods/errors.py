@@ -3,9 +3,11 @@
 import logging
 from http import HTTPStatus
 
-from flask import Flask, json
+from flask import Flask, current_app, json
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from .storage import EXTENSION_KEY as STORAGE
 
 # status: (name, code, default message)
 KNOWN = {
@@ -71,9 +73,11 @@ def _flat(messages) -> list[str]:
 
 
 def _database_unavailable(e: Exception):
-    # Locked beyond the busy timeout, disk full, read-only or vanished file: the
-    # request changed nothing (its transaction rolled back) and may be retried.
+    # Locked beyond the busy timeout, disk full, read-only or vanished file, server
+    # gone: the request changed nothing (its transaction rolled back) and may be
+    # retried. /healthz says 503 too until the database takes writes again.
     logging.getLogger("pods.db").warning("database unavailable: %s", e)
+    current_app.extensions[STORAGE].write_failed = True
     return error_response(503)
 
 

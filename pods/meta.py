@@ -13,7 +13,7 @@ bp = Blueprint("meta", __name__)
 def healthz():
     storage = get_storage()
     try:
-        storage.ping()
+        storage.ping()  # after a request found it unavailable, also whether it takes writes again
     except storage.unavailable:
         return error_response(503, "Database is not answering.")
     return {"status": "ok"}

@@ -50,13 +50,23 @@ def main() -> None:
     print(f"built {args.output}: {args.output.stat().st_size / 1e6:.1f} MB, bytecode for Python {version}")
 
 
+# Left out of the copy of the checkout that is built: build output of earlier runs
+# (setuptools reuses build/lib, so a renamed or deleted file would come back) and
+# what is not part of the project.
+NOT_SOURCES = shutil.ignore_patterns("build", "dist", "*.egg-info", ".venv", ".git", "__pycache__", "*.pyz",
+                                     "results", "*.db", "*.db-*")
+
+
 def install(target: Path, find_links: Path | None) -> None:
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--no-compile"]
-    if find_links is None:
-        command.append(str(ROOT))
-    else:
+    if find_links is not None:
         command += ["--no-index", "--find-links", str(find_links), "pods"]
-    subprocess.run(command, check=True)
+        subprocess.run(command, check=True)
+        return
+    with tempfile.TemporaryDirectory() as clean:  # build from a clean copy, never from stale build output
+        source = Path(clean) / "pods"
+        shutil.copytree(ROOT, source, ignore=NOT_SOURCES, symlinks=True)
+        subprocess.run(command + [str(source)], check=True)
 
 
 def drop_optional_accelerators(staging: Path) -> None:

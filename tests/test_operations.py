@@ -590,3 +590,75 @@ def test_unknown_pods_variables_change_nothing_and_get_one_warning(tmp_path):
     assert " WARNING pods.cli ignoring unknown environment variable(s) PODS_MAX_CONTENT_LENGTH, PODS_TRHEADS " \
         in warnings[0]
 
+
+
+# -- read-only commands change nothing; careless paths -----------------------------------
+
+
+def test_read_only_commands_leave_a_crashed_servers_files_byte_for_byte_sqlite(tmp_path):
+    """After a kill -9 the WAL holds the latest commits: check, keys list and backup
+    read it without folding it back (a read-write connection closing last would)."""
+    s = Server(tmp_path / "crashed.db", env={"PODS_API_KEY": "pods_read-only-test-key-0123456789abcdef"})
+    httpx.post(s.url + "/agent/v0/pods", json={"name": "in the WAL"},
+               headers={"Authorization": "Bearer pods_read-only-test-key-0123456789abcdef"})
+    s.kill()
+    files = sorted(p.name for p in tmp_path.glob("crashed.db*"))
+    assert files == ["crashed.db", "crashed.db-shm", "crashed.db-wal"]
+    before = {name: digest(tmp_path / name) for name in ("crashed.db", "crashed.db-wal")}
+    for command in (["check"], ["keys", "list"], ["backup", str(tmp_path / "copy.db")]):
+        result = run_app(*command, "--db", s.db)
+        assert result.returncode == 0, result.stderr
+        assert {name: digest(tmp_path / name) for name in before} == before, command
+    copy = db.SQLiteStorage(str(tmp_path / "copy.db"))
+    try:
+        assert [row["name"] for row in copy.page_pods(1, False, None, 10)] == ["in the WAL"]
+    finally:
+        copy.close()
+
+
+def test_a_key_shown_but_not_stored_is_called_void(tmp_path, monkeypatch):
+    """The commit after the token was printed fails (a full disk): the error says
+    the token printed does not work."""
+    path = str(tmp_path / "full.db")
+    assert run_cli("init", "--db", path).exit_code == 0
+    real = db.SQLiteStorage.insert_api_key
+
+    def commit_fails(self, *args, before_commit=None, **kwargs):
+        def then_fail(row):
+            before_commit(row)
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, *args, before_commit=then_fail, **kwargs)
+
+    monkeypatch.setattr(db.SQLiteStorage, "insert_api_key", commit_fails)
+    result = run_cli("keys", "create", "--org", "z", "--db", path)
+    assert result.stdout.splitlines()[-1].startswith("pods_")  # shown ...
+    line = one_line_error(result)
+    assert "database or disk is full" in line and "the key printed above was NOT stored" in line
+    monkeypatch.undo()
+    assert "\tz\t" not in run_cli("keys", "list", "--db", path).stdout  # ... and not stored
+
+
+@pytest.mark.parametrize("db", ["", " ", ":memory:", "file:x.db"])
+def test_a_db_that_names_no_file_is_refused(tmp_path, monkeypatch, db):
+    monkeypatch.chdir(tmp_path)
+    for command in (["init"], ["check"], ["keys", "list"]):
+        result = run_cli(*command, "--db", db)
+        assert result.exit_code == 2 and "--db" in result.stderr, result.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_backup_refuses_an_empty_destination_and_a_partial_name_that_is_the_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init", "--db", "prod.partial").exit_code == 0
+    result = run_cli("backup", "", "--db", "prod.partial")
+    assert result.exit_code == 2 and "PATH" in result.stderr
+    line = one_line_error(run_cli("backup", "prod", "--db", "prod.partial"))
+    assert "prod.partial is the database being backed up" in line
+    assert not {"prod", "prod.partial.partial", ".partial"} & set(os.listdir(tmp_path))
+
+
+def test_the_same_database_spelled_two_ways_before_and_after_the_command_is_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init", "--db", "b.db").exit_code == 0
+    result = run_cli("--db", "./b.db", "keys", "list", "--db", "b.db")
+    assert result.exit_code == 0 and result.stdout.count("\t") == 5

@@ -72,3 +72,50 @@ def test_disk_full_is_503_then_recovers(quick_app, key):
     assert client.post(URL, json={"name": "after"}, headers=key).status_code == 200
     listed = client.get(URL, query_string={"limit": 100}, headers=key).json
     assert listed["count"] == len(accepted) + 2  # nothing half-written
+
+
+def assert_healthz(client, status):
+    r = client.get("/healthz")
+    assert r.status_code == status, r.json
+    if status == 503:
+        assert r.json["name"] == "ServiceUnavailableError"
+
+
+def test_healthz_says_503_while_writes_fail_on_a_lock_then_200(quick_app, key):
+    client = quick_app.test_client()
+    assert_healthz(client, 200)
+    holder = sqlite3.connect(quick_app.config["DB"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert_503(client.post(URL, json={"name": "blocked"}, headers=key))
+        assert_healthz(client, 503)  # reads work, writes do not: not healthy
+        assert_healthz(client, 503)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_healthz(client, 200)
+    assert client.post(URL, json={"name": "after"}, headers=key).status_code == 200
+
+
+def test_healthz_says_503_while_the_disk_is_full_then_200(quick_app, key, monkeypatch):
+    client = quick_app.test_client()
+    client.post(URL, json={"name": "first"}, headers=key)
+    pages = storage_of(quick_app).connection().execute("PRAGMA page_count").fetchone()[0]
+    real_connect = sqlite.connect
+
+    def full(*args, **kwargs):  # SQLite's own "disk is full", on every connection opened meanwhile
+        conn = real_connect(*args, **kwargs)
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn
+
+    storage_of(quick_app).close()
+    monkeypatch.setattr(sqlite, "connect", full)
+    answers = [client.post(URL, json={"name": "x" * 255, "client_id": f"c{i}"}, headers=key) for i in range(200)]
+    assert answers[-1].status_code == 503
+    assert_healthz(client, 503)
+    assert_healthz(client, 503)
+    monkeypatch.setattr(sqlite, "connect", real_connect)  # space again
+    storage_of(quick_app).close()
+    assert_healthz(client, 200)
+    listed = client.get(URL, query_string={"limit": 100}, headers=key).json["count"]
+    assert listed == 1 + sum(r.status_code == 200 for r in answers)  # the probes left nothing behind

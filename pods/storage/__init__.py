@@ -30,9 +30,10 @@ def is_url(target: str) -> bool:
     return target.startswith(URL_SCHEMES)
 
 
-def open_storage(target: str) -> Storage:
+def open_storage(target: str, read_only: bool = False) -> Storage:
     """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
-    Opens nothing yet: connections come on first use.
+    Opens nothing yet: connections come on first use. ``read_only``: for commands
+    that only read, so that they change nothing at all in a SQLite file.
 
     :raise BackendMissing: a PostgreSQL URL, and psycopg is not installed.
     """
@@ -43,10 +44,10 @@ def open_storage(target: str) -> Storage:
             raise BackendMissing(
                 "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
             ) from None
-        return PostgresStorage(target)
+        return PostgresStorage(target, read_only=read_only)
     from .sqlite import SQLiteStorage
 
-    return SQLiteStorage(target)
+    return SQLiteStorage(target, read_only=read_only)
 
 
 def describe(target: str) -> str:

@@ -79,9 +79,10 @@ class PostgresStorage:
     unavailable = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
     target_version = SCHEMA_VERSION
 
-    def __init__(self, url: str, max_connections: int = 4):
+    def __init__(self, url: str, max_connections: int = 4, read_only: bool = False):
         self.url = url
         self.description = redact(url)
+        self.write_failed = False  # set when a request found the database unavailable; see ping()
         self.max_connections = max_connections
         self._pool = None
         self._pool_lock = threading.Lock()
@@ -278,8 +279,17 @@ class PostgresStorage:
             self.end_request()
 
     def ping(self) -> None:
+        """Raise one of ``unavailable`` unless the server answers, and, after a request
+        found it unavailable, takes writes again (a write it undoes)."""
         try:
             self._one("SELECT 1")
+            if self.write_failed:
+                conn = self.connection()
+                with conn.transaction():
+                    conn.execute("INSERT INTO setting (key, value) VALUES ('healthz-probe', '')"
+                                 " ON CONFLICT (key) DO NOTHING")
+                    conn.execute("DELETE FROM setting WHERE key = 'healthz-probe'")
+                self.write_failed = False
         finally:
             self.end_request()
 

@@ -26,6 +26,7 @@ from ..schemafiles import version_history
 from .base import COPY_COLUMNS, NotEmpty, NotPodsDatabase, SchemaTooNew, counted, new_key_id, utc_now, verified
 
 BUSY_TIMEOUT_MS = 5000
+PROBE_BUSY_TIMEOUT_MS = 500  # a health check answers within a second, locked or not
 
 # schema.sql is version 1, frozen. sqlite_migrations/NNNN-*.sql takes a database
 # from version NNNN - 1 to NNNN. Each script opens its own transaction and sets
@@ -71,15 +72,28 @@ def companions(path: str) -> list[str]:
     return [path + suffix for suffix in COMPANION_SUFFIXES]
 
 
-def connect(path: str, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+def connect(path: str, busy_timeout_ms: int | None = None, read_only: bool = False) -> sqlite3.Connection:
     """Open an existing database with the PRAGMAs every connection needs.
+
+    ``read_only`` changes nothing in the file, not even at close (a read-write
+    connection that closes last folds the WAL back into the database). On read-only
+    storage, a database with no WAL to read is opened as immutable.
 
     :raise sqlite3.OperationalError: no file at ``path`` ("unable to open database file").
     """
     timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
     # mode=rw: SQLite's default would create a missing file, with the umask's mode.
-    uri = "file:" + urllib.parse.quote(path) + "?mode=rw"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout_ms / 1000)
+    uri = "file:" + urllib.parse.quote(path) + ("?mode=ro" if read_only else "?mode=rw")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout_ms / 1000)
+        if read_only:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: open now
+    except sqlite3.OperationalError:
+        # A WAL database needs its -shm file, which read-only storage cannot hold;
+        # with no -wal beside it (a backup, say), all of it is in the file itself.
+        if not read_only or os.path.exists(path + "-wal") or os.access(os.path.dirname(path) or ".", os.W_OK):
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     # FULL: in WAL mode NORMAL survives a process crash but can lose the last commits
@@ -301,16 +315,18 @@ class SQLiteStorage:
     unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, disk full, file gone
     target_version = SCHEMA_VERSION
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, read_only: bool = False):
         self.path = path
         self.description = path
+        self.read_only = read_only
+        self.write_failed = False  # set when a request found the database unavailable; see healthy()
         self._local = threading.local()
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, read_only=self.read_only)
         return conn
 
     def end_request(self) -> None:
@@ -325,11 +341,28 @@ class SQLiteStorage:
             conn.close()
 
     def ping(self) -> None:
+        """Raise sqlite3.OperationalError unless the database can be read, and, after a
+        request found it unavailable (locked, full), written again (``probe_write``)."""
         try:
             self.connection().execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if self.write_failed:
+                self.probe_write()
+                self.write_failed = False
         except sqlite3.Error as e:
             self.close()  # reconnect next time: the file may have been replaced or repaired
             raise sqlite3.OperationalError(str(e)) from e
+
+    def probe_write(self) -> None:
+        """Commit a write that takes new pages and gives them back: it fails while the
+        database is locked past a short wait or the disk is full, and leaves nothing."""
+        conn = self.connection()
+        conn.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_TIMEOUT_MS}")
+        try:
+            with write_tx(conn):
+                conn.execute("INSERT INTO setting (key, value) VALUES ('healthz-probe', zeroblob(16384))")
+                conn.execute("DELETE FROM setting WHERE key = 'healthz-probe'")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     # -- the database as a whole (operator commands) ------------------------------
 
