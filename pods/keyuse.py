@@ -57,6 +57,8 @@ class KeyUseRecorder:
             self.storage.record_key_use(used)
         except Exception as e:  # the record is a convenience; the next use notes it again
             log.warning("could not record when %d key(s) were used: %s", len(used), e)
+        finally:
+            self.storage.end_request()  # give back what this thread borrowed
 
     def _run(self) -> None:
         while True:

@@ -5,10 +5,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from pods.storage import is_url
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -32,8 +35,10 @@ class Server:
     pods.pyz``), run in the directory ``cwd``."""
 
     def __init__(self, db_path, *args, env=None, workdir=None, command=None, cwd=None):
-        self.db = str(db_path)
-        workdir = Path(workdir or Path(self.db).parent)
+        self.db = str(db_path)  # a file path, or a postgresql:// URL (then give ``workdir``)
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="pods-server-") if is_url(self.db) else Path(self.db).parent
+        workdir = Path(workdir)
         self.stdout_path = workdir / f"server-{os.getpid()}-{time.monotonic_ns()}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:

@@ -1,12 +1,14 @@
 """kill -9 at a random moment loses nothing that was acknowledged."""
 
 import random
-import sqlite3
 import threading
 import time
 
 import httpx
+from dbtools import query
 from live import Server
+
+from pods.storage import is_url
 
 URL = "/agent/v0/pods"
 KEY = "crash-test-key-with-at-least-32-characters"
@@ -57,22 +59,19 @@ def client_loop(url, ledger, stop, seed):
                 mine.append(r.json()["pod_id"])
 
 
-def stored(path):
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        rows = conn.execute("SELECT pod_id, name, client_id, created_at FROM pod").fetchall()
-    finally:
-        conn.close()
+def stored(database):
+    if not is_url(database):  # PostgreSQL checks its own pages
+        assert query(database, "PRAGMA integrity_check") == [("ok",)]
+    rows = query(database, "SELECT pod_id, name, client_id, created_at FROM pod")
     return {r[0]: {"pod_id": r[0], "name": r[1], "client_id": r[2], "created_at": r[3], "updated_at": r[3]} for r in rows}
 
 
-def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path):
-    path = str(tmp_path / "crash.db")
+def test_kill_9_at_random_moments_loses_nothing_acknowledged(database, tmp_path):
+    path = database
     ledger = Ledger()
     rng = random.Random(20261129)
     for cycle in range(CYCLES):
-        server = Server(path, env={"PODS_API_KEY": KEY})
+        server = Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
         stop = threading.Event()
         clients = [
             threading.Thread(target=client_loop, args=(server.url, ledger, stop, cycle * 100 + i))
@@ -97,7 +96,7 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path):
 
     # A create whose answer was lost can be retried safely: its client_id finds
     # the pod if it was stored, or makes exactly one if it was not.
-    server = Server(path, env={"PODS_API_KEY": KEY})
+    server = Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
             for client_id in ledger.unanswered_creates:

@@ -194,7 +194,7 @@ def test_concurrent_creates_with_one_client_id_make_one_pod(app, headers, sql):
         barrier.wait()
         r = app.test_client().post(URL, json={"client_id": "race", "name": "n"}, headers=headers)
         answers.append((r.status_code, r.json))
-        storage_of(app).close()  # this thread's connection
+        storage_of(app).end_request()  # what this thread held
 
     workers = [threading.Thread(target=create) for _ in range(threads)]
     for w in workers:

@@ -8,7 +8,7 @@ from pods import create_app
 from pods.storage import sqlite as db
 
 
-def test_schema_is_applied_once_and_idempotently(tmp_path):
+def test_schema_is_applied_once_and_idempotently_sqlite(tmp_path):
     path = str(tmp_path / "p.db")
     db.init_db(path)
     db.init_db(path)
@@ -22,7 +22,8 @@ def test_schema_is_applied_once_and_idempotently(tmp_path):
         conn.close()
 
 
-def test_connections_enforce_foreign_keys_and_full_sync(app):
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_connections_enforce_foreign_keys_and_full_sync_sqlite(app):
     storage = storage_of(app)
     conn = storage.connection()
     assert conn is storage.connection()  # one connection per thread, reused
@@ -32,7 +33,7 @@ def test_connections_enforce_foreign_keys_and_full_sync(app):
         conn.execute("INSERT INTO pod VALUES ('p', 999, 'n', NULL, 'now')")
 
 
-def test_a_newer_schema_is_refused(tmp_path):
+def test_a_newer_schema_is_refused_sqlite(tmp_path):
     path = str(tmp_path / "p.db")
     db.init_db(path)
     conn = sqlite3.connect(path)
@@ -42,9 +43,8 @@ def test_a_newer_schema_is_refused(tmp_path):
         create_app({"DB": path})
 
 
-def test_page_token_secret_survives_restarts(tmp_path):
-    path = str(tmp_path / "p.db")
-    first, second = (create_app({"DB": path}) for _ in range(2))
+def test_page_token_secret_survives_restarts(database):
+    first, second = (create_app({"DB": database}) for _ in range(2))
     for app in (first, second):
         storage_of(app).close()
     first, second = first.config["PAGE_TOKEN_SECRET"], second.config["PAGE_TOKEN_SECRET"]

@@ -2,8 +2,7 @@
 
 
 import pytest
-
-from pods.storage.sqlite import SQLiteStorage
+from conftest import storage_of
 
 
 def assert_error(r, status, name, code):
@@ -43,7 +42,7 @@ def test_unexpected_failure_is_json_500_without_a_traceback(app, client, headers
     def broken(*args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(SQLiteStorage, "find_pod", broken)
+    monkeypatch.setattr(storage_of(app), "find_pod", broken)
     r = client.get(f"/agent/v0/pods/{pod['pod_id']}", headers=headers)
     assert_error(r, 500, "InternalServerError", "internal_server_error")
     assert b"secret internals" not in r.data and b"Traceback" not in r.data
@@ -51,8 +50,10 @@ def test_unexpected_failure_is_json_500_without_a_traceback(app, client, headers
 
 
 def test_healthz_is_503_while_the_database_cannot_be_read(app, client, monkeypatch):
-    def unreadable(self):
-        self.connection().execute("SELECT * FROM file_is_not_a_database")  # raises sqlite3.OperationalError
+    storage = storage_of(app)
 
-    monkeypatch.setattr(SQLiteStorage, "ping", unreadable)
+    def unreadable():
+        raise storage.unavailable[0]("the database went away")  # the driver's own kind of error
+
+    monkeypatch.setattr(storage, "ping", unreadable)
     assert_error(client.get("/healthz"), 503, "ServiceUnavailableError", "service_unavailable")

@@ -3,6 +3,8 @@ with an organization key, a pod-scoped key and no key at all."""
 
 import httpx
 import pytest
+from conftest import new_database
+from dbtools import BACKENDS
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import given as hypothesis_given
@@ -23,11 +25,12 @@ OPERATIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
     from live import Server
 
-    s = Server(tmp_path_factory.mktemp("fuzz") / "fuzz.db")
+    folder = tmp_path_factory.mktemp("fuzz")
+    s = Server(new_database(request.param, folder, request), workdir=folder)
     org = {"Authorization": f"Bearer {s.bootstrap_token}"}
     with httpx.Client(base_url=s.url + "/agent/v0", headers=org) as c:
         pod = c.post("/pods", json={"name": "fuzzed"}).json()

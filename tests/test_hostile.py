@@ -3,10 +3,11 @@ error, nothing changed, and normal service afterwards."""
 
 import json
 import socket
-import sqlite3
 
 import httpx
 import pytest
+from conftest import new_database
+from dbtools import BACKENDS, query
 from live import Server
 
 URL = "/agent/v0/pods"
@@ -20,9 +21,10 @@ SQL_INJECTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("hostile") / "h.db", env={"PODS_API_KEY": KEY})
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    s = Server(new_database(request.param, folder, request), env={"PODS_API_KEY": KEY}, workdir=folder)
     with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         s.existing = [c.post(URL, json={"name": f"existing {i}", "client_id": f"c{i}"}).json() for i in range(3)]
     yield s
@@ -30,15 +32,13 @@ def server(tmp_path_factory):
 
 
 def snapshot(server):
-    conn = sqlite3.connect(server.db)
-    try:
-        return (
-            conn.execute("SELECT * FROM pod ORDER BY pod_id").fetchall(),
-            conn.execute("SELECT * FROM api_key ORDER BY key_id").fetchall(),
-            conn.execute("SELECT * FROM organization ORDER BY org_id").fetchall(),
-        )
-    finally:
-        conn.close()
+    # used_at is left out: the server records when keys were used, as they are.
+    return (
+        query(server.db, "SELECT * FROM pod ORDER BY pod_id"),
+        query(server.db, "SELECT key_id, org_id, pod_id, key_hash, prefix, name, permissions, created_at,"
+                         " updated_at, expires_at, revoked_at FROM api_key ORDER BY key_id"),
+        query(server.db, "SELECT * FROM organization ORDER BY org_id"),
+    )
 
 
 @pytest.fixture

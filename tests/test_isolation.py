@@ -5,6 +5,8 @@ import json
 
 import httpx
 import pytest
+from conftest import new_database
+from dbtools import BACKENDS, query
 from live import Server, raw_request, run_app
 
 URL = "/agent/v0/pods"
@@ -12,17 +14,18 @@ ORGS = ("acme", "globex", "initech")
 NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_found"}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, tmp_path_factory):
     """A server with three organizations, each with a key and five pods."""
-    db = str(tmp_path_factory.mktemp("iso") / "iso.db")
+    folder = tmp_path_factory.mktemp("iso")
+    db = new_database(request.param, folder, request)
     assert run_app("init", "--db", db).returncode == 0
     tokens = {}
     for org in ORGS:
         result = run_app("keys", "create", "--org", org, "--db", db)
         assert result.returncode == 0, result.stderr
         tokens[org] = result.stdout.splitlines()[-1]
-    server = Server(db)
+    server = Server(db, workdir=folder)
     clients = {org: httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {t}"}) for org, t in tokens.items()}
     pods = {org: [clients[org].post(URL, json={"name": f"{org} {i}", "client_id": f"shared-{i}"}).json()
                   for i in range(5)] for org in ORGS}
@@ -91,7 +94,9 @@ def test_near_miss_tokens_fail(world, mangle):
 
 def test_the_database_never_holds_a_token_in_plain_text(world):
     server, tokens, clients, pods = world
-    for path in glob.glob(server.db + "*"):
+    stored = repr([query(server.db, f"SELECT * FROM {table}") for table in ("organization", "api_key", "pod", "setting")])
+    assert all(token not in stored for token in tokens.values())
+    for path in glob.glob(server.db + "*"):  # SQLite: the file, its WAL and shared memory too
         with open(path, "rb") as f:
             data = f.read()
         for token in tokens.values():

@@ -3,24 +3,8 @@ import string
 
 import pytest
 
-from pods.storage import sqlite
 
 URL = "/agent/v0/pods"
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """Freeze created_at: clock.set(ts) makes every following create use ``ts``."""
-
-    class Clock:
-        now = "2026-01-01T00:00:00.000000Z"
-
-        def set(self, ts):
-            self.now = ts
-
-    c = Clock()
-    monkeypatch.setattr(sqlite, "utc_now", lambda: c.now)
-    return c
 
 
 @pytest.fixture

@@ -58,12 +58,12 @@ def v1_copy(tmp_path):
     return copy_of(1, tmp_path)
 
 
-def test_migrations_are_numbered_without_gaps():
+def test_migrations_are_numbered_without_gaps_sqlite():
     assert [int(p.name[:4]) for p in db.MIGRATIONS] == list(range(2, db.SCHEMA_VERSION + 1))
 
 
 @pytest.mark.parametrize("fixture_version", [1, 2])
-def test_an_older_database_upgrades_keeping_every_pod_and_key_as_an_organization_key_with_every_permission(
+def test_an_older_database_upgrades_keeping_every_pod_and_key_as_an_organization_key_with_every_permission_sqlite(
     tmp_path, fixture_version
 ):
     path = copy_of(fixture_version, tmp_path)
@@ -98,7 +98,7 @@ def test_an_older_database_upgrades_keeping_every_pod_and_key_as_an_organization
         storage_of(app).close()
 
 
-def test_serving_an_older_database_logs_each_step(v1_copy):
+def test_serving_an_older_database_logs_each_step_sqlite(v1_copy):
     server = Server(v1_copy)
     try:
         r = httpx.get(server.url + "/agent/v0/pods", params={"limit": 100},
@@ -111,7 +111,7 @@ def test_serving_an_older_database_logs_each_step(v1_copy):
     assert version(v1_copy) == db.SCHEMA_VERSION
 
 
-def test_the_upgrade_uses_the_new_page_index(v1_copy):
+def test_the_upgrade_uses_the_new_page_index_sqlite(v1_copy):
     storage_of(create_app({"DB": v1_copy})).close()
     conn = sqlite3.connect(v1_copy)
     try:
@@ -126,7 +126,7 @@ def test_the_upgrade_uses_the_new_page_index(v1_copy):
     assert "COVERING INDEX pod_org_page" in plan[0][3]
 
 
-def test_a_failing_migration_changes_nothing(v1_copy, tmp_path, monkeypatch):
+def test_a_failing_migration_changes_nothing_sqlite(v1_copy, tmp_path, monkeypatch):
     broken = tmp_path / "0002-broken.sql"
     broken.write_text(
         "BEGIN IMMEDIATE;\n"

@@ -20,12 +20,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import storage_of
+from dbtools import query
 from live import APP, Server, run_app
 
 from pods import create_app
 from pods.storage import sqlite as db
 from pods.accesslog import new_request_id
 from pods.auth import hash_key
+from pods.storage import is_url
 from pods.cli import cli
 from pods.server import QueueDepthSummary
 
@@ -33,20 +35,13 @@ URL = "/agent/v0/pods"
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 
 
-def pods_in(path):
-    conn = sqlite3.connect(path)
-    try:
-        return {r[0]: r[1:] for r in conn.execute("SELECT pod_id, name, client_id, created_at FROM pod")}
-    finally:
-        conn.close()
+def pods_in(database):
+    return {r[0]: r[1:] for r in query(database, "SELECT pod_id, name, client_id, created_at FROM pod")}
 
 
-def integrity(path):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchall()
-    finally:
-        conn.close()
+def integrity(database):
+    """SQLite's integrity check; PostgreSQL checks its own pages."""
+    return [("ok",)] if is_url(database) else query(database, "PRAGMA integrity_check")
 
 
 def auth(token):
@@ -72,8 +67,8 @@ def one_line_error(result) -> str:
 # -- graceful shutdown ---------------------------------------------------------
 
 
-def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path):
-    s = Server(tmp_path / "g.db")
+def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(database, tmp_path):
+    s = Server(database, workdir=tmp_path)
     body = b'{"name": "in flight"}'
     head = (
         f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.bootstrap_token}\r\n"
@@ -98,11 +93,11 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path):
     assert pod["pod_id"] in pods_in(s.db)
     assert "shutting down" in s.stderr and "stopped" in s.stderr
     assert "Traceback" not in s.stderr
-    # The WAL was folded back into the database file.
+    # SQLite: the WAL was folded back into the database file.
     assert not os.path.exists(s.db + "-wal") or os.path.getsize(s.db + "-wal") == 0
 
 
-def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing(tmp_path):
+def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing_sqlite(tmp_path):
     s = Server(tmp_path / "read.db")
     token = s.bootstrap_token
     pod = httpx.post(s.url + URL, json={"name": "kept"}, headers=auth(token)).json()
@@ -128,8 +123,8 @@ def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("workers,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT)])
-def test_a_signal_during_a_burst_loses_no_acknowledged_write(tmp_path, workers, sig):
-    s = Server(tmp_path / "burst.db", "--workers", str(workers))
+def test_a_signal_during_a_burst_loses_no_acknowledged_write(database, tmp_path, workers, sig):
+    s = Server(database, "--workers", str(workers), workdir=tmp_path)
     token = s.bootstrap_token
     acknowledged, failures, statuses = [], [], []
     stop = threading.Event()
@@ -245,7 +240,7 @@ def test_waitress_queue_warnings_become_one_line_per_interval():
 # -- backups and checks -----------------------------------------------------------
 
 
-def test_backup_under_write_load_restores_every_acknowledged_pod(tmp_path):
+def test_backup_under_write_load_restores_every_acknowledged_pod_sqlite(tmp_path):
     s = Server(tmp_path / "live.db")
     token = s.bootstrap_token
     before = []
@@ -284,7 +279,7 @@ def test_backup_under_write_load_restores_every_acknowledged_pod(tmp_path):
         assert restored.stop() == 0
 
 
-def test_check_passes_a_sound_database_and_fails_a_damaged_one(tmp_path):
+def test_check_passes_a_sound_database_and_fails_a_damaged_one_sqlite(tmp_path):
     path = str(tmp_path / "c.db")
     assert run_app("init", "--db", path).returncode == 0
     ok = run_app("check", "--db", path)
@@ -309,7 +304,7 @@ def test_check_passes_a_sound_database_and_fails_a_damaged_one(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["check"], ["keys", "list"], ["backup", "out.db"]])
-def test_commands_on_a_file_that_is_not_a_database_fail_in_one_line(tmp_path, command):
+def test_commands_on_a_file_that_is_not_a_database_fail_in_one_line_sqlite(tmp_path, command):
     path = tmp_path / "notes.db"
     path.write_bytes(b"this is not a database, just some text " * 100)
     result = run_app(*command, "--db", str(path))
@@ -353,7 +348,7 @@ def pods_and_keys(path):
     ("link.db", "pods.db-wal"),  # SQLite names the companions after the real file, not the link
     ("{cwd}/pods.db", "shm-link"),  # a symlink to a companion
 ])
-def test_backup_refuses_the_database_and_its_companions_however_spelled(served, tmp_path, db_flag, dest):
+def test_backup_refuses_the_database_and_its_companions_however_spelled_sqlite(served, tmp_path, db_flag, dest):
     os.symlink("pods.db", "link.db")
     os.link("pods.db", "hard.db")
     os.mkdir("sub")
@@ -368,7 +363,7 @@ def test_backup_refuses_the_database_and_its_companions_however_spelled(served, 
     assert integrity("pods.db") == [("ok",)]
 
 
-def test_backup_replaces_an_existing_file_only_with_force(served):
+def test_backup_replaces_an_existing_file_only_with_force_sqlite(served):
     Path("precious.db").write_bytes(b"an earlier backup, or anything else")
     line = one_line_error(run_cli("backup", "precious.db"))
     assert line == "Error: precious.db exists; add --force to replace it"
@@ -378,7 +373,7 @@ def test_backup_replaces_an_existing_file_only_with_force(served):
     assert pods_and_keys("precious.db") == pods_and_keys("pods.db")
 
 
-def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy(served):
+def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy_sqlite(served):
     Path("busy.db-wal").write_bytes(b"another database's log")
     line = one_line_error(run_cli("backup", "busy.db"))
     assert line.startswith("Error: busy.db-wal exists: busy.db may be a database in use")
@@ -389,7 +384,7 @@ def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy(ser
     assert not os.path.exists("busy.db") and not os.path.exists("stale.db")
 
 
-def test_backup_and_check_read_an_older_schema_as_it_is(tmp_path):
+def test_backup_and_check_read_an_older_schema_as_it_is_sqlite(tmp_path):
     old = str(tmp_path / "old.db")
     shutil.copy(FIXTURE_V1, old)
     before = digest(old)
@@ -433,7 +428,7 @@ NOT_PODS_DATABASES = {
 
 @pytest.mark.parametrize("kind", NOT_PODS_DATABASES)
 @pytest.mark.parametrize("command", ["check", "backup"])
-def test_check_and_backup_refuse_what_is_not_a_pods_database(tmp_path, kind, command):
+def test_check_and_backup_refuse_what_is_not_a_pods_database_sqlite(tmp_path, kind, command):
     make, words = NOT_PODS_DATABASES[kind]
     path = tmp_path / "restored.db"
     make(path)
@@ -444,7 +439,7 @@ def test_check_and_backup_refuse_what_is_not_a_pods_database(tmp_path, kind, com
     assert sorted(os.listdir(tmp_path)) == ["restored.db"]
 
 
-def test_serving_refuses_another_programs_sqlite_file(tmp_path):
+def test_serving_refuses_another_programs_sqlite_file_sqlite(tmp_path):
     path = tmp_path / "notes.db"
     sqlite_file(path, "CREATE TABLE notes (body TEXT)", "INSERT INTO notes VALUES ('keep me')")
     before = digest(path)
@@ -457,7 +452,7 @@ def test_serving_refuses_another_programs_sqlite_file(tmp_path):
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])
-def test_databases_their_wal_files_and_backups_are_owner_only(tmp_path, monkeypatch, umask):
+def test_databases_their_wal_files_and_backups_are_owner_only_sqlite(tmp_path, monkeypatch, umask):
     monkeypatch.chdir(tmp_path)
     def modes(*names):
         return {name: os.stat(name).st_mode & 0o777 for name in names}
@@ -496,18 +491,18 @@ def test_port_in_use(tmp_path):
     assert_one_line_failure(result, "cannot listen", str(port), "in use")
 
 
-def test_database_path_unwritable(tmp_path):
+def test_database_path_unwritable_sqlite(tmp_path):
     result = run_app("--port", "0", "--db", str(tmp_path / "missing-dir" / "p.db"))
     assert_one_line_failure(result, "missing-dir/p.db: No such file or directory")
 
 
-def test_database_that_is_not_a_database(tmp_path):
+def test_database_that_is_not_a_database_sqlite(tmp_path):
     path = tmp_path / "p.db"
     path.write_bytes(os.urandom(8192))
     assert_one_line_failure(run_app("--port", "0", "--db", str(path)), "file is not a database")
 
 
-def test_database_locked_beyond_the_busy_timeout(tmp_path):
+def test_database_locked_beyond_the_busy_timeout_sqlite(tmp_path):
     path = str(tmp_path / "p.db")
     assert run_app("init", "--db", path).returncode == 0
     holder = sqlite3.connect(path, isolation_level=None)
@@ -523,13 +518,14 @@ def test_database_locked_beyond_the_busy_timeout(tmp_path):
     assert waited >= 5  # it waited the busy timeout before giving up
 
 
-def test_a_newer_schema_is_refused_in_one_line(tmp_path):
-    path = str(tmp_path / "p.db")
-    assert run_app("init", "--db", path).returncode == 0
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
-    assert_one_line_failure(run_app("--port", "0", "--db", path), "schema version 99", "upgrade pods")
+def test_a_newer_schema_is_refused_in_one_line(database):
+    assert run_app("init", "--db", database).returncode == 0
+    if is_url(database):
+        query(database, "UPDATE pods_schema SET version = 99")
+    else:
+        query(database, "PRAGMA user_version = 99")
+    for command in (["--port", "0"], ["keys", "list"], ["check"]):
+        assert_one_line_failure(run_app(*command, "--db", database), "schema version 99", "upgrade pods")
 
 
 @pytest.mark.parametrize("token", [
@@ -616,7 +612,7 @@ def test_read_only_commands_leave_a_crashed_servers_files_byte_for_byte_sqlite(t
         copy.close()
 
 
-def test_a_key_shown_but_not_stored_is_called_void(tmp_path, monkeypatch):
+def test_a_key_shown_but_not_stored_is_called_void_sqlite(tmp_path, monkeypatch):
     """The commit after the token was printed fails (a full disk): the error says
     the token printed does not work."""
     path = str(tmp_path / "full.db")
@@ -647,7 +643,7 @@ def test_a_db_that_names_no_file_is_refused(tmp_path, monkeypatch, db):
     assert os.listdir(tmp_path) == []
 
 
-def test_backup_refuses_an_empty_destination_and_a_partial_name_that_is_the_database(tmp_path, monkeypatch):
+def test_backup_refuses_an_empty_destination_and_a_partial_name_that_is_the_database_sqlite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("init", "--db", "prod.partial").exit_code == 0
     result = run_cli("backup", "", "--db", "prod.partial")
@@ -657,7 +653,7 @@ def test_backup_refuses_an_empty_destination_and_a_partial_name_that_is_the_data
     assert not {"prod", "prod.partial.partial", ".partial"} & set(os.listdir(tmp_path))
 
 
-def test_the_same_database_spelled_two_ways_before_and_after_the_command_is_one(tmp_path, monkeypatch):
+def test_the_same_database_spelled_two_ways_before_and_after_the_command_is_one_sqlite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("init", "--db", "b.db").exit_code == 0
     result = run_cli("--db", "./b.db", "keys", "list", "--db", "b.db")

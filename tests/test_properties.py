@@ -6,7 +6,6 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pods.storage import sqlite
 
 URL = "/agent/v0/pods"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -86,14 +85,12 @@ operations = st.lists(
 
 @SETTINGS
 @given(ops=operations, limit=st.integers(min_value=1, max_value=12), ascending=st.booleans())
-def test_paging_visits_exactly_the_pods_in_order(client, make_key, monkeypatch, ops, limit, ascending):
+def test_paging_visits_exactly_the_pods_in_order(client, make_key, clock, ops, limit, ascending):
     headers, _ = make_key(f"org-{uuid.uuid4()}")
-    now = {"ts": ""}
-    monkeypatch.setattr(sqlite, "utc_now", lambda: now["ts"])
     model = {}
     for op, arg in ops:
         if op == "create":
-            now["ts"] = f"2026-01-01T00:00:0{arg}.000000Z"
+            clock.set(f"2026-01-01T00:00:0{arg}.000000Z")
             pod = client.post(URL, json={}, headers=headers).json
             model[pod["pod_id"]] = pod
         elif model:

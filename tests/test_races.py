@@ -1,11 +1,11 @@
 """Concurrent clients against a real server: one pod per client_id, stable paging."""
 
 import json
-import sqlite3
 import threading
 
 import httpx
 import pytest
+from dbtools import query
 from live import Server
 
 URL = "/agent/v0/pods"
@@ -13,8 +13,8 @@ KEY = "race-test-key-with-at-least-32-characters"
 
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
-def server(request, tmp_path):
-    s = Server(tmp_path / "race.db", "--workers", str(request.param), env={"PODS_API_KEY": KEY})
+def server(request, database, tmp_path):
+    s = Server(database, "--workers", str(request.param), env={"PODS_API_KEY": KEY}, workdir=tmp_path)
     yield s
     assert s.stop() == 0
 
@@ -39,11 +39,7 @@ def test_many_creates_with_one_client_id_make_one_pod(server):
     assert {status for status, _ in answers} == {200}
     bodies = {json.dumps(body, sort_keys=True) for _, body in answers}
     assert len(bodies) == 1
-    conn = sqlite3.connect(server.db)
-    try:
-        assert conn.execute("SELECT count(*) FROM pod WHERE client_id = 'the-one'").fetchone() == (1,)
-    finally:
-        conn.close()
+    assert query(server.db, "SELECT count(*) FROM pod WHERE client_id = 'the-one'") == [(1,)]
 
 
 @pytest.mark.parametrize("ascending", [False, True])

@@ -64,9 +64,9 @@ def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(live_serv
     assert e.value.status_code == 401
 
 
-def test_pods_api_key_from_the_environment(tmp_path, sdk):
+def test_pods_api_key_from_the_environment(database, tmp_path, sdk):
     token = "operator-chosen-token-of-32-characters-or-more"
-    s = Server(tmp_path / "env.db", env={"PODS_API_KEY": token})
+    s = Server(database, env={"PODS_API_KEY": token}, workdir=tmp_path)
     try:
         assert not any(line.startswith("pods_") for line in s.stdout.splitlines())
         assert sdk(s.url, token).pods.list().count == 0

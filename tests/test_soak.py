@@ -14,8 +14,8 @@ CLIENTS = 16
 SECONDS = 6
 
 
-def test_mixed_traffic_from_many_keep_alive_clients(tmp_path):
-    server = Server(tmp_path / "soak.db", env={"PODS_API_KEY": KEY})
+def test_mixed_traffic_from_many_keep_alive_clients(database, tmp_path):
+    server = Server(database, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
     statuses, problems = Counter(), []
     deadline = time.monotonic() + SECONDS
 

@@ -38,7 +38,7 @@ def assert_503(r):
     }
 
 
-def test_locked_beyond_the_busy_timeout_is_503_then_recovers(quick_app, key, caplog):
+def test_locked_beyond_the_busy_timeout_is_503_then_recovers_sqlite(quick_app, key, caplog):
     client = quick_app.test_client()
     pod = client.post(URL, json={"name": "before"}, headers=key).json
     holder = sqlite3.connect(quick_app.config["DB"], isolation_level=None)
@@ -57,7 +57,7 @@ def test_locked_beyond_the_busy_timeout_is_503_then_recovers(quick_app, key, cap
     assert names == ["after", "before"]
 
 
-def test_disk_full_is_503_then_recovers(quick_app, key):
+def test_disk_full_is_503_then_recovers_sqlite(quick_app, key):
     client = quick_app.test_client()
     client.post(URL, json={"name": "first"}, headers=key)
     with quick_app.app_context():
@@ -81,7 +81,7 @@ def assert_healthz(client, status):
         assert r.json["name"] == "ServiceUnavailableError"
 
 
-def test_healthz_says_503_while_writes_fail_on_a_lock_then_200(quick_app, key):
+def test_healthz_says_503_while_writes_fail_on_a_lock_then_200_sqlite(quick_app, key):
     client = quick_app.test_client()
     assert_healthz(client, 200)
     holder = sqlite3.connect(quick_app.config["DB"], isolation_level=None)
@@ -97,7 +97,7 @@ def test_healthz_says_503_while_writes_fail_on_a_lock_then_200(quick_app, key):
     assert client.post(URL, json={"name": "after"}, headers=key).status_code == 200
 
 
-def test_healthz_says_503_while_the_disk_is_full_then_200(quick_app, key, monkeypatch):
+def test_healthz_says_503_while_the_disk_is_full_then_200_sqlite(quick_app, key, monkeypatch):
     client = quick_app.test_client()
     client.post(URL, json={"name": "first"}, headers=key)
     pages = storage_of(quick_app).connection().execute("PRAGMA page_count").fetchone()[0]

@@ -63,6 +63,12 @@ KEY_COLUMNS = (
 NOW = "clock_timestamp()"  # the database server's clock, for every instance alike
 
 
+def _unstorable(*ids: str) -> bool:
+    """Whether an id from a request (a path) cannot be in the database: PostgreSQL
+    text cannot hold NUL, so no row has one, and the driver refuses to send one."""
+    return any("\x00" in i for i in ids)
+
+
 def redact(url: str) -> str:
     """``url`` with its password (if any) replaced, for every message and log line."""
     parts = urlsplit(url)
@@ -85,6 +91,7 @@ class PostgresStorage:
         self.write_failed = False  # set when a request found the database unavailable; see ping()
         self.max_connections = max_connections
         self._pool = None
+        self._closed = False
         self._pool_lock = threading.Lock()
         self._local = threading.local()
 
@@ -93,6 +100,8 @@ class PostgresStorage:
     def pool(self) -> psycopg_pool.ConnectionPool:
         if self._pool is None:
             with self._pool_lock:
+                if self._closed:
+                    raise psycopg_pool.PoolClosed(f"the storage for {self.description} is closed")
                 if self._pool is None:
                     self._pool = psycopg_pool.ConnectionPool(
                         self.url,
@@ -120,9 +129,11 @@ class PostgresStorage:
 
     def close(self) -> None:
         self.end_request()
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_lock:
+            self._closed = True
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def _query(self, statement: str, params=()) -> list:
         return self.connection().execute(statement, params).fetchall()
@@ -378,6 +389,8 @@ class PostgresStorage:
         )
 
     def find_key(self, org_id: int, key_id: str):
+        if _unstorable(key_id):
+            return None
         return self._one(
             f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL",
             (key_id, org_id),
@@ -430,6 +443,8 @@ class PostgresStorage:
         return row
 
     def find_pod(self, org_id: int, pod_id: str):
+        if _unstorable(pod_id):
+            return None
         return self._one(f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
 
     def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
@@ -447,6 +462,8 @@ class PostgresStorage:
         )
 
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
+        if _unstorable(pod_id):
+            return False
         conn = self.connection()
         with conn.transaction():
             conn.execute("DELETE FROM api_key WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
