@@ -91,8 +91,8 @@ def check_grant(caller: Caller, permissions: frozenset | None = None, expires_at
     """
     lacking = (EVERY_PERMISSION if permissions is None else permissions) - caller.permissions
     if lacking:
-        names = [name for name in PERMISSIONS if name in lacking]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        # Every name, however many: the client needs to know exactly what to leave out.
+        shown = ", ".join(name for name in PERMISSIONS if name in lacking)
         what = "every permission (no permissions object)" if permissions is None else "permissions"
         abort(403, description=f"This API key cannot grant {what} it does not have itself: it lacks {shown}.")
     if expires_at is not None and caller.expires_at is not None and expires_at > caller.expires_at:

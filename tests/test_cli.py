@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,20 @@ def digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@pytest.fixture
+def sql_of():
+    """sql_of(path, statement) -> rows, read from the database file directly."""
+
+    def read(path, statement):
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute(statement).fetchall()
+        finally:
+            conn.close()
+
+    return read
+
+
 def key_rows(path):
     conn = sqlite3.connect(path)
     try:
@@ -105,6 +120,103 @@ def test_keys_revoke_takes_effect_and_is_listed(dbpath):
     assert key_id in result.output
     assert not authenticates(dbpath, token)
     assert run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")[3] != "-"
+
+
+@contextmanager
+def api(path):
+    """The API over the database at ``path``, in-process."""
+    app = create_app({"TESTING": True, "DB": path})
+    try:
+        yield app.test_client()
+    finally:
+        storage_of(app).close()
+
+
+def bearer(token) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def acme_pod(dbpath):
+    """(token of an acme organization key, the id of a pod of acme)."""
+    token = run("keys", "create", "--org", "acme", "--db", dbpath).output.splitlines()[-1]
+    with api(dbpath) as c:
+        return token, c.post("/agent/v0/pods", json={"name": "p"}, headers=bearer(token)).json["pod_id"]
+
+
+def test_keys_create_with_pod_and_name_makes_a_scoped_key(dbpath, acme_pod):
+    org_token, pod_id = acme_pod
+    result = run("keys", "create", "--org", "acme", "--pod", pod_id, "--name", "edge agent", "--db", dbpath)
+    assert result.exit_code == 0, result.output
+    *_, said, token = result.output.splitlines()
+    key_id = said.split()[3]
+    assert said == f'Created API key {key_id} for pod {pod_id} of organization "acme". It is shown only once:'
+    row = run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")
+    assert (row[0], row[1], row[3], row[4], row[5]) == (key_id, "acme", "-", "edge agent", pod_id)
+    with api(dbpath) as c:
+        assert [p["pod_id"] for p in c.get("/agent/v0/pods", headers=bearer(token)).json["pods"]] == [pod_id]
+        assert c.post("/agent/v0/pods", json={}, headers=bearer(token)).status_code == 403
+        got = c.get(f"/agent/v0/api-keys/{key_id}", headers=bearer(org_token)).json
+        assert (got["name"], got["pod_id"], got["prefix"], "permissions" in got) == (
+            "edge agent", pod_id, token[:12], False)
+
+
+@pytest.mark.parametrize("org", ["globex", "acme"])
+def test_keys_create_for_a_pod_outside_the_org_fails_in_one_line(dbpath, acme_pod, sql_of, org):
+    _, pod_id = acme_pod
+    assert run("keys", "create", "--org", "globex", "--db", dbpath).exit_code == 0  # globex exists too
+    before = sql_of(dbpath, "SELECT * FROM api_key"), sql_of(dbpath, "SELECT * FROM organization")
+    pod = pod_id if org == "globex" else "no-such-pod"
+    result = CliRunner().invoke(cli, ["keys", "create", "--org", org, "--pod", pod, "--db", dbpath])
+    assert one_line_error(result) == f'Error: organization "{org}" has no pod {pod}'
+    assert result.stdout == ""  # no token was shown
+    assert (sql_of(dbpath, "SELECT * FROM api_key"), sql_of(dbpath, "SELECT * FROM organization")) == before
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256, "tab\there", "line\nbreak"])
+def test_keys_create_rejects_a_bad_name(dbpath, name):
+    before = key_rows(dbpath)
+    result = CliRunner().invoke(cli, ["keys", "create", "--org", "acme", "--name", name, "--db", dbpath])
+    assert result.exit_code == 2 and "--name" in result.output
+    assert key_rows(dbpath) == before
+
+
+def test_keys_create_for_a_pod_makes_no_organization_when_it_fails(dbpath, acme_pod, sql_of):
+    _, pod_id = acme_pod
+    one_line_error(CliRunner().invoke(cli, ["keys", "create", "--org", "newcomer", "--pod", pod_id, "--db", dbpath]))
+    assert sql_of(dbpath, "SELECT name FROM organization WHERE name = 'newcomer'") == []
+
+
+def test_keys_list_shows_keys_made_over_the_api_with_name_and_scope(dbpath, acme_pod):
+    org_token, pod_id = acme_pod
+    with api(dbpath) as c:
+        made = c.post("/agent/v0/api-keys", json={"name": "ci"}, headers=bearer(org_token)).json
+        scoped = c.post(f"/agent/v0/pods/{pod_id}/api-keys", json={}, headers=bearer(org_token)).json
+        sneaky = c.post("/agent/v0/api-keys", json={"name": "a\x9b2Jb\u2028c"}, headers=bearer(org_token)).json
+        deleted = c.post("/agent/v0/api-keys", json={"name": "gone"}, headers=bearer(org_token)).json
+        assert c.delete(f"/agent/v0/api-keys/{deleted['api_key_id']}", headers=bearer(org_token)).status_code == 200
+    out = run("keys", "list", "--db", dbpath).output
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.splitlines()}
+    assert all(len(row) == 6 for row in rows.values())
+    assert rows[made["api_key_id"]][4:] == ["ci", "org"]
+    assert rows[scoped["api_key_id"]][4:] == [scoped["api_key"][:12], pod_id]  # named after its prefix
+    # A name a terminal would obey (C1 CSI, a line separator) is shown escaped, on its one line.
+    assert rows[sneaky["api_key_id"]][4] == "a\\xc2\\x9b2Jb\\xe2\\x80\\xa8c"
+    assert "\x9b" not in out and "\u2028" not in out
+    assert rows[deleted["api_key_id"]][3] != "-" and rows[deleted["api_key_id"]][4] == "gone"  # revoked
+    assert all(k["api_key"] not in out for k in (made, scoped, sneaky, deleted))
+
+
+def test_a_key_revoked_from_the_cli_is_gone_from_the_api(dbpath, acme_pod):
+    org_token, pod_id = acme_pod
+    with api(dbpath) as c:
+        scoped = c.post(f"/agent/v0/pods/{pod_id}/api-keys", json={}, headers=bearer(org_token)).json
+    assert run("keys", "revoke", scoped["api_key_id"], "--db", dbpath).exit_code == 0
+    with api(dbpath) as c:
+        assert c.get("/agent/v0/pods", headers=bearer(scoped["api_key"])).status_code == 401
+        assert c.get(f"/agent/v0/api-keys/{scoped['api_key_id']}", headers=bearer(org_token)).status_code == 404
+        listed = c.get(f"/agent/v0/pods/{pod_id}/api-keys", headers=bearer(org_token)).json
+        assert listed["api_keys"] == []
 
 
 def test_revoking_an_unknown_key_fails_clearly(dbpath):

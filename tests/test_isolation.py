@@ -76,20 +76,26 @@ def test_a_key_revoked_from_the_cli_fails_on_the_very_next_request(world):
     assert clients["globex"].get(URL).status_code == 200  # the organization's other key still works
 
 
-@pytest.mark.parametrize("mangle", [
+MANGLES = [
     lambda t: t.upper(), lambda t: t.lower(), lambda t: t.swapcase(),
     lambda t: t[:-1], lambda t: t[1:], lambda t: t[:-1] + chr(ord(t[-1]) ^ 1), lambda t: t + "x", lambda t: t + t,
     lambda t: t[:10] + " " + t[10:],  # padded inside
     lambda t: t + " x",  # padded, then more
     lambda t: "\t" + t,  # a tab is not a separating space
-])
-def test_near_miss_tokens_fail(world, mangle):
-    server, tokens, clients, pods = world
-    bad = mangle(tokens["acme"]).encode()
+]
+
+
+def assert_near_miss_fails(server, token):
     status, body = raw_request(server.url, b"GET " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                               b"Connection: close\r\nAuthorization: Bearer " + bad + b"\r\n\r\n")
+                               b"Connection: close\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n")
     assert status == 401
     assert json.loads(body)["name"] == "UnauthorizedError"
+
+
+@pytest.mark.parametrize("mangle", MANGLES)
+def test_near_miss_tokens_fail(world, mangle):
+    server, tokens, clients, pods = world
+    assert_near_miss_fails(server, mangle(tokens["acme"]))
 
 
 def test_the_database_never_holds_a_token_in_plain_text(world):
@@ -101,3 +107,98 @@ def test_the_database_never_holds_a_token_in_plain_text(world):
             data = f.read()
         for token in tokens.values():
             assert token.encode() not in data, path
+
+
+# -- keys over the API: scoped, and never across organizations -----------------------
+
+KEYS = "/agent/v0/api-keys"
+KEY_NOT_FOUND = {"name": "NotFoundError", "message": "API key not found.", "code": "not_found"}
+
+
+@pytest.fixture(scope="module")
+def keys(world):
+    """Each organization's keys made over the API: an organization key and a key
+    scoped to its first pod, each with every permission. {org: {"org": made, "pod": made}}."""
+    server, tokens, clients, pods = world
+    made = {}
+    for org in ORGS:
+        c = clients[org]
+        made[org] = {"org": c.post(KEYS, json={"name": f"{org} api"}).json(),
+                     "pod": c.post(f"{URL}/{pods[org][0]['pod_id']}/api-keys", json={"name": f"{org} pod"}).json()}
+        assert made[org]["pod"]["pod_id"] == pods[org][0]["pod_id"]
+    return made
+
+
+def test_other_organizations_keys_answer_as_if_they_did_not_exist(world, keys):
+    server, tokens, clients, pods = world
+    for viewer in ORGS:
+        c = clients[viewer]
+        listed = {k["api_key_id"] for k in c.get(KEYS, params={"limit": 100}).json()["api_keys"]}
+        assert {k["api_key_id"] for k in keys[viewer].values()} <= listed
+        for owner in ORGS:
+            if owner == viewer:
+                continue
+            pod_id = pods[owner][0]["pod_id"]
+            for made in keys[owner].values():
+                assert made["api_key_id"] not in listed
+                key_id = made["api_key_id"]
+                for r in (c.get(f"{KEYS}/{key_id}"), c.patch(f"{KEYS}/{key_id}", json={"name": "mine now"}),
+                          c.delete(f"{KEYS}/{key_id}")):
+                    assert (r.status_code, r.json()) == (404, KEY_NOT_FOUND)
+                for r in (c.patch(f"{URL}/{pod_id}/api-keys/{key_id}", json={"permissions": {}}),
+                          c.delete(f"{URL}/{pod_id}/api-keys/{key_id}")):
+                    assert (r.status_code, r.json()) == (404, NOT_FOUND)
+            for r in (c.get(f"{URL}/{pod_id}/api-keys"), c.post(f"{URL}/{pod_id}/api-keys", json={})):
+                assert (r.status_code, r.json()) == (404, NOT_FOUND)
+    for owner in ORGS:  # untouched by the others' attempts, and still working
+        for made in keys[owner].values():
+            got = clients[owner].get(f"{KEYS}/{made['api_key_id']}").json()
+            assert (got["name"], "permissions" in got) == (made["name"], False)
+            r = httpx.get(server.url + URL, headers={"Authorization": f"Bearer {made['api_key']}"})
+            assert r.status_code == 200
+
+
+def test_a_pod_key_sees_its_pod_only_even_beside_its_namesakes(world, keys):
+    """Every organization has a pod with client_id "shared-0"; a key scoped to one
+    sees that pod and nothing of the others'."""
+    server, tokens, clients, pods = world
+    for org in ORGS:
+        auth = {"Authorization": f"Bearer {keys[org]['pod']['api_key']}"}
+        with httpx.Client(base_url=server.url, headers=auth) as c:
+            assert [p["pod_id"] for p in c.get(URL).json()["pods"]] == [pods[org][0]["pod_id"]]
+            assert c.post(URL, json={"client_id": "shared-0"}).status_code == 403
+            for other in ORGS:
+                for pod in pods[other][1 if other == org else 0:]:
+                    assert (c.get(f"{URL}/{pod['pod_id']}").json()) == NOT_FOUND
+            listed = c.get(KEYS).json()["api_keys"]
+            assert [k["api_key_id"] for k in listed] == [keys[org]["pod"]["api_key_id"]]
+
+
+def test_key_list_page_tokens_do_not_cross_organizations(world, keys):
+    server, tokens, clients, pods = world
+    acme = clients["acme"]
+    pod_keys = f"{URL}/{pods['acme'][0]['pod_id']}/api-keys"
+    token = acme.get(KEYS, params={"limit": 1}).json()["next_page_token"]
+    second = acme.post(pod_keys, json={}).json()  # so that the pod's list has a second page
+    pod_keys_token = acme.get(pod_keys, params={"limit": 1}).json()["next_page_token"]
+    assert acme.delete(f"{KEYS}/{second['api_key_id']}").status_code == 200
+    for other in ("globex", "initech"):
+        for path, page_token in ((KEYS, token), (f"{URL}/{pods[other][0]['pod_id']}/api-keys", pod_keys_token)):
+            r = clients[other].get(path, params={"page_token": page_token})
+            assert r.status_code == 400 and set(r.json()["errors"]) == {"page_token"}
+
+
+@pytest.mark.parametrize("mangle", MANGLES)
+@pytest.mark.parametrize("which", ["org", "pod"])
+def test_near_misses_of_keys_made_over_the_api_fail(world, keys, which, mangle):
+    server, tokens, clients, pods = world
+    assert_near_miss_fails(server, mangle(keys["initech"][which]["api_key"]))
+
+
+def test_the_database_never_holds_a_key_made_over_the_api_in_plain_text(world, keys):
+    server, tokens, clients, pods = world
+    made = [k["api_key"] for org in ORGS for k in keys[org].values()]
+    for path in glob.glob(server.db + "*"):
+        with open(path, "rb") as f:
+            data = f.read()
+        assert not any(token.encode() in data for token in made), path
