@@ -9,7 +9,7 @@ in ``access.py`` from the same lookup.
 import hashlib
 import secrets
 
-from flask import current_app, g, request
+from flask import abort, current_app, g, request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
@@ -88,7 +88,9 @@ def current_caller() -> Caller:
 
 @auth.error_handler
 def auth_error(status: int):
-    # A (body, status) tuple: a bare Response would keep status 200.
     if status == 403:
-        return error_response(403, missing_permission_message(g.missing_permission))
+        # Raised, not returned: flask-httpauth would add its WWW-Authenticate header,
+        # which belongs to a 401 (who are you?), not to a 403 (not with this key).
+        abort(403, description=missing_permission_message(g.missing_permission))
+    # A (body, status) tuple: a bare Response would keep status 200.
     return error_response(status)

@@ -227,6 +227,11 @@ class Permissions(fields.Nested):
         return None if stored is None else {name: True for name in PERMISSIONS if name in permissions_from(stored)}
 
 
+# RFC 3339's date-time (section 5.6), nothing else ISO 8601 allows: a full date, "T",
+# a full time with an optional fraction, and "Z" or a numeric offset.
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
 class FutureTime(fields.AwareDateTime):
     """An RFC 3339 time with its offset, in the future; loaded as stored (UTC text)."""
 
@@ -234,10 +239,15 @@ class FutureTime(fields.AwareDateTime):
         super().__init__(format="iso", allow_none=True, load_default=None, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
-        moment = super()._deserialize(value, attr, data, **kwargs)
+        if not isinstance(value, str) or not RFC3339.fullmatch(value):
+            raise ValidationError("Must be an RFC 3339 time with an offset, e.g. 2030-01-01T00:00:00Z.")
+        moment = super()._deserialize(value.upper(), attr, data, **kwargs)
         if moment <= datetime.now(UTC):
             raise ValidationError("Must be in the future.")
-        return utc_text(moment)
+        try:
+            return utc_text(moment)
+        except OverflowError:  # in UTC, past 9999-12-31
+            raise ValidationError("Must be a time before the year 10000 in UTC.") from None
 
 
 class Unsupported(fields.Field):

@@ -23,16 +23,19 @@ from agentmail.api_keys import (
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, ValidationError
+from conftest import new_database
+from dbtools import BACKENDS
 from live import Server, run_app
 
 FORBIDDEN = {"name": "ForbiddenError", "code": "forbidden"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    db = tmp_path_factory.mktemp("keys") / "keys.db"
-    assert run_app("init", "--db", str(db)).returncode == 0
-    s = Server(db, "--workers", "2")
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    db = new_database(request.param, folder, request)
+    assert run_app("init", "--db", db).returncode == 0
+    s = Server(db, "--workers", "2", workdir=folder)
     yield s
     assert s.stop() == 0
 
