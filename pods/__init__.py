@@ -27,11 +27,12 @@ def create_app(config: dict | None = None) -> Flask:
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
         KEY_USE_FLUSH_SECONDS=keyuse.FLUSH_SECONDS,
+        THREADS=1,  # request threads per process (the serve flag --threads)
     )
     if config is not None:
         app.config.from_mapping(config)
 
-    storage = app.extensions[EXTENSION_KEY] = open_storage(app.config["DB"])
+    storage = app.extensions[EXTENSION_KEY] = open_storage(app.config["DB"], threads=app.config["THREADS"])
     storage.prepare()
     # Shared by every process on this database, so any worker accepts any token.
     app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))

@@ -123,17 +123,18 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
         storage = open_storage(target, read_only=read_only)
         try:
             if not storage.exists():
-                how = "create it, then" if is_url(target) else "`" + _command_line("init", "--db", target) + "`"
+                if is_url(target):
+                    hint = f"create it, then `{_command_line('init', '--db', describe(target))}` sets it up"
+                else:
+                    hint = f"`{_command_line('init', '--db', target)}` creates a new one"
                 raise click.ClickException(
-                    f"database {storage.description} does not exist (check --db or PODS_DB; "
-                    + (f"{how} `{_command_line('init', '--db', target)}` sets it up)" if is_url(target)
-                       else f"{how} creates a new one)")
+                    f"database {storage.description} does not exist (check --db or PODS_DB; {hint})"
                 )
             version = storage.schema_version()
             if current and version < storage.target_version:
                 raise click.ClickException(
                     f"database {storage.description} has schema version {version}, older than this pods' "
-                    f"{storage.target_version}: run `{_command_line('migrate', '--db', target)}` "
+                    f"{storage.target_version}: run `{_command_line('migrate', '--db', describe(target))}` "
                     f"(or start the server) first"
                 )
             yield storage
@@ -261,7 +262,7 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     limits["trusted_proxies"] = limits.pop("trusted_proxy")
     limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
     _prepare_database(db, env_token)
-    config = {"DB": db, "TRUSTED_PROXIES": limits["trusted_proxies"]}
+    config = {"DB": db, "THREADS": threads, "TRUSTED_PROXIES": limits["trusted_proxies"]}
     with _clear_failures(db):
         # One process builds its app now, so a failure shows before "serving on";
         # worker processes build their own after the fork (SQLite connections
@@ -590,7 +591,7 @@ def check_command(ctx, db):
     if version < current:
         click.echo(
             f"{name}: ok (schema version {version}, older than this pods' {current}: "
-            f"`{_command_line('migrate', '--db', target)}` upgrades it)"
+            f"`{_command_line('migrate', '--db', describe(target))}` upgrades it)"
         )
     else:
         click.echo(f"{name}: ok")
@@ -630,6 +631,7 @@ def copy_command(source, dest):
             finally:
                 target.close()
     click.echo(
-        f"Copied {describe(source)} to {target.description}: {counts['organization']} organizations, "
-        f"{counts['api_key']} keys, {counts['pod']} pods, {counts['setting']} settings (counts verified)."
+        f"Copied {describe(source)} to {target.description}: organizations {counts['organization']},"
+        f" keys {counts['api_key']}, pods {counts['pod']}, settings {counts['setting']}"
+        f" (each count verified at the destination)."
     )

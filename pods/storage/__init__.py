@@ -30,10 +30,12 @@ def is_url(target: str) -> bool:
     return target.startswith(URL_SCHEMES)
 
 
-def open_storage(target: str, read_only: bool = False) -> Storage:
+def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> Storage:
     """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
     Opens nothing yet: connections come on first use. ``read_only``: for commands
     that only read, so that they change nothing at all in a SQLite file.
+    ``threads``: serving with that many request threads (PostgreSQL: a pool with a
+    connection for each, and one for the key-use recorder).
 
     :raise BackendMissing: a PostgreSQL URL, and psycopg is not installed.
     """
@@ -44,7 +46,7 @@ def open_storage(target: str, read_only: bool = False) -> Storage:
             raise BackendMissing(
                 "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
             ) from None
-        return PostgresStorage(target, read_only=read_only)
+        return PostgresStorage(target, max_connections=None if threads is None else threads + 1, read_only=read_only)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(target, read_only=read_only)

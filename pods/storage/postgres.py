@@ -6,10 +6,11 @@ nothing here is cached between requests, uniqueness is decided by the database's
 indexes, times come from the database server's clock, and the schema is applied
 under an advisory lock, so several instances starting at once apply it once.
 
-Connections come from a psycopg_pool pool, made in the process that uses it (after
-a fork, never inherited). A request borrows one connection for its whole length
-(the key lookup and the view's statements) and gives it back at its end; a
-connection that broke goes back to the pool, which replaces it.
+Serving, connections come from a psycopg_pool pool, made in the process that uses
+it (after a fork, never inherited). A request borrows one connection for its whole
+length (the key lookup and the view's statements) and gives it back at its end; a
+connection that broke goes back to the pool, which replaces it. An operator
+command uses one connection of its own, and so does applying the schema.
 
 Tables are created in the connection's current schema (``public``, unless the URL
 says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
@@ -44,7 +45,18 @@ TABLES = ("organization", "pod", "api_key", "setting")  # in the order their row
 VERSION_TABLE = "pods_schema"
 # pg_advisory_xact_lock key for schema changes: any fixed number; this one spells "pods".
 SCHEMA_LOCK = 0x706F6473
-CONNECT_TIMEOUT = 5  # seconds to reach the server, and to wait for a free connection
+CONNECT_TIMEOUT = 5  # seconds to reach the server
+POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
+CONNECTION_SETTINGS = {
+    "autocommit": True,  # a statement alone commits; several go in conn.transaction()
+    "row_factory": dict_row,
+    "connect_timeout": CONNECT_TIMEOUT,
+    "application_name": "pods",  # how an operator finds them in pg_stat_activity
+}
+# psycopg_pool retries a lost connection after 1, 2, 4, 8 ... seconds: after an
+# outage of a few seconds, service would come back long after the server did.
+# A retry every second (with jitter) is cheap for a pool of a few connections.
+psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
 
 log = logging.getLogger("pods.db")
 
@@ -85,11 +97,14 @@ class PostgresStorage:
     unavailable = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
     target_version = SCHEMA_VERSION
 
-    def __init__(self, url: str, max_connections: int = 4, read_only: bool = False):
+    def __init__(self, url: str, max_connections: int | None = None, read_only: bool = False):
+        """``max_connections``: serve from a pool of up to that many connections;
+        None: one connection, for an operator command."""
         self.url = url
         self.description = redact(url)
         self.write_failed = False  # set when a request found the database unavailable; see ping()
         self.max_connections = max_connections
+        self._own = None  # the one connection, without a pool
         self._pool = None
         self._closed = False
         self._pool_lock = threading.Lock()
@@ -107,15 +122,23 @@ class PostgresStorage:
                         self.url,
                         min_size=1,
                         max_size=self.max_connections,
-                        timeout=CONNECT_TIMEOUT,
-                        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+                        timeout=POOL_WAIT,
+                        kwargs=CONNECTION_SETTINGS,
                         name="pods",
                         open=True,
                     )
         return self._pool
 
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, **CONNECTION_SETTINGS)
+
     def connection(self) -> psycopg.Connection:
-        """This thread's connection for the current request, borrowed on first use."""
+        """This thread's connection for the current request, borrowed on first use
+        (or the command's own connection)."""
+        if self.max_connections is None:
+            if self._own is None or self._own.closed:
+                self._own = self._connect()
+            return self._own
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.pool().getconn()
@@ -129,6 +152,8 @@ class PostgresStorage:
 
     def close(self) -> None:
         self.end_request()
+        if self._own is not None:
+            self._own.close()
         with self._pool_lock:
             self._closed = True
             if self._pool is not None:
@@ -149,33 +174,35 @@ class PostgresStorage:
         :raise psycopg.OperationalError: it cannot, and not because it is missing.
         """
         try:
-            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT).close()
+            self._connect().close()
         except psycopg.OperationalError as e:
             if "does not exist" in str(e):
                 return False
             raise
         return True
 
-    def _tables(self) -> set[str]:
-        rows = self._query(
+    @staticmethod
+    def _tables(conn) -> set[str]:
+        rows = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        )
+        ).fetchall()
         return {row["table_name"] for row in rows}
 
-    def schema_version(self, empty_ok: bool = False) -> int:
+    def schema_version(self, empty_ok: bool = False, conn=None) -> int:
         """The schema version of the pods database here, read without changing
         anything; with ``empty_ok``, a database without tables is version 0.
 
         :raise NotPodsDatabase: the database holds something else, or nothing.
         :raise SchemaTooNew: a newer pods wrote it.
         """
-        tables = self._tables()
+        conn = conn or self.connection()
+        tables = self._tables(conn)
         if VERSION_TABLE not in tables:
             if not tables and empty_ok:
                 return 0
             found = ", ".join(sorted(tables)) or "none"
             raise NotPodsDatabase(f"database {self.description} is not a pods database (tables: {found})")
-        version = self._one(f"SELECT version FROM {VERSION_TABLE}")["version"]
+        version = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()["version"]
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"database {self.description} has schema version {version}, "
@@ -195,21 +222,19 @@ class PostgresStorage:
         Several instances may start at once: each takes the same advisory lock
         first, so the schema is applied exactly once.
         """
-        conn = self.connection()
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                version = self.schema_version(empty_ok=True)
-                if version == 0:
-                    conn.execute(f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)")
-                    conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (0)")
-                for step, script in enumerate(SCRIPTS[version:], start=version):
-                    if version > 0:  # an upgrade, not a new database
-                        log.info("migrating schema %d → %d", step, step + 1)
-                    conn.execute(script.read_text(encoding="utf-8"))
-                conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION,))
-        finally:
-            self.end_request()
+        # A connection of its own: at start, an unreachable server is one clear
+        # error at once, not a pool retrying in the background.
+        with self._connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            version = self.schema_version(empty_ok=True, conn=conn)
+            if version == 0:
+                conn.execute(f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)")
+                conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (0)")
+            for step, script in enumerate(SCRIPTS[version:], start=version):
+                if version > 0:  # an upgrade, not a new database
+                    log.info("migrating schema %d → %d", step, step + 1)
+                conn.execute(script.read_text(encoding="utf-8"))
+            conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION,))
 
     migrate = prepare
 

@@ -1,0 +1,379 @@
+"""PostgreSQL only: several pods instances on one database keep every rule of the
+contract; start-up applies the schema once; faults (connections killed, the server
+unreachable, an instance killed) lose nothing acknowledged; passwords stay hidden."""
+
+import json
+import re
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from conftest import new_database
+from dbtools import query
+from live import Server, run_app
+from tcpproxy import TcpProxy
+
+from pods import close_app, create_app
+from pods.storage import base, sqlite
+
+URL = "/agent/v0/pods"
+KEY = "pods_postgres-test-key-0123456789abcdefghijklmn"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def pg(request, tmp_path):
+    """A new, empty PostgreSQL database (a schema of its own) for one test."""
+    return new_database("postgres", tmp_path, request)
+
+
+@pytest.fixture
+def instances(pg, tmp_path):
+    """start(n, *args) -> n pods instances serving ``pg``; all stopped at the end."""
+    started = []
+
+    def start(n, *args, db=None):
+        servers = [Server(db or pg, *args, env={"PODS_API_KEY": KEY}, workdir=tmp_path) for _ in range(n)]
+        started.extend(servers)
+        return servers
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            assert server.stop() == 0, server.stderr
+
+
+def client(server, headers=AUTH) -> httpx.Client:
+    return httpx.Client(base_url=server.url + "/agent/v0", headers=headers, timeout=30)
+
+
+# -- one database, many instances -------------------------------------------------------
+
+
+def test_a_pod_made_at_one_instance_is_read_listed_and_deleted_at_another(instances):
+    a, b = instances(2)
+    with client(a) as at_a, client(b) as at_b:
+        pod = at_a.post("/pods", json={"name": "shared", "client_id": "c1"}).json()
+        assert at_b.get(f"/pods/{pod['pod_id']}").json() == pod
+        assert at_b.get("/pods").json()["pods"] == [pod]
+        assert at_b.post("/pods", json={"client_id": "c1"}).json() == pod  # idempotent across instances
+        assert at_b.delete(f"/pods/{pod['pod_id']}").status_code == 200
+        assert at_a.get(f"/pods/{pod['pod_id']}").status_code == 404
+
+
+def test_concurrent_creates_with_one_client_id_across_instances_make_one_pod(instances, pg):
+    servers = instances(3)
+    barrier, answers = threading.Barrier(24), []
+
+    def create(n):
+        with client(servers[n % 3]) as c:
+            c.get("/pods")  # connect first, so the creates leave together
+            barrier.wait()
+            r = c.post("/pods", json={"client_id": "the-one", "name": f"attempt {n}"})
+            answers.append((r.status_code, json.dumps(r.json(), sort_keys=True)))
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 24 and {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
+    assert query(pg, "SELECT count(*) FROM pod WHERE client_id = 'the-one'") == [(1,)]
+
+
+def test_a_key_deleted_or_revoked_anywhere_is_refused_at_every_instance_on_the_next_request(instances, pg):
+    a, b = instances(2)
+    with client(a) as at_a:
+        pod = at_a.post("/pods", json={"name": "scoped"}).json()
+        made = {name: at_a.post("/api-keys", json={"name": name}).json() for name in ("deleted", "revoked")}
+        made["pod's"] = at_a.post(f"/pods/{pod['pod_id']}/api-keys", json={"name": "pod's"}).json()
+    keys = {name: {"Authorization": f"Bearer {key['api_key']}"} for name, key in made.items()}
+    with client(b, keys["deleted"]) as deleted, client(b, keys["revoked"]) as revoked, \
+            client(b, keys["pod's"]) as scoped, client(a) as at_a:
+        assert {deleted.get("/pods").status_code, revoked.get("/pods").status_code,
+                scoped.get("/pods").status_code} == {200}  # known, and used, at B
+        assert at_a.delete(f"/api-keys/{made['deleted']['api_key_id']}").status_code == 200
+        assert deleted.get("/pods").status_code == 401
+        assert run_app("keys", "revoke", made["revoked"]["api_key_id"], "--db", pg).returncode == 0
+        assert revoked.get("/pods").status_code == 401
+        assert at_a.delete(f"/pods/{pod['pod_id']}").status_code == 200
+        assert scoped.get("/pods").status_code == 401
+        assert at_a.get("/pods").status_code == 200
+
+
+def test_page_tokens_cross_instances_and_a_walk_across_them_under_churn_sees_every_stable_pod_once(instances):
+    servers = instances(3)
+    with client(servers[0]) as c:
+        stable = [c.post("/pods", json={"name": f"stable {i}"}).json() for i in range(40)]
+    stop = threading.Event()
+
+    def churn(server):
+        with client(server) as c:
+            while not stop.is_set():
+                pod = c.post("/pods", json={"name": "churn"}).json()
+                c.delete(f"/pods/{pod['pod_id']}")
+                c.post("/pods", json={"name": "churn kept"})
+
+    churners = [threading.Thread(target=churn, args=(s,)) for s in servers]
+    for t in churners:
+        t.start()
+    seen, params, page_number = [], {"limit": 7}, 0
+    try:
+        while True:
+            with client(servers[page_number % 3]) as c:  # each page from the next instance
+                page = c.get("/pods", params=params).json()
+            seen += page["pods"]
+            page_number += 1
+            if "next_page_token" not in page:
+                break
+            params["page_token"] = page["next_page_token"]
+    finally:
+        stop.set()
+        for t in churners:
+            t.join()
+    ids = [p["pod_id"] for p in seen]
+    assert len(ids) == len(set(ids))
+    assert [p for p in seen if p["name"].startswith("stable")] == stable[::-1]
+    order = [(p["created_at"], p["pod_id"]) for p in seen]
+    assert order == sorted(order, reverse=True)
+    assert page_number > 3
+
+
+def test_created_at_comes_from_the_database_servers_clock(pg, monkeypatch):
+    """Every clock pods keeps in Python is set to the year 2000: a pod's created_at
+    is still now, by the database server's clock."""
+    monkeypatch.setattr(base, "utc_now", lambda: "2000-01-01T00:00:00.000000Z")
+    monkeypatch.setattr(sqlite, "utc_now", lambda: "2000-01-01T00:00:00.000000Z")
+    app = create_app({"TESTING": True, "DB": pg})
+    try:
+        c = app.test_client()
+        from conftest import storage_of
+        from pods.auth import hash_key, token_prefix
+
+        storage_of(app).insert_api_key("acme", hash_key(KEY), token_prefix(KEY))
+        pod = c.post(URL, json={"name": "when"}, headers=AUTH).json
+        server_now = query(pg, "SELECT clock_timestamp()")[0][0]
+        assert pod["created_at"][:4] != "2000"
+        assert abs(_seconds(server_now) - _seconds(pod["created_at"])) < 60
+    finally:
+        close_app(app)
+
+
+def _seconds(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_three_instances_starting_at_once_on_an_empty_database_apply_the_schema_once(pg, tmp_path):
+    servers, failures = [], []
+
+    def start():
+        try:
+            servers.append(Server(pg, env={"PODS_API_KEY": KEY}, workdir=tmp_path))
+        except RuntimeError as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert failures == [] and len(servers) == 3
+        for s in servers:
+            assert httpx.get(s.url + URL, headers=AUTH).status_code == 200
+        assert query(pg, "SELECT version FROM pods_schema") == [(1,)]
+        assert query(pg, "SELECT count(*) FROM api_key") == [(1,)]  # PODS_API_KEY, stored once
+    finally:
+        for s in servers:
+            assert s.stop() == 0
+    for s in servers:
+        assert "ERROR" not in s.stderr and "Traceback" not in s.stderr
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+class Writers:
+    """Clients creating pods at ``servers`` until stopped; what was acknowledged,
+    and every status seen."""
+
+    def __init__(self, servers, per_server=2):
+        self.acknowledged, self.statuses, self.stop = [], [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(s, n)) for s in servers for n in range(per_server)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, server, n):
+        with client(server) as c:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    r = c.post("/pods", json={"name": f"w{n}-{i}", "client_id": f"{server.port}-{n}-{i}"})
+                except httpx.TransportError:
+                    time.sleep(0.02)
+                    continue
+                self.statuses.append(r.status_code)
+                if r.status_code == 200:
+                    self.acknowledged.append(r.json())
+                else:
+                    assert r.status_code == 503 and r.json()["name"] == "ServiceUnavailableError", r.text
+                    time.sleep(0.02)
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def stored_pods(db):
+    return {row[0]: row for row in query(db, "SELECT pod_id, name, client_id, created_at FROM pod")}
+
+
+def assert_every_acknowledged_pod_stored(db, acknowledged):
+    stored = stored_pods(db)
+    for pod in acknowledged:
+        assert stored[pod["pod_id"]] == (pod["pod_id"], pod["name"], pod["client_id"], pod["created_at"])
+    client_ids = [row[2] for row in stored.values()]
+    assert len(client_ids) == len(set(client_ids))  # nothing half-written, nothing twice
+
+
+def terminate_pods_connections(db):
+    name = urlsplit(db).path.lstrip("/")
+    return query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE application_name = 'pods' AND datname = ?", (name,))
+
+
+def wait_healthy(server, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(server.url + "/healthz").status_code == 200:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the server did not recover")
+
+
+def test_connections_killed_under_load_lose_nothing_and_service_resumes(instances, pg):
+    a, b = instances(2)
+    writers = Writers([a, b])
+    time.sleep(0.5)
+    for _ in range(3):
+        assert terminate_pods_connections(pg)
+        time.sleep(0.4)
+    time.sleep(0.5)
+    writers.finish()
+    assert 200 in writers.statuses[-10:]  # serving again, by itself
+    for s in (a, b):
+        wait_healthy(s)
+    assert set(writers.statuses) <= {200, 503}
+    assert_every_acknowledged_pod_stored(pg, writers.acknowledged)
+
+
+def test_the_database_unreachable_for_seconds_is_503_and_healthz_503_then_service_resumes(instances, pg):
+    parts = urlsplit(pg)
+    proxy = TcpProxy((parts.hostname, parts.port or 5432))
+    try:
+        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        (server,) = instances(1, db=via_proxy)
+        writers = Writers([server], per_server=1)
+        time.sleep(0.5)
+        proxy.cut()
+        time.sleep(1)
+        health = httpx.get(server.url + "/healthz", timeout=30)
+        assert (health.status_code, health.json()["name"]) == (503, "ServiceUnavailableError")
+        during = httpx.post(server.url + URL, json={"name": "while away"}, headers=AUTH, timeout=30)
+        assert during.status_code == 503
+        time.sleep(2)
+        proxy.restore()
+        wait_healthy(server)
+        time.sleep(0.5)
+        writers.finish()
+        assert writers.statuses[-1] == 200
+        assert set(writers.statuses) <= {200, 503} and 503 in writers.statuses
+        assert "while away" not in {row[1] for row in stored_pods(pg).values()}
+        assert_every_acknowledged_pod_stored(pg, writers.acknowledged)
+        assert "Traceback" not in server.stderr
+    finally:
+        proxy.close()
+
+
+def test_kill_9_of_one_instance_under_write_load_loses_nothing_and_the_others_serve(instances, pg):
+    a, b = instances(2)
+    writers = Writers([a, b])
+    time.sleep(0.6)
+    a.kill()
+    time.sleep(0.6)
+    writers.finish()
+    with client(b) as at_b:
+        assert at_b.get("/pods").status_code == 200
+    assert_every_acknowledged_pod_stored(pg, writers.acknowledged)
+    assert any(pod["client_id"].startswith(f"{b.port}-") for pod in writers.acknowledged[-5:])
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}"))
+
+
+def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
+    password = "s3cret-Pa55word"
+    url = with_password(pg, password)  # the local server trusts: any password will do
+    server = Server(url, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
+    try:
+        assert httpx.get(server.url + URL, headers=AUTH).status_code == 200
+        assert "***" in server.stdout and password not in server.stdout
+    finally:
+        assert server.stop() == 0
+    outputs = [server.stdout, server.stderr]
+    unreachable = with_password(re.sub(r"@[^/]+/", "@127.0.0.1:9/", pg), password)
+    missing = with_password(pg.replace(urlsplit(pg).path, "/no_such_database"), password)
+    for args in (["--port", "0", "--db", unreachable], ["check", "--db", unreachable], ["keys", "list", "--db", missing],
+                 ["check", "--db", missing], ["migrate", "--db", missing], ["copy", missing, str(tmp_path / "x.db")]):
+        result = run_app(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        outputs += [result.stdout, result.stderr]
+    assert not any(password in text for text in outputs)
+    assert any("***" in text for text in outputs[2:])
+
+
+def test_check_and_migrate_work_on_postgresql(pg):
+    assert run_app("init", "--db", pg).returncode == 0
+    assert run_app("check", "--db", pg).stdout.strip().endswith(": ok")
+    assert "is current" in run_app("migrate", "--db", pg).stdout
+    query(pg, "DROP TABLE setting")
+    broken = run_app("check", "--db", pg)
+    assert broken.returncode == 1 and "without table(s) setting" in broken.stderr
+
+
+def test_a_database_of_another_program_is_refused(pg):
+    query(pg, "CREATE TABLE invoices (id int)")
+    result = run_app("--port", "0", "--db", pg)
+    assert result.returncode == 1
+    assert "is not a pods database (tables: invoices)" in result.stderr
+
+
+def test_the_server_unreachable_at_start_is_one_line(tmp_path):
+    result = run_app("--port", "0", "--db", "postgresql://postgres@127.0.0.1:9/x")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: database postgresql://")
+
+
+def test_a_missing_psycopg_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    # Run with psycopg made unimportable.
+    code = ("import sys; sys.modules['psycopg'] = None; sys.argv = ['pods', 'check', '--db', 'postgresql://x/y'];"
+            "from pods.cli import cli; cli()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
+
