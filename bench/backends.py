@@ -1,0 +1,123 @@
+"""SQLite and PostgreSQL side by side, and one PostgreSQL instance against two.
+
+    python bench/backends.py [--rounds 3] [--duration 3] [--postgres URL]
+
+Needs wrk (Debian: apt-get install wrk) and a PostgreSQL server (default: the local
+one, user postgres); a database of its own is made for the run and dropped. Both
+backends start from the same 1,000 pods (the PostgreSQL database is filled with
+``copy``). Servers, each one process with one thread, as pods runs by default:
+  sqlite, sqlite-writes   the SQLite backend (creates on a copy of their own)
+  pg, pg-writes           the PostgreSQL backend (creates in a schema of their own)
+  pg-a, pg-b              two more instances on the reading database, loaded together
+and, in interleaved rounds: GET one pod at 8 connections and create at 8 (SQLite
+against PostgreSQL, both durable: a 200 means committed and flushed), and GET at 32
+connections on one PostgreSQL instance against 16 + 16 on two. Medians, min-max.
+"""
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+import psycopg  # noqa: E402
+import run  # noqa: E402
+
+
+def schema_url(database_url: str, schema: str) -> str:
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(query="options=" + quote(f"-c search_path={schema}")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a server where a database may be made for the run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="pods-backends-"))
+    name = f"pods_bench_{secrets.token_hex(3)}"
+    admin = psycopg.connect(args.postgres, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    database = urlunsplit(urlsplit(args.postgres)._replace(path="/" + name))
+    procs = {}
+    try:
+        ids = run.seed(work / "small.db", 1000)
+        (work / "ids.txt").write_text("\n".join(ids) + "\n")
+        shutil.copy(work / "small.db", work / "writes.db")
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA reads; CREATE SCHEMA writes")
+        reads, writes = schema_url(database, "reads"), schema_url(database, "writes")
+        for dest in (reads, writes):
+            subprocess.run([sys.executable, BENCH.parent / "app.py", "copy", work / "small.db", dest],
+                           check=True, capture_output=True)
+        procs = {
+            "sqlite": run.pods_server("sqlite", work / "small.db", work, 1),
+            "sqlite-writes": run.pods_server("sqlite-writes", work / "writes.db", work, 1),
+            "pg": run.pods_server("pg", reads, work, 1),
+            "pg-writes": run.pods_server("pg-writes", writes, work, 1),
+            "pg-a": run.pods_server("pg-a", reads, work, 1),
+            "pg-b": run.pods_server("pg-b", reads, work, 1),
+        }
+        get_env = {"BENCH_IDS": str(work / "ids.txt")}
+        results: dict = {}
+
+        def record(scenario, target, rps):
+            results.setdefault(scenario, {}).setdefault(target, []).append(rps)
+            print(f"{scenario:14} {target:14} {rps:8.0f} req/s", file=sys.stderr)
+
+        for _ in range(args.rounds):
+            for target in ("sqlite", "pg"):
+                record("get@8", target, run.wrk(procs[target], "get_pod.lua", 8, args.duration, get_env)["rps"])
+            for target in ("sqlite-writes", "pg-writes"):
+                record("create@8", target, run.wrk(procs[target], "create.lua", 8, args.duration, {})["rps"])
+            record("get@32", "1 instance", run.wrk(procs["pg-a"], "get_pod.lua", 32, args.duration, get_env)["rps"])
+            record("get@32", "2 instances", together([procs["pg-a"], procs["pg-b"]], 16, args.duration, get_env))
+    finally:
+        for p in procs.values():
+            p.stop()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+        shutil.rmtree(work)
+
+    med = {s: {t: statistics.median(v) for t, v in by.items()} for s, by in results.items()}
+    print("| scenario | server | req/s median (min–max) |\n|---|---|---|")
+    for scenario, by in results.items():
+        for target, values in by.items():
+            print(f"| {scenario} | {target} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) |")
+    print()
+    print(f"GET at 8, PostgreSQL / SQLite: {med['get@8']['pg'] / med['get@8']['sqlite']:.2f} (wanted >= 0.6)")
+    print(f"create at 8, PostgreSQL / SQLite: {med['create@8']['pg-writes'] / med['create@8']['sqlite-writes']:.2f}"
+          " (wanted >= 0.8)")
+    print(f"GET at 32, two instances / one: {med['get@32']['2 instances'] / med['get@32']['1 instance']:.2f}"
+          " (wanted >= 1.3)")
+    print(f"({os.cpu_count()} CPUs; PostgreSQL on the same machine)")
+
+
+def together(targets, conns, duration, env) -> float:
+    """wrk against every target at once; the sum of their rates."""
+    rates = []
+    threads = [threading.Thread(target=lambda t=t: rates.append(run.wrk(t, "get_pod.lua", conns, duration, env)["rps"]))
+               for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(rates)
+
+
+if __name__ == "__main__":
+    main()
