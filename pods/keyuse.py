@@ -58,7 +58,7 @@ class KeyUseRecorder:
         except Exception as e:  # the record is a convenience; the next use notes it again
             log.warning("could not record when %d key(s) were used: %s", len(used), e)
         finally:
-            self.storage.end_request()  # give back what this thread borrowed
+            self.storage.end_request()
 
     def _run(self) -> None:
         while True:
@@ -67,4 +67,5 @@ class KeyUseRecorder:
             with self._lock:
                 if not self._pending:  # nothing came meanwhile: stop until the next use
                     self._thread = None
-                    return
+                    break
+        self.storage.end_thread()

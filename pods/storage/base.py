@@ -95,6 +95,9 @@ class Storage(Protocol):
     def end_request(self) -> None:
         """After each request: roll back anything left open, release what it held."""
 
+    def end_thread(self) -> None:
+        """This thread is done with the database: release what it holds."""
+
     def close(self) -> None:
         """Release this process's hold on the database (at shutdown)."""
 

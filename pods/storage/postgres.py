@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from ..schemafiles import version_history
@@ -145,13 +146,24 @@ class PostgresStorage:
         return conn
 
     def end_request(self) -> None:
+        """A thread keeps its connection from one request to the next (fetching it
+        from the pool and giving it back cost a tenth of a GET), unless it broke or
+        was left in a transaction: then the pool gets it back, and rolls it back or
+        replaces it."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and (conn.broken or conn.info.transaction_status != TransactionStatus.IDLE):
+            self._local.conn = None
+            self.pool().putconn(conn)
+
+    def end_thread(self) -> None:
+        """This thread is done with the database: its connection goes back to the pool."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             self._local.conn = None
-            self.pool().putconn(conn)  # rolls back anything left open; drops a broken one
+            self.pool().putconn(conn)
 
     def close(self) -> None:
-        self.end_request()
+        self.end_thread()
         if self._own is not None:
             self._own.close()
         with self._pool_lock:

@@ -340,6 +340,8 @@ class SQLiteStorage:
             self._local.conn = None
             conn.close()
 
+    end_thread = close  # a thread's connection is all it holds
+
     def ping(self) -> None:
         """Raise sqlite3.OperationalError unless the database can be read, and, after a
         request found it unavailable (locked, full), written again (``probe_write``)."""
