@@ -91,6 +91,12 @@ def document() -> dict:
         if not ids:  # getting one key is a route of the organization's only
             operations["get"] = _operation("getApiKey", "Get API key", schemas.ApiKeySchema, (403, 404), path=key)
         spec.path(prefix + "/api-keys/{api_key_id}", operations=operations)
+    spec.path("/v0/openapi.json", operations={"get": {
+        "operationId": "getOpenApiDocument",
+        "summary": "This document",
+        "security": [],  # no key needed
+        "responses": {"200": {"description": "OK", "content": _json({"type": "object"})}},
+    }})
     return spec.to_dict()
 
 

@@ -1026,3 +1026,12 @@ def test_a_missing_permission_403_asks_for_no_credentials(client, world, new_key
     key = new_key("acme", permissions=but("pod_read"))
     r = call(client, "GET", "/pods", key)
     assert r.status_code == 403 and "WWW-Authenticate" not in r.headers
+
+
+@pytest.mark.parametrize("body", [{}, {"name": None, "permissions": None}, {"name": "a"}])
+def test_a_patch_that_changes_nothing_leaves_updated_at(client, world, body):
+    before = call(client, "GET", f"/api-keys/{world.a_key}", world.root).json
+    after = call(client, "PATCH", f"/api-keys/{world.a_key}", world.root, body).json
+    assert after == before  # the key named "a" is already named "a"
+    changed = call(client, "PATCH", f"/api-keys/{world.a_key}", world.root, {"name": "renamed"}).json
+    assert changed["updated_at"] > before["updated_at"] and changed["name"] == "renamed"

@@ -434,11 +434,14 @@ class PostgresStorage:
         )
 
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
+        # In SET, columns are the row's values before the update.
         return self._one(
-            f"UPDATE api_key SET name = coalesce(%s, name),"
-            f" permissions = CASE WHEN %s THEN %s ELSE permissions END, updated_at = {NOW}"
-            f" WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
-            (name, set_permissions, permissions, key_id, org_id),
+            f"UPDATE api_key SET name = coalesce(%(name)s::text, name),"
+            f" permissions = CASE WHEN %(set)s THEN %(permissions)s::text ELSE permissions END,"
+            f" updated_at = CASE WHEN coalesce(%(name)s::text, name) IS DISTINCT FROM name"
+            f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions) THEN {NOW} ELSE updated_at END"
+            f" WHERE key_id = %(key_id)s AND org_id = %(org_id)s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
+            {"name": name, "set": set_permissions, "permissions": permissions, "key_id": key_id, "org_id": org_id},
         )
 
     def delete_key(self, org_id: int, key_id: str) -> bool:

@@ -553,15 +553,19 @@ class SQLiteStorage:
 
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
         """Rename a key (unless ``name`` is None) and, with ``set_permissions``, replace
-        its stored permissions. Returns the key after the change, or None when the
-        organization has no such key."""
+        its stored permissions; ``updated_at`` moves only if something changed. Returns
+        the key after the change, or None when the organization has no such key."""
         conn = self.connection()
         with write_tx(conn):
+            # In SET, columns are the row's values before the update.
             return conn.execute(
-                f"UPDATE api_key SET name = coalesce(?, name),"
-                f" permissions = CASE WHEN ? THEN ? ELSE permissions END, updated_at = ?"
-                f" WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
-                (name, set_permissions, permissions, utc_now(), key_id, org_id),
+                f"UPDATE api_key SET name = coalesce(:name, name),"
+                f" permissions = CASE WHEN :set THEN :permissions ELSE permissions END,"
+                f" updated_at = CASE WHEN coalesce(:name, name) IS NOT name"
+                f" OR (:set AND :permissions IS NOT permissions) THEN :now ELSE updated_at END"
+                f" WHERE key_id = :key_id AND org_id = :org_id AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
+                {"name": name, "set": set_permissions, "permissions": permissions, "now": utc_now(),
+                 "key_id": key_id, "org_id": org_id},
             ).fetchone()
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
