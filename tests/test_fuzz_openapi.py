@@ -22,8 +22,7 @@ OPERATIONS = {
     ("PATCH", "/v0/api-keys/{api_key_id}"), ("DELETE", "/v0/api-keys/{api_key_id}"),
     ("GET", "/v0/pods/{pod_id}/api-keys"), ("POST", "/v0/pods/{pod_id}/api-keys"),
     ("PATCH", "/v0/pods/{pod_id}/api-keys/{api_key_id}"), ("DELETE", "/v0/pods/{pod_id}/api-keys/{api_key_id}"),
-    ("GET", "/v0/openapi.json"),
-}
+}  # and the document's own path, which schemathesis leaves out of what it calls
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -54,7 +53,7 @@ def test_every_operation_conforms_to_the_published_schema(server, key):
         def conforms(case):
             response = case.call(headers=headers)
             case.validate_response(response, checks=CHECKS)
-            if not token and operation.path != "/v0/openapi.json":  # the document needs no key
+            if not token:
                 assert response.status_code == 401
 
         conforms()
