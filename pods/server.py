@@ -39,6 +39,10 @@ HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 30.0
 SEND_TIMEOUT = 30.0
 CONNECTION_LIMIT = 4096
+# A request's line and headers together: a Pods API request needs a few hundred
+# bytes (a page token, a key); waitress allows 256 KiB, which thousands of
+# unfinished heads turn into gigabytes. nginx allows 4 x 8 KiB.
+MAX_REQUEST_HEAD = 32 * 1024
 # Connections waiting to be accepted (waitress's default).
 BACKLOG = 1024
 # At the connection limit, a connection idle for less than this is never closed to
@@ -550,6 +554,7 @@ def make_server(
         threads=threads,
         ident="pods",
         backlog=BACKLOG,
+        max_request_header_size=MAX_REQUEST_HEAD,
         # Bodies over the app's limit are answered by the app without being read
         # (PodsRequestParser); this makes waitress hand them over that way.
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1,

@@ -66,7 +66,7 @@ HOSTILE_PATHS = {
     "invalid-utf8": "/agent/v0/pods/%FF%FE%C0%AE",
     "backslash": "/agent/v0/pods/a%5Cx0a",
     "space": "/agent/v0/pods/a%20200%201.0ms",
-    "long": "/agent/v0/pods/" + "a%0A" * 50_000,
+    "long": "/agent/v0/pods/" + "a%0A" * 7_000,  # within the 32 KiB a head may take
 }
 
 
@@ -115,7 +115,7 @@ def test_hostile_paths_each_make_exactly_one_escaped_line(server):
 def test_answers_waitress_gives_itself_are_logged_with_their_status(server):
     before = len(access_lines(server.stderr))
     assert raw_answer(server.port, b"GARBAGE\x1b[31m\r\n\r\n").startswith(b"HTTP/1.0 400")
-    big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n"
+    big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
     assert raw_answer(server.port, big_head).startswith(b"HTTP/1.0 431")
     deadline = time.monotonic() + 5
     while len(access_lines(server.stderr)) < before + 2 and time.monotonic() < deadline:
