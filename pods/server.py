@@ -23,10 +23,10 @@ import time
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
-from waitress.utilities import RequestEntityTooLarge
+from waitress.utilities import Error, RequestEntityTooLarge
 
 from . import accesslog, logstream
 from .errors import error_json
@@ -57,8 +57,26 @@ DISCARD_MAX_SECONDS = 10.0
 LINGER_IDLE_SECONDS = 2.0
 
 
+# The last digit of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
+LATER_MINOR_VERSIONS = frozenset(bytes([digit]) for digit in b"23456789")
+
+
+class HttpVersionNotSupported(Error):
+    code = 505
+    reason = "HTTP Version Not Supported"
+
+
 class PodsRequestParser(HTTPRequestParser):
-    """waitress's request parser, except where a request ends its connection.
+    """waitress's request parser, stricter about framing, and different where a
+    request ends its connection.
+
+    Refused where waitress would guess (RFC 9112), each answered 400 and the
+    connection closed: a request line without an HTTP version, a folded header
+    line (section 5.2), Transfer-Encoding in HTTP/1.0, which waitress ignores
+    and so reads the body as absent (section 6.1), and Content-Length together
+    with Transfer-Encoding, a classic of request smuggling (section 6.1). A
+    later HTTP/1 minor version (1.2 ... 1.9) is read as 1.1 (section 2.3);
+    any other major version is 505.
 
     waitress answers a body over the limit itself, from the headers, and closes
     while the client is still writing: the kernel then resets the connection and
@@ -71,17 +89,38 @@ class PodsRequestParser(HTTPRequestParser):
     """
 
     too_large = False
+    version_refused = False
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
         self.channel = channel
+
+    def parse_header(self, header_plus):
+        line_end = header_plus.find(b"\r\n")
+        request_line = header_plus[:line_end].rstrip()  # as waitress reads it
+        if request_line[-8:-1] == b"HTTP/1." and request_line[-1:] in LATER_MINOR_VERSIONS:
+            header_plus = request_line[:-1] + b"1" + header_plus[line_end:]
+        if b"\r\n " in header_plus or b"\r\n\t" in header_plus:
+            raise ParsingError("A header line may not be folded onto the next.")
+        super().parse_header(header_plus)
+        if self.version not in ("1.0", "1.1"):
+            if not self.version:
+                raise ParsingError("The request line has no HTTP version.")
+            self.version_refused = True
+            raise ParsingError("pods speaks HTTP/1.0 and HTTP/1.1.")
+        if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("An HTTP/1.0 request may not have a Transfer-Encoding.")
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            raise ParsingError("A request may not have both Content-Length and Transfer-Encoding.")
 
     def received(self, data):
         consumed = super().received(data)
         if self.error is None:
             return consumed
         announced = None
-        if isinstance(self.error, RequestEntityTooLarge):
+        if self.version_refused:
+            self.error = HttpVersionNotSupported(self.error.body)
+        elif isinstance(self.error, RequestEntityTooLarge):
             self.error = None
             self.too_large = True
             self.expect_continue = False  # never invite the body with "100 Continue"

@@ -1,5 +1,6 @@
 """Routing: one spelling per route, no redirects, a pod id is one path segment,
-and the request's Host is checked before anything else."""
+and the request's Host and the form of its target are checked before anything
+else."""
 
 import json
 
@@ -130,4 +131,20 @@ def test_no_host_or_two_hosts_is_400(app, headers, protocol, host):
 )
 def test_one_host_or_none_in_http_1_0_is_fine(app, headers, protocol, host):
     status, body, _ = call(app, protocol, host, URL, headers)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("target", ["agent/v0/pods", "agent/v0/pods?limit=1", "healthz", "*", "ftp://x/agent/v0/pods"])
+def test_a_target_neither_a_path_nor_an_absolute_url_is_400(app, headers, target):
+    path = "/" + target.partition("?")[0]
+    status, body, _ = call(app, host="x", path=path, headers=headers, REQUEST_URI=target)
+    assert status == 400
+    assert json.loads(body)["errors"] == {
+        "_request": ['The request target must be a path starting with "/", or an absolute http URL.']
+    }
+
+
+@pytest.mark.parametrize("target", ["/agent/v0/pods", "http://x/agent/v0/pods", "HTTPS://x/agent/v0/pods?limit=1"])
+def test_a_path_or_an_absolute_url_is_a_target(app, headers, target):
+    status, body, _ = call(app, host="x", path=URL, headers=headers, REQUEST_URI=target)
     assert status == 200, body
