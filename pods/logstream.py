@@ -8,7 +8,7 @@ queue is full, or a write fails (a full disk, a reader gone), lines are dropped
 and counted, and once the stream takes lines again a warning says how many were
 lost.
 
-Every record is formatted by ``LogFormatter``: one entry per record, in ASCII,
+Every record is formatted by ``LogFormatter``: one entry per record, printable
 whatever its message holds, its traceback on indented lines below it.
 """
 
@@ -96,12 +96,11 @@ class LogStream:
             while self._pending:
                 # Whole lines, at most PIPE_BUF bytes a write: the kernel keeps such a
                 # write in one piece even when other workers write to the same pipe.
-                # (Lines are ASCII: a character is a byte.)
                 batch = [self._pending.popleft()]
-                size = len(batch[0])
-                while self._pending and size + len(self._pending[0]) <= select.PIPE_BUF:
+                size = _size(batch[0])
+                while self._pending and size + _size(self._pending[0]) <= select.PIPE_BUF:
                     batch.append(self._pending.popleft())
-                    size += len(batch[-1])
+                    size += _size(batch[-1])
                 if size > select.PIPE_BUF:  # one record longer than that: a traceback
                     pieces = _whole_lines(batch[0])
                 else:
@@ -129,15 +128,21 @@ class LogStream:
         return 0
 
 
+def _size(text: str) -> int:
+    """Bytes ``text`` takes once written (access lines are ASCII: one per character)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "backslashreplace"))
+
+
 def _whole_lines(text: str) -> list[str]:
     """``text`` (one record of many lines: a traceback) in pieces of whole lines,
     each at most PIPE_BUF bytes when its lines are."""
-    pieces, piece = [], ""
+    pieces, piece, size = [], "", 0
     for line in text.splitlines(keepends=True):
-        if piece and len(piece) + len(line) > select.PIPE_BUF:
+        if piece and size + _size(line) > select.PIPE_BUF:
             pieces.append(piece)
-            piece = ""
+            piece, size = "", 0
         piece += line
+        size += _size(line)
     return pieces + [piece]
 
 
@@ -148,28 +153,30 @@ stderr = LogStream(2)
 atexit.register(stderr.flush, 2.0)
 
 
-# What a log line shows as it is: printable ASCII. Anything else (a newline, an
-# escape sequence, a byte outside ASCII) is written as \xHH, byte by byte of its
-# UTF-8, so that no text a client can put into a record starts a line of its own.
-NOT_PLAIN = re.compile(r"[^\x20-\x7e]")
-MAX_LINE = 2048  # characters of one line; with PIPE_BUF at 4,096, one write each
+MAX_LINE = 2048  # bytes of one line; with PIPE_BUF at 4,096, one write each
 CONTINUATION = "    "  # starts every line of a record after its first
 
 
 def plain(text: str) -> str:
-    """``text`` as a log line shows it (``NOT_PLAIN``), cut to MAX_LINE."""
-    if NOT_PLAIN.search(text) is not None:
-        text = NOT_PLAIN.sub(_escaped, text)
-    return text if len(text) <= MAX_LINE else text[:MAX_LINE - 5] + "[cut]"
+    """``text`` as a log line shows it: every character that is not printable (a
+    newline, an escape sequence, a line separator, an invisible formatting
+    character) written as \\xHH of its UTF-8 bytes, so that no text a client can
+    put into a record starts a line of its own or commands a terminal; cut to
+    MAX_LINE bytes."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else _escaped(char) for char in text)
+    if len(text) > MAX_LINE // 4 and len(encoded := text.encode()) > MAX_LINE:
+        text = encoded[:MAX_LINE - 5].decode("utf-8", "ignore") + "[cut]"
+    return text
 
 
-def _escaped(match: re.Match) -> str:
-    return "".join(f"\\x{b:02x}" for b in match.group().encode("utf-8", "surrogatepass"))
+def _escaped(char: str) -> str:
+    return "".join(f"\\x{b:02x}" for b in char.encode("utf-8", "surrogatepass"))
 
 
 class LogFormatter(logging.Formatter):
     """One entry per record: ``TIME LEVEL LOGGER MESSAGE`` on one line, the message
-    in ``plain`` text (a newline in it is \\x0a), times as the access log writes
+    ``plain`` (a newline in it is \\x0a), times as the access log writes
     them (UTC, milliseconds, ``Z``). A traceback follows on lines of its own, each
     plain and indented, so that none of them can be taken for an entry."""
 

@@ -410,13 +410,19 @@ def test_an_unhandled_exception_logs_one_entry_naming_the_request_safely(app, cl
 def test_the_formatter_escapes_every_line_of_every_record():
     import logging
 
-    record = logging.LogRecord("pods.x", logging.WARNING, __file__, 1, "a %s b", ("\n\r\x1b[2J\u2028\x85é",), None)
+    record = logging.LogRecord("pods.x", logging.WARNING, __file__, 1, "a %s b",
+                               ("\n\r\t\x1b[2J\u2028\x85\u202e\x7f",), None)
     formatter = logstream.LogFormatter()
     assert formatter.format(record).split(" ", 1)[1] == (
-        "WARNING pods.x a \\x0a\\x0d\\x1b[2J\\xe2\\x80\\xa8\\xc2\\x85\\xc3\\xa9 b"
+        "WARNING pods.x a \\x0a\\x0d\\x09\\x1b[2J\\xe2\\x80\\xa8\\xc2\\x85\\xe2\\x80\\xae\\x7f b"
     )
-    long = logging.LogRecord("pods.x", logging.INFO, __file__, 1, "y" * 10_000, (), None)
-    assert len(formatter.format(long)) == logstream.MAX_LINE
+    # Printable text stays as it is: "migrating schema 1 → 2", "Zürich".
+    readable = logging.LogRecord("pods.x", logging.INFO, __file__, 1, "1 → 2 Zürich", (), None)
+    assert formatter.format(readable).endswith(" INFO pods.x 1 → 2 Zürich")
+    for char in ("y", "é"):
+        long = logging.LogRecord("pods.x", logging.INFO, __file__, 1, char * 10_000, (), None)
+        line = formatter.format(long)
+        assert logstream.MAX_LINE - 5 <= len(line.encode()) <= logstream.MAX_LINE and line.endswith("[cut]")
 
 
 @pytest.mark.parametrize("failing", ["/dev/full", "broken pipe"])
