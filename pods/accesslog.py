@@ -68,6 +68,8 @@ def escape(text: str) -> str:
 
 def field(text: str, limit: int) -> str:
     """``escape(text)``, cut to at most ``limit`` characters, never inside an escape."""
+    if len(text) <= limit and text and UNSAFE.search(text) is None:  # the usual case
+        return text
     escaped = escape(text[:limit])  # no character escapes to fewer than one
     if len(escaped) <= limit:
         return escaped
