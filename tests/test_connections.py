@@ -169,8 +169,7 @@ def worker_pids(parent: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+        return process_state(pid) != "Z"
     except FileNotFoundError:
         return False
 
@@ -190,6 +189,18 @@ def test_killing_the_parent_stops_its_workers(tmp_path):
     assert again.stop() == 0
 
 
+def wait_until_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while not process_state(pid) == "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0]
+
+
 def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path):
     """The request sits unread in the socket of an idle kept-alive connection when
     the signal arrives (the server is stopped while it is sent): it is answered
@@ -203,6 +214,7 @@ def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path):
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # now idle, kept alive
         s.proc.send_signal(signal.SIGSTOP)
         try:
+            wait_until_stopped(s.proc.pid)  # the signal takes effect a moment later
             sock.sendall(request)
             s.proc.send_signal(signal.SIGTERM)
         finally:
