@@ -60,8 +60,8 @@ LINGER_IDLE_SECONDS = 2.0
 
 # The minor version of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
 LATER_MINOR_VERSIONS = frozenset("23456789")
-# A line that continues the one before (obs-fold, RFC 9112 section 5.2). A regular
-# expression: two `in` tests cost this one's time twice over, on every request.
+# A line that continues the one before (obs-fold, RFC 9112 section 5.2). Looked for
+# in every request head: two `in` tests took two and a half times as long.
 FOLDED_LINE = re.compile(rb"\r\n[ \t]")
 
 
