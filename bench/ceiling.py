@@ -53,7 +53,7 @@ def main() -> None:
         return
     from pods import server
 
-    sock = server.listening_socket("127.0.0.1", port, reuse_port=False)
+    [sock] = server.listening_sockets("127.0.0.1", port, 1)
     waitress_server = server.make_server(app, sock, threads)
     server.run_until_signalled(waitress_server, on_exit=lambda: None)
 

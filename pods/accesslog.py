@@ -5,7 +5,9 @@
 Organization and key id are the authenticated caller's ("-" when there is none);
 the token never appears. Query strings are left out: they carry page tokens.
 Every field a client can influence is escaped (``escape``), so that no request can
-break a line in two, forge another, or send escape sequences to a terminal.
+break a line in two, forge another, or send escape sequences to a terminal, and
+then cut (``field``), so that a line stays far below PIPE_BUF whatever was sent:
+the kernel keeps such a write whole when several workers share a pipe.
 
 A WSGI middleware rather than Flask request hooks: it also times and logs what
 Flask's own error handling answers, and it costs a fraction of the hooks (each
@@ -29,6 +31,8 @@ log = logging.getLogger("pods.access")
 
 # Set by authentication to the caller (access.Caller: org_name, key_id ...).
 CALLER_ENVIRON_KEY = "pods.caller"
+# Set here, for the log line of an unhandled error (errors.log_unhandled).
+REQUEST_ID_ENVIRON_KEY = "pods.request_id"
 
 # An incoming X-Request-Id is honoured when it is short and plain enough to be
 # logged and echoed safely; otherwise the server makes its own.
@@ -36,9 +40,13 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Everything but visible ASCII, and the backslash that starts an escape.
 UNSAFE = re.compile(r"[^\x21-\x5b\x5d-\x7e]")
-# A path is cut to this many characters (before escaping): one line stays one
-# write, which the kernel keeps whole even when several workers share a pipe.
+# Characters each field may take once escaped: with the rest, a line is at most
+# about 1,900 bytes, whatever the client sent (PIPE_BUF is 4,096).
+MAX_METHOD = 32  # no method a route has is longer; waitress allows 256 KiB of one
 MAX_PATH = 1024
+MAX_REQUEST_ID = 128  # as REQUEST_ID allows
+MAX_ORG = 512  # a 255-character name, escaped where it is not ASCII
+MAX_CLIENT = 64  # an IPv6 address with room to spare
 
 
 def _hex(match: re.Match) -> str:
@@ -58,9 +66,26 @@ def escape(text: str) -> str:
     return UNSAFE.sub(_hex, text)
 
 
+def field(text: str, limit: int) -> str:
+    """``escape(text)``, cut to at most ``limit`` characters, never inside an escape."""
+    if len(text) <= limit and text and UNSAFE.search(text) is None:  # the usual case
+        return text
+    escaped = escape(text[:limit])  # no character escapes to fewer than one
+    if len(escaped) <= limit:
+        return escaped
+    cut = escaped[:limit]
+    partial = cut.find("\\", limit - 3)  # a backslash always starts "\xHH"
+    return cut if partial == -1 else cut[:partial]
+
+
 def escape_text(text: str) -> str:
     """``escape`` for any text: its UTF-8 bytes, escaped."""
-    return escape(text.encode("utf-8", "surrogateescape").decode("latin-1"))
+    return escape(_utf8_bytes(text))
+
+
+def _utf8_bytes(text: str) -> str:
+    """The UTF-8 bytes of ``text``, one character each, as ``escape`` takes them."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def request_id_for(incoming: str) -> str:
@@ -87,25 +112,38 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple) -> str:
     """The client's address: the peer's, or, when the peer is a trusted proxy, the
     last address in the X-Forwarded-For it sent (the one that proxy appended; the
     ones before it are the client's own claims). Never from anyone else's header."""
+    if peer[:7] == "::ffff:":  # an IPv4 client of a server listening on "::"
+        peer = _unmapped(peer)
     if not trusted or not forwarded_for:
         return peer
     try:
         if not any(ipaddress.ip_address(peer) in net for net in trusted):
             return peer
-        return str(ipaddress.ip_address(forwarded_for.rsplit(",", 1)[-1].strip()))
+        return _unmapped(forwarded_for.rsplit(",", 1)[-1].strip())
     except ValueError:  # a peer on a Unix socket, or a malformed header: keep the peer
         return peer
+
+
+def _unmapped(address: str) -> str:
+    """``address`` as its usual text, an IPv4-mapped IPv6 address as the IPv4
+    address it maps (``::ffff:1.2.3.4`` is 1.2.3.4, not ``::ffff:102:304``).
+
+    :raise ValueError: not an IP address.
+    """
+    parsed = ipaddress.ip_address(address)
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return str(mapped or parsed)
 
 
 def write_line(method, path, status, started, request_id, caller=None, client="-") -> None:
     """Queue one access line; ``started`` is the request's ``time.perf_counter()``."""
     if not log.isEnabledFor(logging.INFO):
         return
-    org, key = (escape_text(caller.org_name), caller.key_id) if caller is not None else ("-", "-")
+    org, key = (field(_utf8_bytes(caller.org_name), MAX_ORG), caller.key_id) if caller is not None else ("-", "-")
     logstream.stderr.write(
-        f"{logstream.utc_timestamp(time.time())} INFO {log.name} {escape(method)} {escape(path[:MAX_PATH])}"
-        f" {status} {(time.perf_counter() - started) * 1000:.1f}ms request_id={escape(request_id)}"
-        f" org={org} key={key} client={escape(client)}\n"
+        f"{logstream.utc_timestamp(time.time())} INFO {log.name} {field(method, MAX_METHOD)}"
+        f" {field(path, MAX_PATH)} {status} {(time.perf_counter() - started) * 1000:.1f}ms"
+        f" request_id={field(request_id, MAX_REQUEST_ID)} org={org} key={key} client={field(client, MAX_CLIENT)}\n"
     )
 
 
@@ -116,7 +154,7 @@ class AccessLog:
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
+        request_id = environ[REQUEST_ID_ENVIRON_KEY] = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         client = environ["REMOTE_ADDR"] = client_address(
             environ.get("REMOTE_ADDR", "-"), environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies
         )

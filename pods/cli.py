@@ -166,6 +166,10 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
 @click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=server.KEEPALIVE_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds an idle kept-alive connection stays open (env PODS_KEEPALIVE_TIMEOUT).")
+@click.option("--send-timeout", envvar="PODS_SEND_TIMEOUT", default=server.SEND_TIMEOUT,
+              show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds an answer may go unread: a connection whose answer makes no progress for "
+                   "that long is closed (env PODS_SEND_TIMEOUT).")
 @click.option("--connection-limit", envvar="PODS_CONNECTION_LIMIT", default=server.CONNECTION_LIMIT,
               show_default=True, type=click.IntRange(1, 1_000_000),
               help="Open connections per process; at the limit the one idle longest is closed to admit "
@@ -268,7 +272,7 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
         # worker processes build their own after the fork (SQLite connections
         # must not cross one).
         app = create_app(config) if workers == 1 else None
-    sockets, port_lock = _listen(host, port, workers)
+    sockets = _listen(host, port, workers)
 
     url_host = f"[{host}]" if ":" in host else host
     serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
@@ -281,7 +285,7 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
         _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(app))
         return
     code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
-    for sock in sockets + [port_lock]:
+    for sock in sockets:
         sock.close()
     # Once, after every worker is gone: a worker checkpointing while its siblings
     # still serve would find the WAL in use.
@@ -292,20 +296,12 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
 
 
 def _listen(host: str, port: int, workers: int):
-    """The listening sockets (one per worker, sharing the port) and the port's lock
-    (``server.hold_port``): one server per port, whatever --workers says."""
-    port_lock = None
+    """The listening sockets, one per worker, sharing the port; one server per
+    address and port, whatever --workers says (``server.listening_sockets``)."""
     try:
-        if port:
-            port_lock = server.hold_port(port)
-        sockets = [server.listening_socket(host, port, reuse_port=workers > 1)]
-        port = sockets[0].getsockname()[1]  # the real one, when 0 asked for any
-        if port_lock is None:
-            port_lock = server.hold_port(port)
-        sockets += [server.listening_socket(host, port, reuse_port=True) for _ in range(workers - 1)]
+        return server.listening_sockets(host, port, workers)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    return sockets, port_lock
 
 
 def _fit_connection_limit(wanted: int) -> int:

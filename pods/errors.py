@@ -3,10 +3,11 @@
 import logging
 from http import HTTPStatus
 
-from flask import Flask, current_app, json
+from flask import Flask, current_app, json, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from . import accesslog
 from .storage import EXTENSION_KEY as STORAGE
 
 # status: (name, code, default message)
@@ -81,11 +82,28 @@ def _database_unavailable(e: Exception):
     return error_response(503)
 
 
+def _log_unhandled(exc_info) -> None:
+    """Flask's log_exception, made safe: Flask's names the request by its path as
+    sent, unescaped, so a newline in the path would forge a log line. This names it
+    by its escaped method and path and its request id; the traceback follows,
+    indented (logstream.LogFormatter)."""
+    environ = request.environ
+    logging.getLogger("pods.app").error(
+        "unhandled exception in %s %s request_id=%s",
+        accesslog.field(environ.get("REQUEST_METHOD", ""), accesslog.MAX_METHOD),
+        accesslog.field(environ.get("PATH_INFO", ""), accesslog.MAX_PATH),
+        environ.get(accesslog.REQUEST_ID_ENVIRON_KEY, "-"),
+        exc_info=exc_info,
+    )
+
+
 def register(app: Flask, unavailable: tuple) -> None:
     """JSON errors for ``app``; ``unavailable``: the storage's exceptions that mean
     the database is not answering (503)."""
-    # No handler for Exception: Flask then logs an unhandled error and passes an
-    # InternalServerError to the HTTPException handler, so 500s are JSON and logged.
+    # No handler for Exception: Flask then logs an unhandled error (with the
+    # method below, set on this app) and passes an InternalServerError to the
+    # HTTPException handler, so 500s are JSON and logged.
+    app.log_exception = _log_unhandled
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ValidationError, _validation_error)
     for exception in unavailable:

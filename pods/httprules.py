@@ -1,4 +1,5 @@
-"""Rules about the HTTP request as it arrived, applied before Flask routes it.
+"""Rules about the HTTP request as it arrived (Host, the form of its target),
+applied before Flask routes it.
 
 A WSGI wrapper rather than a Flask hook: these are about the request, not any
 endpoint, and on the hot path the wrapper costs a few dictionary lookups where a
@@ -12,6 +13,7 @@ from werkzeug.wrappers import Response
 from .errors import error_json
 
 HOST_RULE = "An HTTP/1.1 request needs exactly one Host header."
+TARGET_RULE = 'The request target must be a path starting with "/", or an absolute http URL.'
 
 
 class HttpRules:
@@ -25,7 +27,12 @@ class HttpRules:
         host = environ.get("HTTP_HOST")
         if (host is None and environ.get("SERVER_PROTOCOL") == "HTTP/1.1") or (host is not None and "," in host):
             return _answer(environ, start_response, 400, {"_request": [HOST_RULE]})
-        target = environ.get("REQUEST_URI", "")
+        target = environ.get("REQUEST_URI", "/")  # as sent; set by waitress and werkzeug
+        if target[:1] != "/" and not target[:8].lower().startswith(("http://", "https://")):
+            # RFC 9112, section 3.2: origin form ("/agent/v0/pods") or absolute form
+            # ("http://host/agent/v0/pods"). waitress and werkzeug would read
+            # "agent/v0/pods" as the route too: a second spelling of every route.
+            return _answer(environ, start_response, 400, {"_request": [TARGET_RULE]})
         if target[:2] == "//" or target[:4].lower() == "/%2f":
             # waitress and werkzeug both drop the slashes that start a path, which
             # would make "//agent/v0/pods" a second spelling of a route (and a way

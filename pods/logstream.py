@@ -1,17 +1,22 @@
 """Log lines go to stderr from a background thread, so that nobody reading them
-can ever hold up a request or a shutdown.
+can ever hold up a request or a shutdown; and every line is one safe entry.
 
 A wrapper that captures stderr into a pipe and stalls, or a terminal paused with
 Ctrl-S, blocks every write to it once its buffer is full. Lines are therefore
 queued in memory (at most MAX_PENDING of them) and written by one thread; when the
-queue is full, new lines are dropped and counted, and once the stream takes lines
-again a warning says how many were lost.
+queue is full, or a write fails (a full disk, a reader gone), lines are dropped
+and counted, and once the stream takes lines again a warning says how many were
+lost.
+
+Every record is formatted by ``LogFormatter``: one entry per record, printable
+whatever its message holds, its traceback on indented lines below it.
 """
 
 import atexit
 import collections
 import logging
 import os
+import re
 import select
 import threading
 import time
@@ -87,31 +92,58 @@ class LogStream:
             self._idle.clear()
             time.sleep(BATCH_DELAY)
             self._wakeup.clear()
+            lost = 0
             while self._pending:
                 # Whole lines, at most PIPE_BUF bytes a write: the kernel keeps such a
                 # write in one piece even when other workers write to the same pipe.
                 batch = [self._pending.popleft()]
-                size = len(batch[0])
-                while self._pending and size + len(self._pending[0]) <= select.PIPE_BUF:
+                size = _size(batch[0])
+                while self._pending and size + _size(self._pending[0]) <= select.PIPE_BUF:
                     batch.append(self._pending.popleft())
-                    size += len(batch[-1])
-                self._send("".join(batch))
+                    size += _size(batch[-1])
+                if size > select.PIPE_BUF:  # one record longer than that: a traceback
+                    pieces = _whole_lines(batch[0])
+                else:
+                    pieces = ["".join(batch)]
+                for piece in pieces:
+                    lost += self._send(piece)
             with self._drop_lock:
-                dropped, self._dropped = self._dropped, 0
-            if dropped:
-                self._send(
-                    f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"
-                    " while the log stream was not being read\n"
-                )
+                dropped, self._dropped = self._dropped + lost, 0
+            if dropped and self._send(
+                f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"
+                " while the log stream was not being read or could not be written\n"
+            ):
+                with self._drop_lock:  # not written either: said once the stream works again
+                    self._dropped += dropped
             self._idle.set()
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str) -> int:
+        """Write ``text``; returns how many of its lines were lost (0 when all went)."""
         data = text.encode("utf-8", "backslashreplace")
         try:
             while data:
                 data = data[os.write(self.fd, data):]
-        except OSError:  # closed or gone: these lines are lost, the server goes on
-            pass
+        except OSError:  # closed, gone, full: what is left is lost, the server goes on
+            return data.count(b"\n")
+        return 0
+
+
+def _size(text: str) -> int:
+    """Bytes ``text`` takes once written (access lines are ASCII: one per character)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "backslashreplace"))
+
+
+def _whole_lines(text: str) -> list[str]:
+    """``text`` (one record of many lines: a traceback) in pieces of whole lines,
+    each at most PIPE_BUF bytes when its lines are."""
+    pieces, piece, size = [], "", 0
+    for line in text.splitlines(keepends=True):
+        if piece and size + _size(line) > select.PIPE_BUF:
+            pieces.append(piece)
+            piece, size = "", 0
+        piece += line
+        size += _size(line)
+    return pieces + [piece]
 
 
 stderr = LogStream(2)
@@ -121,11 +153,49 @@ stderr = LogStream(2)
 atexit.register(stderr.flush, 2.0)
 
 
-class UTCFormatter(logging.Formatter):
-    """Times as the access log writes them: UTC, milliseconds, ``Z``."""
+MAX_LINE = 2048  # bytes of one line; with PIPE_BUF at 4,096, one write each
+CONTINUATION = "    "  # starts every line of a record after its first
+
+
+def plain(text: str) -> str:
+    """``text`` as a log line shows it: every character that is not printable (a
+    newline, an escape sequence, a line separator, an invisible formatting
+    character) written as \\xHH of its UTF-8 bytes, so that no text a client can
+    put into a record starts a line of its own or commands a terminal; cut to
+    MAX_LINE bytes."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else _escaped(char) for char in text)
+    if len(text) > MAX_LINE // 4 and len(encoded := text.encode()) > MAX_LINE:
+        text = encoded[:MAX_LINE - 5].decode("utf-8", "ignore") + "[cut]"
+    return text
+
+
+def _escaped(char: str) -> str:
+    return "".join(f"\\x{b:02x}" for b in char.encode("utf-8", "surrogatepass"))
+
+
+class LogFormatter(logging.Formatter):
+    """One entry per record: ``TIME LEVEL LOGGER MESSAGE`` on one line, the message
+    ``plain`` (a newline in it is \\x0a), times as the access log writes
+    them (UTC, milliseconds, ``Z``). A traceback follows on lines of its own, each
+    plain and indented, so that none of them can be taken for an entry."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def formatTime(self, record, datefmt=None):
         return utc_timestamp(record.created)
+
+    def format(self, record):
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        lines = [plain(self.formatMessage(record))]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for details in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if details:
+                lines += [CONTINUATION + plain(line) for line in details.splitlines()]
+        return "\n".join(lines)
 
 
 class LogStreamHandler(logging.Handler):
@@ -134,7 +204,7 @@ class LogStreamHandler(logging.Handler):
     def __init__(self, stream: LogStream):
         super().__init__()
         self.stream = stream
-        self.setFormatter(UTCFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self.setFormatter(LogFormatter())
 
     def emit(self, record):
         try:

@@ -1,4 +1,5 @@
-"""Routing: a route has one spelling, and routing never redirects."""
+"""Routing: a route has one spelling, routing never redirects, and a route answers
+only the methods it has."""
 
 from flask import Flask
 from werkzeug.exceptions import NotFound
@@ -12,10 +13,16 @@ class StrictRoutingFlask(Flask):
     missing the trailing slash of a route that has one (strict_slashes), and a rule's
     alias (redirect_defaults): a 308 with an HTML body and a Location built from the
     client's Host header. Here each is an unknown route, answered by the JSON 404.
+
+    Flask also gives every route an OPTIONS method of its own, answered 200 with an
+    empty text/html body, without a key. Here OPTIONS is a method no route has:
+    the JSON 405 with Allow, as for any other.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Read as each route is added, and none is yet.
+        self.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
         # Rules take this when they are added, and none is yet. It spares every 404
         # a second match with the slashes merged.
         self.url_map.merge_slashes = False

@@ -8,10 +8,13 @@ the minor version they were written and tested against.
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import io
 import logging
 import os
+import re
+import select
 import signal
 import socket
 import sys
@@ -21,10 +24,10 @@ import time
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
-from waitress.utilities import RequestEntityTooLarge
+from waitress.utilities import Error, RequestEntityTooLarge
 
 from . import accesslog, logstream
 from .errors import error_json
@@ -35,7 +38,17 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 # Defaults of the serve flags of the same names (see the README's configuration table).
 HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 30.0
+SEND_TIMEOUT = 30.0
 CONNECTION_LIMIT = 4096
+# A request's line and headers together: a Pods API request needs a few hundred
+# bytes (a page token, a key); waitress allows 256 KiB, which thousands of
+# unfinished heads turn into gigabytes. nginx allows 4 x 8 KiB.
+MAX_REQUEST_HEAD = 32 * 1024
+# Connections waiting to be accepted (waitress's default).
+BACKLOG = 1024
+# At the connection limit, a connection idle for less than this is never closed to
+# make room: a new one gets a fair chance to send its request.
+EVICTION_MIN_IDLE_SECONDS = 1.0
 # What is left of an oversized body is read and dropped, up to these bounds (nginx's
 # lingering close), so that a client that writes its whole body before it reads
 # (Python's http.client, curl --data-binary) still reads its 413.
@@ -45,8 +58,29 @@ DISCARD_MAX_SECONDS = 10.0
 LINGER_IDLE_SECONDS = 2.0
 
 
+# The minor version of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
+LATER_MINOR_VERSIONS = frozenset("23456789")
+# A line that continues the one before (obs-fold, RFC 9112 section 5.2). Looked for
+# in every request head: two `in` tests took two and a half times as long.
+FOLDED_LINE = re.compile(rb"\r\n[ \t]")
+
+
+class HttpVersionNotSupported(Error):
+    code = 505
+    reason = "HTTP Version Not Supported"
+
+
 class PodsRequestParser(HTTPRequestParser):
-    """waitress's request parser, except where a request ends its connection.
+    """waitress's request parser, stricter about framing, and different where a
+    request ends its connection.
+
+    Refused where waitress would guess (RFC 9112), each answered 400 and the
+    connection closed: a request line without an HTTP version, a folded header
+    line (section 5.2), Transfer-Encoding in HTTP/1.0, which waitress ignores
+    and so reads the body as absent (section 6.1), and Content-Length together
+    with Transfer-Encoding, a classic of request smuggling (section 6.1). A
+    later HTTP/1 minor version (1.2 ... 1.9) is read as 1.1 (section 2.3);
+    any other major version is 505.
 
     waitress answers a body over the limit itself, from the headers, and closes
     while the client is still writing: the kernel then resets the connection and
@@ -59,17 +93,44 @@ class PodsRequestParser(HTTPRequestParser):
     """
 
     too_large = False
+    version_refused = False
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
         self.channel = channel
+
+    def parse_header(self, header_plus):
+        if FOLDED_LINE.search(header_plus) is not None:
+            raise ParsingError("A header line may not be folded onto the next.")
+        super().parse_header(header_plus)
+        if self.version not in ("1.0", "1.1"):
+            if self.version[:2] == "1." and self.version[2:] in LATER_MINOR_VERSIONS:
+                self._parse_as_http_1_1(header_plus)
+            elif not self.version:
+                raise ParsingError("The request line has no HTTP version.")
+            else:
+                self.version_refused = True
+                raise ParsingError("pods speaks HTTP/1.0 and HTTP/1.1.")
+        if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("An HTTP/1.0 request may not have a Transfer-Encoding.")
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            raise ParsingError("A request may not have both Content-Length and Transfer-Encoding.")
+
+    def _parse_as_http_1_1(self, header_plus):
+        # Again, from scratch: waitress reads Transfer-Encoding and Expect in 1.1 only.
+        line_end = header_plus.find(b"\r\n")
+        request_line = header_plus[:line_end].rstrip()  # as waitress reads it
+        self.headers = {}
+        super().parse_header(request_line[:-1] + b"1" + header_plus[line_end:])
 
     def received(self, data):
         consumed = super().received(data)
         if self.error is None:
             return consumed
         announced = None
-        if isinstance(self.error, RequestEntityTooLarge):
+        if self.version_refused:
+            self.error = HttpVersionNotSupported(self.error.body)
+        elif isinstance(self.error, RequestEntityTooLarge):
             self.error = None
             self.too_large = True
             self.expect_continue = False  # never invite the body with "100 Continue"
@@ -160,13 +221,18 @@ class JsonErrorTask(ErrorTask):
 
 class PodsChannel(HTTPChannel):
     """One client connection. Beyond waitress's channel it knows its deadlines
-    (``enforce_deadlines``) and how to drop an oversized body (``discard``)."""
+    (``enforce_deadlines``), how to drop an oversized body (``discard``), and it
+    holds a pipelined request back until the answer before it has been sent
+    (``PodsServer.add_task``)."""
 
     task_class = CoalescingTask
     error_task_class = JsonErrorTask
 
     discarding = False  # reading and dropping the rest of an oversized body
     lingering = False  # the answer is sent (and our side shut); still dropping
+    # The next pipelined request waits for the answer before it to be sent.
+    # Changed only under outbuf_lock, like the output it waits for.
+    next_request_waiting = False
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)
@@ -182,11 +248,8 @@ class PodsChannel(HTTPChannel):
         # writability then; the socket is always writable, so the event loop spins,
         # failing to take the task's output lock, and competes with the task for the
         # GIL: under 32 keep-alive connections throughput fell by three quarters.
-        if (
-            self.requests
-            and not (self.will_close or self.close_when_flushed)
-            and self.total_outbufs_len < self.adj.outbuf_high_watermark
-        ):
+        # A request waiting for the output to go is not being served: send it.
+        if self.requests and not (self.next_request_waiting or self.will_close or self.close_when_flushed):
             return False
         return super().writable()
 
@@ -205,27 +268,33 @@ class PodsChannel(HTTPChannel):
 
     # -- deadlines ---------------------------------------------------------------
 
-    def enforce_deadlines(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+    def enforce_deadlines(self, now: float, limits: "Deadlines") -> None:
         """Close this connection if it is past a deadline (``now`` is time.time()).
 
-        A request's head must arrive within ``header_timeout`` of its first byte
+        A request's head must arrive within ``limits.header`` of its first byte
         (of the connection's opening, for the first request), however slowly it
         trickles in; a body must keep coming, with no pause that long; an idle
-        kept-alive connection is closed after ``keepalive_timeout``. The app's own
-        time is not limited here.
+        kept-alive connection is closed after ``limits.keepalive``; an answer
+        must keep going out, with no pause longer than ``limits.send`` (so a
+        client that stops reading holds one answer, and not for long). The app's
+        own time is not limited here.
         """
         if self.discarding or self.lingering:
-            if now > self.discard_deadline or (self.lingering and now - self.last_activity > LINGER_IDLE_SECONDS):
-                self.handle_close()
-        elif self.requests or self.total_outbufs_len:
-            return  # the app is answering
+            expired = now > self.discard_deadline or (
+                self.lingering and now - self.last_activity > LINGER_IDLE_SECONDS
+            )
+        elif self.total_outbufs_len:
+            # last_activity moves with every byte sent, and nothing is read meanwhile.
+            expired = now - self.last_activity > limits.send
+        elif self.requests:
+            expired = False  # the app is answering
         elif self.head_started is not None:
-            if now - self.head_started > header_timeout:
-                self.handle_close()
+            expired = now - self.head_started > limits.header
         elif self.request is not None:  # reading a body
-            if now - self.last_activity > header_timeout:
-                self.handle_close()
-        elif now - self.last_activity > keepalive_timeout:
+            expired = now - self.last_activity > limits.header
+        else:
+            expired = now - self.last_activity > limits.keepalive
+        if expired:
             self.handle_close()
 
     def has_unread_input(self) -> bool:
@@ -298,44 +367,99 @@ class PodsChannel(HTTPChannel):
                     self.socket.shutdown(socket.SHUT_WR)
             return
         super().handle_write()
+        if self.next_request_waiting:
+            with self.outbuf_lock:
+                if self.next_request_waiting and not self.total_outbufs_len and self.connected:
+                    self.next_request_waiting = False
+                    self.server.task_dispatcher.add_task(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deadlines:
+    """Seconds allowed, as the serve flags of the same names set them."""
+
+    header: float = HEADER_TIMEOUT
+    keepalive: float = KEEPALIVE_TIMEOUT
+    send: float = SEND_TIMEOUT
 
 
 class PodsServer(TcpWSGIServer):
     """waitress's TCP server on an already bound socket, with deadlines for every
-    connection and, at the connection limit, room made by closing the connection
-    idle the longest rather than refusing everyone new."""
+    connection; one answer at a time per connection, so that a task thread never
+    waits for a client (``add_task``); and, at the connection limit, room made
+    for a connection waiting to be accepted by closing the one idle the longest,
+    rather than refusing everyone new."""
 
     channel_class = PodsChannel
     stopping = False  # set at shutdown: every answer from then on closes its connection
 
-    def __init__(self, app, sock, adj, header_timeout, keepalive_timeout, trusted_proxies):
-        self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
+    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies):
+        self.deadlines = deadlines
         self.trusted_proxies = trusted_proxies
         sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
         super().__init__(app, map={}, _sock=sock, adj=adj, bind_socket=False, sockinfo=sockinfo)
+        self.pending_connections = select.poll()
+        self.pending_connections.register(sock, select.POLLIN)
+
+    def add_task(self, channel):
+        """Hand ``channel``'s next request to a task thread, unless the answer
+        before it is still being sent: then the event loop hands it over once
+        that answer is out (``PodsChannel.handle_write``).
+
+        Called by the event loop for a connection's first request after a pause,
+        and by the task thread that finished the previous one. A task thread thus
+        never holds a second answer for a client that does not read the first:
+        waitress's would buffer up to 16 MiB, then wait for the client, holding
+        the thread (and with one thread, the whole server) for as long as the
+        client likes.
+        """
+        # Only this caller adds output to the channel now, so an empty buffer stays
+        # empty; one that is not may empty meanwhile, hence the lock.
+        if channel.total_outbufs_len:
+            with channel.outbuf_lock:
+                if channel.total_outbufs_len:
+                    channel.next_request_waiting = True
+                    return
+        self.task_dispatcher.add_task(channel)
+
+    def run(self):
+        """waitress's event loop, with deadlines and the connection limit enforced
+        between its turns.
+
+        Never during a turn: each turn first asks every connection what it waits
+        for, then polls. A connection closed meanwhile would still be polled, and
+        the event of its closed descriptor taken for whichever new connection was
+        accepted with the same number, resetting it. And a connection that
+        cannot be written to is closed at once, not when it becomes writable.
+        """
+        while self._map:
+            now = time.time()
+            if now >= self.next_channel_cleanup:
+                self.next_channel_cleanup = now + self.adj.cleanup_interval
+                self.maintenance(now)
+            if self.accepting and len(self.active_channels) >= self.adj.connection_limit:
+                self._make_room(now)
+            wasyncore.poll2(self.adj.asyncore_loop_timeout, self._map)
 
     def readable(self):
-        now = time.time()
-        if now >= self.next_channel_cleanup:
-            self.next_channel_cleanup = now + self.adj.cleanup_interval
-            self.maintenance(now)
-        if not self.accepting:
-            return False
-        if len(self.active_channels) < self.adj.connection_limit:
-            return True
-        return self._close_idlest()
+        return self.accepting and len(self.active_channels) < self.adj.connection_limit
 
-    def _close_idlest(self) -> bool:
-        idle = [c for c in self.active_channels.values() if not c.busy]
-        if not idle:
-            return False  # every connection is mid-request; their deadlines free room
-        min(idle, key=lambda c: c.last_activity).handle_close()
-        return True
+    def _make_room(self, now: float) -> None:
+        """For a connection waiting to be accepted, close the connection idle the
+        longest: never one mid-request, nor one that has not had a fair chance to
+        send its request. With none, the waiting one waits for a deadline."""
+        if not self.pending_connections.poll(0):
+            return  # nobody is waiting
+        idle = [
+            c for c in self.active_channels.values()
+            if not c.busy and now - c.last_activity >= EVICTION_MIN_IDLE_SECONDS
+        ]
+        if idle:
+            min(idle, key=lambda c: c.last_activity).handle_close()
 
     def maintenance(self, now):
         for channel in list(self.active_channels.values()):
-            channel.enforce_deadlines(now, self.header_timeout, self.keepalive_timeout)
+            channel.enforce_deadlines(now, self.deadlines)
 
 
 class QueueDepthSummary(logging.Filter):
@@ -406,9 +530,36 @@ class ShutdownSignal(wasyncore.dispatcher):
         self.writer.close()
 
 
-def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A bound TCP socket. With reuse_port, several can share the port and Linux
-    spreads new connections across them."""
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening TCP sockets on ``host``:``port`` (0: a free port), one
+    per worker process; Linux spreads new connections across them (SO_REUSEPORT).
+
+    One server per address and port: SO_REUSEPORT would just as well let a second
+    pods server (of the same user) join, and the kernel would then split clients
+    between two databases. So the first socket is bound without it, which the
+    kernel refuses while anything listens on that address and port (a wildcard
+    address included), and listens at once; only then does it take SO_REUSEPORT,
+    for the others to join. No lock name or file that another user could hold.
+
+    :raise OSError: EADDRINUSE, something listens there already.
+    """
+    sockets = [_bound_socket(host, port, reuse_port=False)]
+    try:
+        sockets[0].listen(BACKLOG)
+        if count > 1:
+            sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            port = sockets[0].getsockname()[1]  # the real one, when 0 asked for any
+            for _ in range(count - 1):
+                sockets.append(_bound_socket(host, port, reuse_port=True))
+                sockets[-1].listen(BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -420,26 +571,6 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def hold_port(port: int) -> socket.socket:
-    """A lock on ``port`` for this machine, held while the returned socket is open
-    (and inherited by worker processes): an abstract Unix socket named after the
-    port, which the kernel frees when the last process holding it exits.
-
-    Worker processes share the port through SO_REUSEPORT, which would just as
-    well let a second server share it, and the kernel would then split clients
-    between two databases. The lock refuses that second server instead.
-
-    :raise OSError: EADDRINUSE, another pods server holds the port.
-    """
-    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        lock.bind(f"\0pods-port-{port}")
-    except OSError:
-        lock.close()
-        raise
-    return lock
 
 
 def raise_open_file_limit(connections: int) -> int:
@@ -462,6 +593,7 @@ def make_server(
     threads: int = 1,
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    send_timeout: float = SEND_TIMEOUT,
     connection_limit: int = CONNECTION_LIMIT,
     trusted_proxies: tuple = (),
 ):
@@ -470,9 +602,15 @@ def make_server(
         sockets=[sock],
         threads=threads,
         ident="pods",
+        backlog=BACKLOG,
+        max_request_header_size=MAX_REQUEST_HEAD,
         # Bodies over the app's limit are answered by the app without being read
         # (PodsRequestParser); this makes waitress hand them over that way.
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1,
+        # A task thread writing an answer never waits for the client to read: a
+        # connection buffers one answer at a time (PodsServer.add_task), and
+        # --send-timeout closes it when that answer stops moving.
+        outbuf_high_watermark=sys.maxsize,
         connection_limit=connection_limit,
         cleanup_interval=1,  # PodsServer.maintenance enforces the deadlines
         asyncore_use_poll=True,  # select() cannot watch descriptors past 1,024
@@ -480,7 +618,8 @@ def make_server(
         # waitress's own handling would answer a malformed one in plain text.
         clear_untrusted_proxy_headers=False,
     )
-    return PodsServer(app, sock, adj, header_timeout, keepalive_timeout, trusted_proxies)
+    deadlines = Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout)
+    return PodsServer(app, sock, adj, deadlines, trusted_proxies)
 
 
 def _loop_once(server, timeout: float) -> None:

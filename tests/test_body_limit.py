@@ -1,6 +1,7 @@
 """Bodies over 64 KiB: a 413 that every client reads, also one that writes its whole
 body before it reads the answer; the rest of the body is read and dropped, never
-stored; past the bound the connection simply closes; the server goes on."""
+stored; past the bound the connection simply closes; the server goes on. Request
+heads over 32 KiB: a 431, and nothing of them kept."""
 
 import http.client
 import json
@@ -120,7 +121,7 @@ def test_a_kept_alive_connection_is_closed_after_an_oversized_body(server):
 
 
 def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_first(server):
-    # 2 MB of header, far past waitress's 256 KiB: refused with 431, and the rest is
+    # 2 MB of header, far past the 32 KiB allowed: refused with 431, and the rest is
     # read and dropped, so the client finishes writing and reads the answer.
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
@@ -131,3 +132,39 @@ def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_fi
             answer += chunk
     assert answer.startswith(b"HTTP/1.0 431")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
+
+
+def head_of(size: int) -> bytes:
+    """A complete GET request head of exactly ``size`` bytes."""
+    start, end = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+def test_a_head_of_32_kib_is_refused_and_one_just_under_it_is_answered(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head_of(32 * 1024 - 1))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(head_of(32 * 1024))
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 431")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
+
+
+def test_unfinished_heads_hold_no_memory_beyond_the_head_limit(server):
+    """300 connections each send 200 KB of a head that never ends: each is refused
+    at 32 KiB, and what it sends after is dropped as it comes."""
+    rss_before = rss_kb(server.proc.pid)
+    socks = []
+    try:
+        for _ in range(300):
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
+        time.sleep(1)  # for the server to read what the kernel holds
+        assert rss_kb(server.proc.pid) - rss_before < 16 * 1024  # 300 heads kept would be 60 MB
+    finally:
+        for sock in socks:
+            sock.close()
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}

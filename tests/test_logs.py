@@ -3,6 +3,7 @@ asked; and logging that never holds up an answer or a shutdown."""
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from live import APP, Server
 
+from pods import accesslog, logstream
 from pods.accesslog import client_address, escape, escape_text, parse_trusted_proxies
 
 URL = "/agent/v0/pods"
@@ -66,7 +68,7 @@ HOSTILE_PATHS = {
     "invalid-utf8": "/agent/v0/pods/%FF%FE%C0%AE",
     "backslash": "/agent/v0/pods/a%5Cx0a",
     "space": "/agent/v0/pods/a%20200%201.0ms",
-    "long": "/agent/v0/pods/" + "a%0A" * 50_000,
+    "long": "/agent/v0/pods/" + "a%0A" * 7_000,  # within the 32 KiB a head may take
 }
 
 
@@ -112,10 +114,54 @@ def test_hostile_paths_each_make_exactly_one_escaped_line(server):
     assert answer.startswith(b"HTTP/1.1 400")
 
 
+def test_an_access_line_stays_far_below_pipe_buf_whatever_the_client_sends(monkeypatch, caplog):
+    """Every field a client controls is cut once escaped: a line is one write, which
+    the kernel keeps whole when workers share a pipe. (Before: a 20,000-character
+    method was logged whole, and a path cut to 1,024 characters grew to 4,096
+    once escaped; with 2 workers, 21 of 1,200 such lines came out intact.)"""
+    written = []
+    monkeypatch.setattr(logstream.stderr, "write", written.append)
+    caplog.set_level("INFO", logger="pods.access")
+
+    class Caller:
+        org_name = "\U0001F600\n" * 127
+        key_id = "3fee6523bbdc6633"
+
+    accesslog.write_line("A" * 262_144, "\n" * 300_000, 405, time.perf_counter(), "r" * 128, Caller(),
+                         client="fe80::1%" + "x" * 10_000)
+    [line] = written
+    assert len(line.encode()) < 2048
+    fields = ACCESS_LINE.match(line.rstrip("\n")).groupdict()
+    assert fields["method"] == "A" * accesslog.MAX_METHOD
+    assert fields["path"] == "\\x0a" * (accesslog.MAX_PATH // 4)
+    assert fields["org"].startswith("\\xf0\\x9f\\x98\\x80\\x0a") and len(fields["org"]) <= accesslog.MAX_ORG
+    assert len(fields["client"]) <= accesslog.MAX_CLIENT
+
+
+def test_a_cut_never_splits_an_escape():
+    for shift in range(4):
+        cut = accesslog.field("a" * shift + "\n" * 100, 20)
+        assert cut == "a" * shift + "\\x0a" * ((20 - shift) // 4)
+    assert accesslog.field("GET", 32) == "GET"
+    assert accesslog.field("", 32) == "-"
+
+
+def test_a_long_method_is_logged_cut_on_a_live_server(server):
+    method = b"A" * 20_000
+    answer = raw_answer(server.port, method + b" /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: long-method\r\n"
+                        b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405")
+    deadline = time.monotonic() + 5
+    while not (lines := [x for x in access_lines(server.stderr) if x["rid"] == "long-method"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert lines[0]["method"] == "A" * accesslog.MAX_METHOD
+
+
 def test_answers_waitress_gives_itself_are_logged_with_their_status(server):
     before = len(access_lines(server.stderr))
     assert raw_answer(server.port, b"GARBAGE\x1b[31m\r\n\r\n").startswith(b"HTTP/1.0 400")
-    big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n"
+    big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
     assert raw_answer(server.port, big_head).startswith(b"HTTP/1.0 431")
     deadline = time.monotonic() + 5
     while len(access_lines(server.stderr)) < before + 2 and time.monotonic() < deadline:
@@ -149,6 +195,16 @@ def server_key_id(server) -> str:
 
 
 # -- the client's address behind a reverse proxy -------------------------------------------
+
+
+def test_an_ipv4_mapped_address_is_logged_as_the_ipv4_address():
+    trusted = parse_trusted_proxies("10.0.0.1")
+    assert client_address("10.0.0.1", "::ffff:1.2.3.4", trusted) == "1.2.3.4"
+    assert client_address("10.0.0.1", "6.6.6.6, ::FFFF:203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("10.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
+    # A client of a server listening on "::", and a proxy reaching it that way.
+    assert client_address("::ffff:198.51.100.7", None, ()) == "198.51.100.7"
+    assert client_address("::ffff:10.0.0.1", "1.2.3.4", trusted) == "1.2.3.4"
 
 
 def test_client_address_comes_from_a_trusted_proxy_only():
@@ -288,3 +344,134 @@ def test_a_closed_stderr_loses_the_log_not_the_answers_nor_the_database(tmp_path
         out.close()
     for path in tmp_path.glob("closed.db*"):
         assert b"pods.access" not in path.read_bytes()
+
+
+# -- every log record, not only access lines ------------------------------------------------
+
+
+ENTRY = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+ ")
+FORGED = "/agent/v0/pods/x%0A2026-11-29T00:00:00.000Z%20INFO%20pods.access%20FORGED"
+
+
+def read_stream(fd: int) -> str:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20).decode()
+    except BlockingIOError:
+        return ""
+
+
+@pytest.fixture
+def log_pipe():
+    """Every log record of the process, formatted as the server formats them, into
+    a pipe: yields a function that returns what was written so far."""
+    import logging
+
+    read_end, write_end = os.pipe()
+    handler = logstream.LogStreamHandler(logstream.LogStream(write_end))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        def written() -> str:
+            assert handler.stream.flush(timeout=5)
+            return read_stream(read_end)
+
+        yield written
+    finally:
+        root.removeHandler(handler)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_an_unhandled_exception_logs_one_entry_naming_the_request_safely(app, client, headers, monkeypatch, log_pipe):
+    from conftest import storage_of
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    def broken(*args):
+        raise RuntimeError("secret internals\n2026-11-29T00:00:00.000Z INFO pods.access FORGED TOO")
+
+    monkeypatch.setattr(storage_of(app), "find_pod", broken)
+    r = client.get(FORGED, headers={**headers, "X-Request-Id": "the-500"})
+    assert r.status_code == 500
+    lines = log_pipe().splitlines()
+    entries = [line for line in lines if ENTRY.match(line)]
+    assert len(entries) == 1
+    assert entries[0].endswith(
+        " ERROR pods.app unhandled exception in GET /agent/v0/pods/x\\x0a2026-11-29T00:00:00.000Z"
+        "\\x20INFO\\x20pods.access\\x20FORGED request_id=the-500"
+    )
+    # The traceback: every other line, indented, and nothing can start a line of its own.
+    assert lines[0] == entries[0] and len(lines) > 3
+    assert all(line.startswith("    ") for line in lines[1:])
+    assert "    RuntimeError: secret internals" in lines  # logged for the operator
+
+
+def test_the_formatter_escapes_every_line_of_every_record():
+    import logging
+
+    record = logging.LogRecord("pods.x", logging.WARNING, __file__, 1, "a %s b",
+                               ("\n\r\t\x1b[2J\u2028\x85\u202e\x7f",), None)
+    formatter = logstream.LogFormatter()
+    assert formatter.format(record).split(" ", 1)[1] == (
+        "WARNING pods.x a \\x0a\\x0d\\x09\\x1b[2J\\xe2\\x80\\xa8\\xc2\\x85\\xe2\\x80\\xae\\x7f b"
+    )
+    # Printable text stays as it is: "migrating schema 1 → 2", "Zürich".
+    readable = logging.LogRecord("pods.x", logging.INFO, __file__, 1, "1 → 2 Zürich", (), None)
+    assert formatter.format(readable).endswith(" INFO pods.x 1 → 2 Zürich")
+    for char in ("y", "é"):
+        long = logging.LogRecord("pods.x", logging.INFO, __file__, 1, char * 10_000, (), None)
+        line = formatter.format(long)
+        assert logstream.MAX_LINE - 5 <= len(line.encode()) <= logstream.MAX_LINE and line.endswith("[cut]")
+
+
+@pytest.mark.parametrize("failing", ["/dev/full", "broken pipe"])
+def test_lines_that_cannot_be_written_are_counted_as_dropped(failing):
+    """ENOSPC or EPIPE: the lines are lost, and once writing works again the log
+    says how many."""
+    if failing == "/dev/full":
+        fd = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read_end, fd = os.pipe()
+        os.close(read_end)
+    stream = logstream.LogStream(fd)
+    try:
+        for i in range(3):
+            stream.write(f"line {i}\n")
+            assert stream.flush(timeout=5)  # three writes, each failing
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)  # the stream works again
+        os.close(write_end)
+        stream.write("after\n")
+        assert stream.flush(timeout=5)
+        text = read_stream(read_end)
+        os.close(read_end)
+    finally:
+        os.close(fd)
+    assert text.startswith("after\n")
+    assert re.search(r" WARNING pods\.log 3 log line\(s\) dropped ", text)
+
+
+def test_a_record_longer_than_pipe_buf_is_written_in_whole_lines():
+    read_end, write_end = os.pipe()
+    stream = logstream.LogStream(write_end)
+    lines = [f"{i:04d} " + "t" * 1000 for i in range(20)]
+    writes = []
+    real_write = os.write
+
+    def recording_write(fd, data):
+        if fd == write_end:
+            writes.append(data)
+        return real_write(fd, data)
+
+    try:
+        os.write = recording_write
+        stream.write("\n".join(lines) + "\n")
+        assert stream.flush(timeout=5)
+    finally:
+        os.write = real_write
+        os.close(write_end)
+    assert read_stream(read_end).splitlines() == lines
+    os.close(read_end)
+    assert len(writes) > 1
+    assert all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)

@@ -1,5 +1,6 @@
-"""Routing: one spelling per route, no redirects, a pod id is one path segment,
-and the request's Host is checked before anything else."""
+"""Routing: one spelling per route, no redirects, a route answers only its own
+methods, a pod id is one path segment, and the request's Host and the form of its
+target are checked before anything else."""
 
 import json
 
@@ -9,6 +10,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 URL = "/agent/v0/pods"
 NOT_FOUND = {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
 POD_NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_found"}
+METHOD_NOT_ALLOWED = {"name": "MethodNotAllowedError", "message": "Method not allowed.", "code": "method_not_allowed"}
 
 # Every one of these is a route's path spelled another way: never a redirect to the
 # route (its Location would be built from the client's Host header), never the route.
@@ -130,4 +132,39 @@ def test_no_host_or_two_hosts_is_400(app, headers, protocol, host):
 )
 def test_one_host_or_none_in_http_1_0_is_fine(app, headers, protocol, host):
     status, body, _ = call(app, protocol, host, URL, headers)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("path,allowed", [
+    (URL, {"GET", "HEAD", "POST"}),
+    (f"{URL}/x", {"GET", "HEAD", "DELETE"}),
+    ("/healthz", {"GET", "HEAD"}),
+    ("/agent/v0/openapi.json", {"GET", "HEAD"}),
+])
+def test_options_is_a_method_no_route_has(client, headers, path, allowed):
+    for hdrs in ({}, headers):
+        r = client.options(path, headers=hdrs)
+        assert (r.status_code, r.json) == (405, METHOD_NOT_ALLOWED)
+        assert r.content_type == "application/json"
+        assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed
+
+
+def test_options_on_no_route_is_404(client):
+    r = client.options("/agent/v0/nowhere")
+    assert (r.status_code, r.json) == (404, NOT_FOUND)
+
+
+@pytest.mark.parametrize("target", ["agent/v0/pods", "agent/v0/pods?limit=1", "healthz", "*", "ftp://x/agent/v0/pods"])
+def test_a_target_neither_a_path_nor_an_absolute_url_is_400(app, headers, target):
+    path = "/" + target.partition("?")[0]
+    status, body, _ = call(app, host="x", path=path, headers=headers, REQUEST_URI=target)
+    assert status == 400
+    assert json.loads(body)["errors"] == {
+        "_request": ['The request target must be a path starting with "/", or an absolute http URL.']
+    }
+
+
+@pytest.mark.parametrize("target", ["/agent/v0/pods", "http://x/agent/v0/pods", "HTTPS://x/agent/v0/pods?limit=1"])
+def test_a_path_or_an_absolute_url_is_a_target(app, headers, target):
+    status, body, _ = call(app, host="x", path=URL, headers=headers, REQUEST_URI=target)
     assert status == 200, body
