@@ -16,7 +16,6 @@ import atexit
 import collections
 import logging
 import os
-import re
 import select
 import threading
 import time

@@ -5,6 +5,8 @@ import threading
 import pytest
 from conftest import storage_of
 
+from pods import close_app, create_app
+
 URL = "/agent/v0/pods"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -186,21 +188,23 @@ def test_client_id_is_free_again_after_delete(client, headers):
     assert client.get(f"{URL}/{second['pod_id']}", headers=headers).json == second
 
 
-def test_concurrent_creates_with_one_client_id_make_one_pod(app, headers, sql):
+def test_concurrent_creates_with_one_client_id_make_one_pod(database, headers, sql):
     threads, answers = 16, []
     barrier = threading.Barrier(threads)
+    app = create_app({"TESTING": True, "DB": database, "THREADS": threads})  # a connection for each
 
     def create():
         barrier.wait()
         r = app.test_client().post(URL, json={"client_id": "race", "name": "n"}, headers=headers)
         answers.append((r.status_code, r.json))
-        storage_of(app).end_request()  # what this thread held
+        storage_of(app).end_thread()
 
     workers = [threading.Thread(target=create) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    close_app(app)
     assert len(answers) == threads
     assert {status for status, _ in answers} == {200}
     assert len({json.dumps(body, sort_keys=True) for _, body in answers}) == 1
