@@ -32,6 +32,7 @@ def postgres():
     try:
         yield dbtools.with_database(dbtools.ADMIN_URL, name)
     finally:
+        dbtools.close_connections()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 

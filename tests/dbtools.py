@@ -41,21 +41,38 @@ def new_schema(run_url: str) -> str:
     return with_schema(run_url, schema)
 
 
+# PostgreSQL: the connections of the last few URLs used, kept (a new one costs milliseconds;
+# tests use one or two databases at a time, and the server allows only so many clients).
+_connections: dict = {}
+KEPT = 4
+
+
 def query(target: str, statement: str, params=()) -> list[tuple]:
     """Rows of ``statement`` (with ``?`` placeholders) on the database ``target``,
     each a tuple, times as the API shows them, bytes as bytes."""
     if is_url(target):
         import psycopg
 
-        with psycopg.connect(target, autocommit=True) as conn:
-            cursor = conn.execute(statement.replace("?", "%s"), params)
-            rows = cursor.fetchall() if cursor.description is not None else []
+        conn = _connections.pop(target, None)
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(target, autocommit=True)
+        _connections[target] = conn  # now the most recent
+        while len(_connections) > KEPT:
+            _connections.pop(next(iter(_connections))).close()
+        cursor = conn.execute(statement.replace("?", "%s"), params)
+        rows = cursor.fetchall() if cursor.description is not None else []
         return [tuple(_plain(value) for value in row) for row in rows]
     conn = sqlite3.connect(target)
     try:
         return [tuple(row) for row in conn.execute(statement, params)]
     finally:
         conn.close()
+
+
+def close_connections() -> None:
+    for conn in _connections.values():
+        conn.close()
+    _connections.clear()
 
 
 def _plain(value):

@@ -11,7 +11,7 @@ from live import Server
 URL = "/agent/v0/pods"
 KEY = "soak-test-key-with-at-least-32-characters"
 CLIENTS = 16
-SECONDS = 6
+SECONDS = 4
 
 
 def test_mixed_traffic_from_many_keep_alive_clients(database, tmp_path):
