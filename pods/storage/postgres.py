@@ -411,17 +411,18 @@ class PostgresStorage:
         return row["revoked_at"] if row else None
 
     def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
         where, params = "org_id = %s AND revoked_at IS NULL", [org_id]
         if pod_id is not None:
-            where += " AND pod_id = %s"
-            params.append(pod_id)
+            where, params = where + " AND pod_id = %s", params + [pod_id]
+        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
+
+    def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
+        """Keyset paging, as SQLiteStorage._page."""
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
         if after is not None:
-            where += f" AND (created_at, key_id) {op} (%s::timestamptz, %s)"
-            params += after
+            where, params = where + f" AND (created_at, {id_column}) {op} (%s::timestamptz, %s)", [*params, *after]
         return self._query(
-            f"SELECT {KEY_COLUMNS} FROM api_key WHERE {where}"
-            f" ORDER BY created_at {order}, key_id {order} LIMIT %s",
+            f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at {order}, {id_column} {order} LIMIT %s",
             (*params, limit),
         )
 
@@ -488,18 +489,10 @@ class PostgresStorage:
         return self._one(f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
 
     def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
         where, params = "org_id = %s", [org_id]
         if pod_id is not None:
-            where += " AND pod_id = %s"
-            params.append(pod_id)
-        if after is not None:
-            where += f" AND (created_at, pod_id) {op} (%s::timestamptz, %s)"
-            params += after
-        return self._query(
-            f"SELECT {POD_COLUMNS} FROM pod WHERE {where} ORDER BY created_at {order}, pod_id {order} LIMIT %s",
-            (*params, limit),
-        )
+            where, params = where + " AND pod_id = %s", params + [pod_id]
+        return self._page("pod", POD_COLUMNS, "pod_id", where, params, ascending, after, limit)
 
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
         if _unstorable(pod_id):

@@ -530,17 +530,20 @@ class SQLiteStorage:
         """Up to ``limit`` of the organization's keys (only ``pod_id``'s, if given)
         in (created_at, key_id) order, after ``after`` (as ``page_pods``). Revoked
         and deleted keys are left out; expired ones are not."""
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
         where, params = "org_id = ? AND revoked_at IS NULL", [org_id]
         if pod_id is not None:
-            where += " AND pod_id = ?"
-            params.append(pod_id)
+            where, params = where + " AND pod_id = ?", params + [pod_id]
+        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
+
+    def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
+        """Keyset paging: up to ``limit`` rows of ``table`` matching ``where``, in
+        (created_at, id) order (descending unless ``ascending``), after ``after``."""
+        op, order = (">", "ASC") if ascending else ("<", "DESC")
         if after is not None:
-            where += f" AND (created_at, key_id) {op} (?, ?)"
-            params += after
+            where, params = where + f" AND (created_at, {id_column}) {op} (?, ?)", [*params, *after]
         return self.connection().execute(
-            f"SELECT {KEY_COLUMNS} FROM api_key WHERE {where}"
-            f" ORDER BY created_at {order}, key_id {order} LIMIT ?",
+            f"SELECT {columns} FROM {table} WHERE {where}"
+            f" ORDER BY created_at {order}, {id_column} {order} LIMIT ?",
             (*params, limit),
         ).fetchall()
 
@@ -627,20 +630,10 @@ class SQLiteStorage:
         ``after`` is the (created_at, pod_id) of the last pod already seen, or None to
         start at the beginning; "after" follows the direction.
         """
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        where = "org_id = ?"
-        params: list = [org_id]
+        where, params = "org_id = ?", [org_id]
         if pod_id is not None:
-            where += " AND pod_id = ?"
-            params.append(pod_id)
-        if after is not None:
-            where += f" AND (created_at, pod_id) {op} (?, ?)"
-            params += after
-        return self.connection().execute(
-            f"SELECT {POD_COLUMNS} FROM pod WHERE {where}"
-            f" ORDER BY created_at {order}, pod_id {order} LIMIT ?",
-            (*params, limit),
-        ).fetchall()
+            where, params = where + " AND pod_id = ?", params + [pod_id]
+        return self._page("pod", POD_COLUMNS, "pod_id", where, params, ascending, after, limit)
 
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
         """Delete the organization's pod and the keys scoped to it, in one
