@@ -36,6 +36,7 @@ def create_app(config: dict | None = None) -> Flask:
     storage.prepare()
     # Shared by every process on this database, so any worker accepts any token.
     app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
+    storage.end_thread()  # this thread serves no request: what it used goes back (a pool's connection)
 
     app.extensions[keyuse.EXTENSION_KEY] = keyuse.KeyUseRecorder(storage, app.config["KEY_USE_FLUSH_SECONDS"])
     app.teardown_appcontext(lambda _exc: storage.end_request())

@@ -99,5 +99,22 @@ def check_grant(caller: Caller, permissions: frozenset | None = None, expires_at
         abort(403, description=f"This API key expires at {caller.expires_at}; it cannot grant a later expiry.")
 
 
+def check_regrant(caller: Caller, key, permissions: frozenset) -> None:
+    """No escalation by update: giving ``key`` (a stored row) the set ``permissions``
+    adds only what the caller has (``check_grant``), and adds nothing at all when the
+    key outlives the caller's own (it would hold the added permissions past the
+    caller's expiry, which creating a key cannot do).
+
+    :raise 403: the update goes beyond the caller's own key.
+    """
+    check_grant(caller, permissions)
+    outlives = caller.expires_at is not None and (key["expires_at"] is None or key["expires_at"] > caller.expires_at)
+    added = permissions - permissions_from(key["permissions"])
+    if outlives and added:
+        shown = ", ".join(name for name in PERMISSIONS if name in added)
+        abort(403, description=f"This API key expires at {caller.expires_at}, before the key it updates;"
+                               f" it can remove permissions from it, not add them: it would add {shown}.")
+
+
 def missing_permission_message(permission: str) -> str:
     return f"This API key does not have the {permission} permission."

@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from . import __version__, accesslog, close_app, create_app, logstream, server
 from .auth import hash_key, new_token, token_prefix
-from .storage import NotEmpty, UnusableDatabase, describe, driver_errors, is_url, open_storage
+from .storage import NotEmpty, UnusableDatabase, describe, driver_errors, error_text, is_url, open_storage
 from .storage.sqlite import backup, companions, database_file_suffix
 
 log = logging.getLogger("pods.cli")
@@ -350,9 +350,7 @@ def _clear_failures(target: str):
     except UnusableDatabase as e:
         raise click.ClickException(str(e)) from None
     except driver_errors() as e:
-        # A driver's message may quote the URL it was given: show it without its password.
-        message = " ".join(str(e).replace(target, describe(target)).split())
-        raise click.ClickException(f"database {describe(target)}: {message}") from None
+        raise click.ClickException(f"database {describe(target)}: {error_text(e, target)}") from None
     except OSError as e:
         raise click.ClickException(f"database {describe(target)}: {e.strerror}") from None
 
@@ -365,7 +363,7 @@ def _bootstrap_key(storage, env_token: str | None) -> None:
         if storage.caller_for_key_hash(key_hash) is None:
             click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
     elif storage.count_api_keys() == 0:
-        _create_key(storage, DEFAULT_ORG)
+        _create_key(storage, DEFAULT_ORG, first=True)
 
 
 class _StdoutUnwritable(Exception):
@@ -378,9 +376,11 @@ def _require_stdout() -> None:
         raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
 
 
-def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None) -> None:
+def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None,
+                first: bool = False) -> None:
     """Store a new key for ``org`` (scoped to ``pod_id``, if given) and print it:
-    once, as the last line.
+    once, as the last line. ``first``: only if the database has no key yet (another
+    server starting at the same moment may have made it).
 
     Storing and showing are one step: the key is committed only once its token has
     been written and flushed to stdout, so no key is ever stored unseen.
@@ -401,7 +401,8 @@ def _create_key(storage, org: str, pod_id: str | None = None, name: str | None =
         shown.append(True)
 
     try:
-        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show)
+        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show,
+                               only_if_first=first)
     except driver_errors() as e:
         if not shown:
             raise
@@ -613,6 +614,8 @@ def copy_command(source, dest):
             if created and is_url(dest):
                 raise click.ClickException(f"database {target.description} does not exist; create it first")
             try:
+                if not created:
+                    target.require_empty()  # before prepare(), which would migrate an older schema
                 target.prepare()  # a new SQLite file (owner-only), or the tables in an empty database
                 with origin.snapshot() as rows_of:
                     counts = target.import_all(rows_of)

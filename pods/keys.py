@@ -8,7 +8,7 @@ it did not exist), the body (413, 415, 400), then no escalation (403).
 
 from flask import Blueprint, abort
 
-from .access import Caller, check_grant, require_organization_scope, stored_permissions
+from .access import Caller, check_grant, check_regrant, require_organization_scope, stored_permissions
 from .api import empty_ok, visible_pod
 from .auth import auth, current_caller, new_token, hash_key, token_prefix
 from .jsonbody import json_body
@@ -136,7 +136,7 @@ def _update(caller: Caller, key):
     fields = api_key_update_schema.load(json_body())
     permissions = fields["permissions"]
     if permissions is not None:
-        check_grant(caller, permissions)
+        check_regrant(caller, key, permissions)
     updated = get_storage().update_key(
         caller.org_id, key["key_id"], fields["name"], stored_permissions(permissions), permissions is not None
     )

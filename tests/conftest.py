@@ -7,7 +7,7 @@ import pytest
 from pods import close_app, create_app
 from pods.auth import hash_key, new_token, token_prefix
 from pods.storage import EXTENSION_KEY
-from pods.storage.postgres import redact
+from pods.storage.url import redact
 
 
 @pytest.fixture(scope="session")

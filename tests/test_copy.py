@@ -3,8 +3,10 @@ while a server writes to the source; keys and page tokens keep working at DEST."
 
 import os
 import re
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,3 +112,16 @@ def test_a_missing_source_is_refused_and_nothing_is_created(tmp_path):
     assert result.returncode == 1 and "does not exist" in result.stderr
     assert os.listdir(tmp_path) == []
 
+
+
+def test_an_older_destination_holding_pods_data_is_refused_before_it_is_migrated_sqlite(tmp_path):
+    source = str(tmp_path / "source.db")
+    assert run_app("init", "--db", source).returncode == 0
+    dest = str(tmp_path / "old-v1.db")
+    shutil.copy(Path(__file__).parent / "fixtures" / "v1.db", dest)
+    before = Path(dest).read_bytes()
+    result = copy(source, dest)
+    assert result.returncode == 1 and "holds pods data" in result.stderr, result.stderr
+    assert "migrating" not in result.stderr
+    assert Path(dest).read_bytes() == before  # still schema version 1, byte for byte
+    assert query(dest, "PRAGMA user_version") == [(1,)]

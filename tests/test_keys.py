@@ -541,6 +541,27 @@ def test_a_key_cannot_create_a_key_that_outlives_it(client, world, new_key, stat
     assert key_count(sql) == len(before[0]) + 4
 
 
+def test_an_expiring_key_cannot_add_permissions_to_a_key_that_outlives_it(client, world, new_key, state):
+    own = stored_time(timedelta(hours=1))
+    caller = new_key("acme", None, ["api_key_update", "pod_read", "pod_delete"], own)
+    forever = new_key("acme", None, ["pod_read"], None, "forever")
+    later = new_key("acme", None, ["pod_read"], stored_time(timedelta(hours=2)), "later")
+    before = state()
+    for target in (forever, later):
+        r = call(client, "PATCH", f"/api-keys/{target.key_id}", caller,
+                 {"permissions": {"pod_read": True, "pod_delete": True}})
+        assert_forbidden(r, f"expires at {own}", "it would add pod_delete")
+    assert state() == before
+    # Removing permissions, or renaming, from such a key is fine.
+    r = call(client, "PATCH", f"/api-keys/{forever.key_id}", caller, {"permissions": {}, "name": "narrowed"})
+    assert r.status_code == 200 and r.json["permissions"] == {} and r.json["name"] == "narrowed"
+    # A key that expires no later than the caller may be given what the caller has.
+    sooner = new_key("acme", None, [], stored_time(timedelta(minutes=30)))
+    r = call(client, "PATCH", f"/api-keys/{sooner.key_id}", caller, {"permissions": {"pod_delete": True}})
+    assert r.status_code == 200 and r.json["permissions"] == {"pod_delete": True}
+    assert call(client, "DELETE", f"/pods/{world.B}", sooner).status_code == 200
+
+
 def test_a_key_that_never_expires_may_grant_any_future_expiry(client, world):
     far = "2999-01-01T00:00:00+02:00"
     made = call(client, "POST", "/api-keys", world.root, {"expires_at": far}).json

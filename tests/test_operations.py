@@ -543,6 +543,23 @@ def test_a_pods_api_key_that_could_never_match_or_is_short_is_refused_at_start(t
     assert not path.exists()
 
 
+def test_servers_starting_together_on_a_new_database_make_one_first_key(database, tmp_path):
+    servers = []
+    threads = [threading.Thread(target=lambda: servers.append(Server(database, workdir=tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(servers) == 3
+        printed = [token for s in servers for token in re.findall(r"^pods_\S+$", s.stdout, re.MULTILINE)]
+        assert len(printed) == 1 and query(database, "SELECT count(*) FROM api_key") == [(1,)]
+        assert httpx.get(servers[0].url + URL, headers={"Authorization": f"Bearer {printed[0]}"}).status_code == 200
+    finally:
+        for s in servers:
+            assert s.stop() == 0
+
+
 def test_a_first_start_with_stdout_closed_stores_no_key(tmp_path):
     path = tmp_path / "closed.db"
     closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, APP, "--db", str(path)]

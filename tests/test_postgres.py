@@ -4,19 +4,23 @@ unreachable, an instance killed) lose nothing acknowledged; passwords stay hidde
 
 import json
 import re
+import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from conftest import new_database
+import dbtools
+from conftest import new_database, storage_of
 from dbtools import query
 from live import Server, run_app
 from tcpproxy import TcpProxy
 
 from pods import close_app, create_app
-from pods.storage import base, sqlite
+from pods.auth import hash_key, token_prefix
+from pods.storage import base, postgres, sqlite
 
 URL = "/agent/v0/pods"
 KEY = "pods_postgres-test-key-0123456789abcdefghijklmn"
@@ -315,6 +319,179 @@ def test_kill_9_of_one_instance_under_write_load_loses_nothing_and_the_others_se
     assert any(pod["client_id"].startswith(f"{b.port}-") for pod in writers.acknowledged[-5:])
 
 
+# -- connections, limits and races -----------------------------------------------------------------
+
+
+@pytest.fixture
+def serving(pg):
+    """serving(**config) -> an app on ``pg`` with its key stored, as a server builds it; closed at the end."""
+    apps = []
+
+    def make(**config):
+        app = create_app({"TESTING": True, "DB": pg, **config})
+        apps.append(app)
+        storage_of(app).insert_api_key("acme", hash_key(KEY), token_prefix(KEY))
+        storage_of(app).end_thread()  # the test's thread holds nothing, like a server's main thread
+        return app
+
+    yield make
+    for app in apps:
+        close_app(app)
+
+
+def in_thread(function):
+    """``function()`` run in a thread of its own, which then ends holding what it took
+    (as a server's request thread holds its connection between requests)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_key_uses_are_recorded_while_every_request_thread_holds_its_connection(serving, pg):
+    app = serving(THREADS=1, KEY_USE_FLUSH_SECONDS=0.05)
+    assert in_thread(lambda: app.test_client().get(URL, headers=AUTH).status_code) == 200
+    deadline = time.monotonic() + 10
+    while query(pg, "SELECT used_at FROM api_key") == [(None,)]:
+        assert time.monotonic() < deadline, "used_at was never recorded"
+        time.sleep(0.05)
+
+
+def test_a_connection_the_server_closed_between_requests_is_replaced_without_a_503(serving, pg):
+    app = serving(THREADS=1)
+    c = app.test_client()
+    assert c.get(URL, headers=AUTH).status_code == 200  # this thread now keeps a connection
+    assert c.get("/healthz").status_code == 200
+    for request in (lambda: c.get(URL, headers=AUTH), lambda: c.get("/healthz"),
+                    lambda: c.post(URL, json={"name": "after a restart"}, headers=AUTH)):
+        assert terminate_pods_connections(pg)
+        r = request()
+        assert r.status_code == 200, r.json
+
+
+def test_serving_connections_bound_statements_and_lock_waits_and_notice_a_silent_network(serving, pg, monkeypatch):
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT", "300ms")
+    app = serving(THREADS=1)
+    conn = storage_of(app).connection()
+    assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "300ms"
+    assert conn.execute("SHOW lock_timeout").fetchone()["lock_timeout"] == "300ms"
+    assert {"keepalives=1", "keepalives_idle=5", "tcp_user_timeout=10000", "application_name=pods"} <= set(
+        conn.info.dsn.split())
+    storage_of(app).end_thread()
+    # A table locked by someone else: a create waits 300 ms, then 503, and changes nothing.
+    import psycopg
+
+    with psycopg.connect(pg) as blocker:
+        blocker.execute("LOCK TABLE pod IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        r = app.test_client().post(URL, json={"name": "blocked"}, headers=AUTH)
+        waited = time.monotonic() - started
+    assert (r.status_code, r.json["name"]) == (503, "ServiceUnavailableError")
+    assert 0.25 < waited < 3
+    assert query(pg, "SELECT count(*) FROM pod") == [(0,)]
+    assert app.test_client().post(URL, json={"name": "free"}, headers=AUTH).status_code == 200
+
+
+def test_a_urls_own_connection_settings_win(pg):
+    storage = postgres.PostgresStorage(pg + "&connect_timeout=2&keepalives_idle=30")
+    try:
+        dsn = set(storage.connection().info.dsn.split())
+        assert {"connect_timeout=2", "keepalives_idle=30", "keepalives_count=2"} <= dsn
+    finally:
+        storage.close()
+
+
+def race(app, first, second, rounds=30):
+    """Each round: set_up() -> x, then first(client, x) and second(client, x) at once,
+    from two request threads (which keep their connections, as a server's do).
+    Returns [(first's answer, second's answer)] per round."""
+    barrier = threading.Barrier(2)
+
+    def at_once(request, x):
+        barrier.wait()
+        return request(app.test_client(), x)
+
+    with ThreadPoolExecutor(2) as pool:
+        return [
+            tuple(f.result() for f in [pool.submit(at_once, first, x), pool.submit(at_once, second, x)])
+            for x in range(rounds)
+        ]
+
+
+def test_a_key_made_for_a_pod_being_deleted_is_404_or_deleted_with_it(serving, pg):
+    app = serving(THREADS=2)
+    pods = [app.test_client().post(URL, json={"name": f"doomed {i}"}, headers=AUTH).json["pod_id"] for i in range(30)]
+    answers = race(
+        app,
+        lambda c, i: c.post(f"{URL}/{pods[i]}/api-keys", json={"name": "k"}, headers=AUTH).status_code,
+        lambda c, i: c.delete(f"{URL}/{pods[i]}", headers=AUTH).status_code,
+    )
+    assert {made for made, _ in answers} <= {200, 404} and {deleted for _, deleted in answers} == {200}
+    assert query(pg, "SELECT count(*) FROM api_key WHERE pod_id IS NOT NULL") == [(0,)]
+    assert query(pg, "SELECT count(*) FROM pod") == [(0,)]
+
+
+def test_a_create_racing_the_delete_of_its_client_ids_pod_answers_a_pod(serving, pg):
+    app = serving(THREADS=2)
+    pods = [app.test_client().post(URL, json={"client_id": f"c{i}"}, headers=AUTH).json["pod_id"] for i in range(30)]
+
+    def create(c, i):
+        r = c.post(URL, json={"client_id": f"c{i}"}, headers=AUTH)
+        return r.status_code, r.json.get("client_id")
+
+    answers = race(app, create, lambda c, i: c.delete(f"{URL}/{pods[i]}", headers=AUTH).status_code)
+    assert answers == [((200, f"c{i}"), 200) for i in range(30)]
+
+
+def test_a_read_only_database_is_503_and_healthz_says_so(serving, pg):
+    app = serving(THREADS=1)
+    c = app.test_client()
+    assert c.get(URL, headers=AUTH).status_code == 200  # this thread's connection, kept
+    storage_of(app).connection().execute("SET default_transaction_read_only = on")  # as on a standby
+    r = c.post(URL, json={"name": "nowhere"}, headers=AUTH)
+    assert (r.status_code, r.json["name"]) == (503, "ServiceUnavailableError")
+    health = c.get("/healthz")
+    assert (health.status_code, health.json["name"]) == (503, "ServiceUnavailableError")
+    assert c.get(URL, headers=AUTH).status_code == 200  # reads go on
+    storage_of(app).connection().execute("SET default_transaction_read_only = off")
+    assert c.get("/healthz").status_code == 200
+    assert c.post(URL, json={"name": "somewhere"}, headers=AUTH).status_code == 200
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [0, 2])
+def test_a_version_table_without_exactly_one_row_is_one_line(pg, rows):
+    assert run_app("init", "--db", pg).returncode == 0
+    query(pg, "DELETE FROM pods_schema")
+    for _ in range(rows):
+        query(pg, "INSERT INTO pods_schema VALUES (1)")
+    for args in (["check", "--db", pg], ["--port", "0", "--db", pg]):
+        result = run_app(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert f"pods_schema holds {rows} rows, not 1" in lines[0]
+
+
+def test_a_database_not_in_utf8_is_refused_in_one_line(postgres):
+    admin = postgres.rsplit("/", 1)[0] + "/postgres"
+    name = "pods_latin1_" + secrets.token_hex(3)
+    query(admin, f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        url = postgres.rsplit("/", 1)[0] + "/" + name
+        for args in (["--port", "0", "--db", url], ["init", "--db", url]):
+            result = run_app(*args)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 1 and len(lines) == 1, result.stderr
+            assert "has encoding SQL_ASCII; pods needs UTF8" in lines[0]
+        assert query(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    finally:
+        dbtools.close_connections()
+        query(admin, f"DROP DATABASE {name} WITH (FORCE)")
+
+
 # -- secrets --------------------------------------------------------------------------------------
 
 
@@ -342,6 +519,24 @@ def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
         outputs += [result.stdout, result.stderr]
     assert not any(password in text for text in outputs)
     assert any("***" in text for text in outputs[2:])
+
+
+@pytest.mark.parametrize("url,secret", [
+    ("postgresql://u:s3cr%3At@127.0.0.1:9/x", ["s3cr%3At", "s3cr:t"]),  # percent-encoded
+    ("postgresql://u@127.0.0.1:9/x?password=hunter2&sslmode=disable", ["hunter2"]),  # in the query
+    ("postgresql://u:pa/ss@127.0.0.1:9/x", ["pa/ss", "pa"]),  # unencoded /: libpq takes "pa" for a port
+    ("postgresql://u:p@ss@127.0.0.1:9/x", ["p@ss"]),  # unencoded @
+    ("postgresql://u:p%40ss@[::1", ["p%40ss", "p@ss"]),  # unreadable: no closing ]
+    ("postgresql://u:pa ss@127.0.0.1:9/x", ["pa ss"]),  # unreadable: a space, which libpq quotes
+    ("postgresql://u:a%zzb@127.0.0.1:9/x", ["a%zzb"]),  # unreadable: a bad escape, which libpq quotes
+    ("postgresql://u@127.0.0.1:9/x?password=a%zzb", ["a%zzb"]),
+])
+def test_no_url_however_malformed_shows_its_password_or_a_traceback(url, secret, tmp_path):
+    for args in (["--port", "0", "--db", url], ["check", "--db", url], ["copy", url, str(tmp_path / "x.db")]):
+        result = run_app(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+        assert "***" in lines[0] and not any(part in lines[0] + result.stdout for part in secret), lines[0]
 
 
 def test_check_and_migrate_work_on_postgresql(pg):

@@ -10,10 +10,11 @@ import sys
 from flask import current_app
 
 from .base import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
+from .url import redact, scrub
 
 __all__ = [
     "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "get_storage", "is_url", "open_storage", "utc_now", "utc_text",
+    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "utc_now", "utc_text",
 ]
 
 EXTENSION_KEY = "pods.storage"
@@ -35,7 +36,8 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
     Opens nothing yet: connections come on first use. ``read_only``: for commands
     that only read, so that they change nothing at all in a SQLite file.
     ``threads``: serving with that many request threads (PostgreSQL: a pool with a
-    connection for each, and one for the key-use recorder).
+    connection for each, one for the key-use recorder, and one for the main
+    thread's last record of key uses at shutdown).
 
     :raise BackendMissing: a PostgreSQL URL, and psycopg is not installed.
     """
@@ -46,7 +48,7 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
             raise BackendMissing(
                 "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
             ) from None
-        return PostgresStorage(target, max_connections=None if threads is None else threads + 1, read_only=read_only)
+        return PostgresStorage(target, max_connections=None if threads is None else threads + 2, read_only=read_only)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(target, read_only=read_only)
@@ -54,11 +56,13 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
 
 def describe(target: str) -> str:
     """``target`` as messages and logs show it: a URL without its password."""
-    if is_url(target):
-        from .postgres import redact
+    return redact(target) if is_url(target) else target
 
-        return redact(target)
-    return target
+
+def error_text(error: BaseException, target: str) -> str:
+    """A driver's ``error`` about ``target`` as one line, without a URL's password."""
+    text = scrub(str(error), target) if is_url(target) else str(error)
+    return " ".join(text.split())
 
 
 def driver_errors() -> tuple[type[BaseException], ...]:

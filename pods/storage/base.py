@@ -43,6 +43,12 @@ COPY_COLUMNS = {
 TIME_COLUMNS = {"created_at", "updated_at", "expires_at", "used_at", "revoked_at"}
 
 
+def require_no_rows(found: dict[str, int]) -> None:
+    """:raise NotEmpty: a table of ``found`` (rows per table) has rows."""
+    if any(found.values()):
+        raise NotEmpty(", ".join(f"{n} rows in {table}" for table, n in found.items() if n))
+
+
 class CopyMismatch(Exception):
     """What ``copy`` wrote is not what it read."""
 

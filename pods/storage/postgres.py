@@ -7,10 +7,13 @@ indexes, times come from the database server's clock, and the schema is applied
 under an advisory lock, so several instances starting at once apply it once.
 
 Serving, connections come from a psycopg_pool pool, made in the process that uses
-it (after a fork, never inherited). A request borrows one connection for its whole
-length (the key lookup and the view's statements) and gives it back at its end; a
-connection that broke goes back to the pool, which replaces it. An operator
-command uses one connection of its own, and so does applying the schema.
+it (after a fork, never inherited). A request thread keeps one connection from one
+request to the next; a connection that broke goes back to the pool, which replaces
+it. Serving connections bound every statement and every lock wait
+(STATEMENT_TIMEOUT) and notice a silent network within seconds (TCP keepalives and
+tcp_user_timeout), so a stuck server or link costs a request a 503, not a thread
+forever. An operator command uses one connection of its own, without those bounds
+(a migration may take long), and so does applying the schema.
 
 Tables are created in the connection's current schema (``public``, unless the URL
 says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
@@ -21,10 +24,10 @@ import threading
 import uuid
 from contextlib import contextmanager
 from importlib.resources import files
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
@@ -32,27 +35,40 @@ from ..schemafiles import version_history
 from .base import (
     COPY_COLUMNS,
     TIME_COLUMNS,
-    NotEmpty,
     NotPodsDatabase,
     SchemaTooNew,
+    UnusableDatabase,
     counted,
     new_key_id,
+    require_no_rows,
     verified,
 )
+from .url import redact
 
 SCRIPTS = version_history(files(__package__) / "postgres_migrations")
 SCHEMA_VERSION = len(SCRIPTS)
 TABLES = ("organization", "pod", "api_key", "setting")  # in the order their rows can be inserted
 VERSION_TABLE = "pods_schema"
-# pg_advisory_xact_lock key for schema changes: any fixed number; this one spells "pods".
+# pg_advisory_xact_lock keys: any fixed numbers; SCHEMA_LOCK spells "pods".
 SCHEMA_LOCK = 0x706F6473
-CONNECT_TIMEOUT = 5  # seconds to reach the server
+FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
+STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
 CONNECTION_SETTINGS = {
     "autocommit": True,  # a statement alone commits; several go in conn.transaction()
     "row_factory": dict_row,
-    "connect_timeout": CONNECT_TIMEOUT,
+}
+# libpq settings, unless the URL gives its own.
+LIBPQ_DEFAULTS = {
+    "connect_timeout": "5",  # seconds to reach the server
     "application_name": "pods",  # how an operator finds them in pg_stat_activity
+    # A server or link that goes silent is noticed in about 10 seconds, not the
+    # kernel's default two hours (for an idle connection) or 15 minutes (unanswered data).
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "10000",  # milliseconds
 }
 # psycopg_pool retries a lost connection after 1, 2, 4, 8 ... seconds: after an
 # outage of a few seconds, service would come back long after the server did.
@@ -73,7 +89,9 @@ KEY_COLUMNS = (
     f"key_id, prefix, name, pod_id, permissions, {_text('created_at')}, {_text('updated_at')},"
     f" {_text('expires_at')}, {_text('used_at')}"
 )
-NOW = "clock_timestamp()"  # the database server's clock, for every instance alike
+# The database server's clock, for every instance alike; one value throughout a
+# statement, so that a row's created_at and updated_at agree to the microsecond.
+NOW = "statement_timestamp()"
 
 
 def _unstorable(*ids: str) -> bool:
@@ -82,20 +100,27 @@ def _unstorable(*ids: str) -> bool:
     return any("\x00" in i for i in ids)
 
 
-def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced, for every message and log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+def _libpq_settings(url: str) -> dict:
+    """LIBPQ_DEFAULTS that ``url`` does not set itself (a URL libpq cannot read
+    gets them all: connecting then fails with libpq's own message)."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}
+    return {key: value for key, value in LIBPQ_DEFAULTS.items() if key not in given}
+
+
+def _bound_statements(conn: psycopg.Connection) -> None:
+    """A serving connection's limits (the pool's ``configure``)."""
+    conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+    conn.execute(f"SET lock_timeout = '{STATEMENT_TIMEOUT}'")
 
 
 class PostgresStorage:
     """The pods database at the ``postgresql://`` URL ``url`` (see ``base.Storage``)."""
 
-    unavailable = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+    # ReadOnlySqlTransaction: a standby, or a primary set read-only, until failover ends.
+    unavailable = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, psycopg_pool.PoolTimeout)
     target_version = SCHEMA_VERSION
 
     def __init__(self, url: str, max_connections: int | None = None, read_only: bool = False):
@@ -103,6 +128,7 @@ class PostgresStorage:
         None: one connection, for an operator command."""
         self.url = url
         self.description = redact(url)
+        self._settings = {**CONNECTION_SETTINGS, **_libpq_settings(url)}
         self.write_failed = False  # set when a request found the database unavailable; see ping()
         self.max_connections = max_connections
         self._own = None  # the one connection, without a pool
@@ -124,14 +150,15 @@ class PostgresStorage:
                         min_size=1,
                         max_size=self.max_connections,
                         timeout=POOL_WAIT,
-                        kwargs=CONNECTION_SETTINGS,
+                        kwargs=self._settings,
+                        configure=_bound_statements,
                         name="pods",
                         open=True,
                     )
         return self._pool
 
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, **CONNECTION_SETTINGS)
+        return psycopg.connect(self.url, **self._settings)
 
     def connection(self) -> psycopg.Connection:
         """This thread's connection for the current request, borrowed on first use
@@ -144,6 +171,23 @@ class PostgresStorage:
         if conn is None:
             conn = self._local.conn = self.pool().getconn()
         return conn
+
+    def _read(self, statement: str, params=()) -> psycopg.Cursor:
+        """Run a statement that changes nothing, outside a transaction. A connection
+        kept from an earlier request may have been closed by the server meanwhile (a
+        restart, a failover, an idle timeout): then the statement runs once more on
+        a new connection, rather than a 503 for a server that is back."""
+        try:
+            return self.connection().execute(statement, params)
+        except psycopg.OperationalError:
+            conn = getattr(self._local, "conn", None)
+            if conn is None or not conn.broken:
+                raise
+            self._local.conn = None
+            pool = self.pool()
+            pool.putconn(conn)
+            pool.check()  # whatever closed this one likely closed those waiting in the pool too
+            return self.connection().execute(statement, params)
 
     def end_request(self) -> None:
         """A thread keeps its connection from one request to the next (fetching it
@@ -173,10 +217,10 @@ class PostgresStorage:
                 self._pool = None
 
     def _query(self, statement: str, params=()) -> list:
-        return self.connection().execute(statement, params).fetchall()
+        return self._read(statement, params).fetchall()
 
     def _one(self, statement: str, params=()):
-        return self.connection().execute(statement, params).fetchone()
+        return self._read(statement, params).fetchone()
 
     # -- schema ----------------------------------------------------------------------
 
@@ -214,7 +258,13 @@ class PostgresStorage:
                 return 0
             found = ", ".join(sorted(tables)) or "none"
             raise NotPodsDatabase(f"database {self.description} is not a pods database (tables: {found})")
-        version = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()["version"]
+        versions = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchall()
+        if len(versions) != 1:
+            raise NotPodsDatabase(
+                f"database {self.description} is not a pods database as this server knows one:"
+                f" {VERSION_TABLE} holds {len(versions)} rows, not 1"
+            )
+        version = versions[0]["version"]
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"database {self.description} has schema version {version}, "
@@ -237,6 +287,7 @@ class PostgresStorage:
         # A connection of its own: at start, an unreachable server is one clear
         # error at once, not a pool retrying in the background.
         with self._connect() as conn, conn.transaction():
+            self._require_utf8(conn)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             version = self.schema_version(empty_ok=True, conn=conn)
             if version == 0:
@@ -249,6 +300,22 @@ class PostgresStorage:
             conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION,))
 
     migrate = prepare
+
+    def _require_utf8(self, conn) -> None:
+        """Names are any Unicode text: a database in another encoding would refuse
+        some of them, one request at a time (a 500 each), or, in SQL_ASCII, store
+        bytes without checking them.
+
+        :raise UnusableDatabase: it is not UTF8.
+        """
+        encoding = conn.execute("SHOW server_encoding").fetchone()["server_encoding"]
+        if isinstance(encoding, bytes):  # SQL_ASCII: text comes back undecoded
+            encoding = encoding.decode("ascii", "replace")
+        if encoding != "UTF8":
+            raise UnusableDatabase(
+                f"database {self.description} has encoding {encoding}; pods needs UTF8"
+                f" (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+            )
 
     def create(self) -> None:
         """``init``: give an empty database the pods schema.
@@ -269,8 +336,9 @@ class PostgresStorage:
 
     def problems(self) -> list[str]:
         """What is wrong beyond the schema (PostgreSQL enforces the constraints and
-        checks its own pages): nothing to report once the schema checks out."""
+        checks its own pages): nothing to report once the schema and the encoding check out."""
         self.schema_version()
+        self._require_utf8(self.connection())
         return []
 
     def checkpoint(self) -> None:
@@ -297,6 +365,17 @@ class PostgresStorage:
         finally:
             self.end_request()
 
+    def _row_counts(self, conn) -> dict[str, int]:
+        tables = self._tables(conn)
+        return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in COPY_COLUMNS if t in tables}
+
+    def require_empty(self) -> None:
+        """As SQLiteStorage.require_empty."""
+        try:
+            require_no_rows(self._row_counts(self.connection()))
+        finally:
+            self.end_request()
+
     def import_all(self, rows_of) -> dict[str, int]:
         """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
         into this database, which holds no pods data, in one transaction. Returns how
@@ -310,9 +389,7 @@ class PostgresStorage:
         try:
             with conn.transaction():
                 conn.execute(f"LOCK TABLE {', '.join(COPY_COLUMNS)}")  # no instance writes meanwhile
-                found = {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in COPY_COLUMNS}
-                if any(found.values()):
-                    raise NotEmpty(", ".join(f"{n} rows in {table}" for table, n in found.items() if n))
+                require_no_rows(self._row_counts(conn))
                 for table, columns in COPY_COLUMNS.items():
                     marks = ", ".join("%s::timestamptz" if c in TIME_COLUMNS else "%s" for c in columns)
                     with conn.cursor() as cur:
@@ -363,9 +440,13 @@ class PostgresStorage:
 
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,
-                       expires_at: str | None = None, before_commit=None):
+                       expires_at: str | None = None, before_commit=None, only_if_first: bool = False):
         conn = self.connection()
         with conn.transaction():
+            if only_if_first:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (FIRST_KEY_LOCK,))
+                if conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:
+                    return None
             conn.execute(
                 f"INSERT INTO organization (name, created_at) VALUES (%s, {NOW}) ON CONFLICT (name) DO NOTHING",
                 (org_name,),
@@ -436,14 +517,14 @@ class PostgresStorage:
 
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
         # In SET, columns are the row's values before the update.
-        return self._one(
+        return self.connection().execute(
             f"UPDATE api_key SET name = coalesce(%(name)s::text, name),"
             f" permissions = CASE WHEN %(set)s THEN %(permissions)s::text ELSE permissions END,"
             f" updated_at = CASE WHEN coalesce(%(name)s::text, name) IS DISTINCT FROM name"
             f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions) THEN {NOW} ELSE updated_at END"
             f" WHERE key_id = %(key_id)s AND org_id = %(org_id)s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
             {"name": name, "set": set_permissions, "permissions": permissions, "key_id": key_id, "org_id": org_id},
-        )
+        ).fetchone()
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
         cur = self.connection().execute(
@@ -467,21 +548,25 @@ class PostgresStorage:
     def insert_pod(self, org_id: int, name, client_id):
         pod_id = str(uuid.uuid4())
         conn = self.connection()
-        with conn.transaction():
-            # Read committed: when another instance is inserting the same client_id,
-            # this insert waits for it to commit, then does nothing, and the select
-            # (a new snapshot) sees its pod.
-            row = conn.execute(
-                f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
-                f" VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (org_id, client_id) DO NOTHING"
-                f" RETURNING {POD_COLUMNS}",
-                (pod_id, org_id, name or client_id or pod_id, client_id),
-            ).fetchone()
-            if row is None:
+        # Read committed: when another instance is inserting the same client_id,
+        # this insert waits for it to commit, then does nothing, and the select (a
+        # new snapshot) sees its pod. Unless that pod was deleted in between: then
+        # the insert is tried again.
+        for _ in range(3):
+            with conn.transaction():
                 row = conn.execute(
-                    f"SELECT {POD_COLUMNS} FROM pod WHERE org_id = %s AND client_id = %s", (org_id, client_id)
+                    f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
+                    f" VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (org_id, client_id) DO NOTHING"
+                    f" RETURNING {POD_COLUMNS}",
+                    (pod_id, org_id, name or client_id or pod_id, client_id),
                 ).fetchone()
-        return row
+                if row is None:
+                    row = conn.execute(
+                        f"SELECT {POD_COLUMNS} FROM pod WHERE org_id = %s AND client_id = %s", (org_id, client_id)
+                    ).fetchone()
+            if row is not None:
+                return row
+        raise psycopg.errors.SerializationFailure(f"client_id {client_id!r} kept being created and deleted")
 
     def find_pod(self, org_id: int, pod_id: str):
         if _unstorable(pod_id):
@@ -499,9 +584,16 @@ class PostgresStorage:
             return False
         conn = self.connection()
         with conn.transaction():
+            # The pod's row first: a key being created for it (insert_api_key holds the
+            # row FOR KEY SHARE) either commits before, and is deleted here, or waits,
+            # then finds no pod.
+            if conn.execute(
+                "SELECT 1 FROM pod WHERE pod_id = %s AND org_id = %s FOR UPDATE", (pod_id, org_id)
+            ).fetchone() is None:
+                return False
             conn.execute("DELETE FROM api_key WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
-            cur = conn.execute("DELETE FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
-        return cur.rowcount == 1
+            conn.execute("DELETE FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
+        return True
 
     def count_pods(self) -> int:
         return self._one("SELECT count(*) AS n FROM pod")["n"]

@@ -23,7 +23,16 @@ from contextlib import contextmanager
 from importlib.resources import files
 
 from ..schemafiles import version_history
-from .base import COPY_COLUMNS, NotEmpty, NotPodsDatabase, SchemaTooNew, counted, new_key_id, utc_now, verified
+from .base import (
+    COPY_COLUMNS,
+    NotPodsDatabase,
+    SchemaTooNew,
+    counted,
+    new_key_id,
+    require_no_rows,
+    utc_now,
+    verified,
+)
 
 BUSY_TIMEOUT_MS = 5000
 PROBE_BUSY_TIMEOUT_MS = 500  # a health check answers within a second, locked or not
@@ -417,6 +426,19 @@ class SQLiteStorage:
         finally:
             conn.execute("COMMIT")
 
+    @staticmethod
+    def _row_counts(conn) -> dict[str, int]:
+        tables = _tables(conn)
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COPY_COLUMNS if t in tables}
+
+    def require_empty(self) -> None:
+        """``copy``, before ``prepare`` (which would migrate an older schema): read
+        only, whether the database holds pods data.
+
+        :raise NotEmpty: it does.
+        """
+        require_no_rows(self._row_counts(self.connection()))
+
     def import_all(self, rows_of) -> dict[str, int]:
         """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
         into this database, which holds no pods data, in one transaction. Returns how
@@ -428,9 +450,7 @@ class SQLiteStorage:
         copied = dict.fromkeys(COPY_COLUMNS, 0)
         conn = self.connection()
         with write_tx(conn):
-            found = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in COPY_COLUMNS}
-            if any(found.values()):
-                raise NotEmpty(", ".join(f"{n} rows in {table}" for table, n in found.items() if n))
+            require_no_rows(self._row_counts(conn))
             for table, columns in COPY_COLUMNS.items():
                 marks = ", ".join("?" * len(columns))
                 insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
@@ -464,7 +484,7 @@ class SQLiteStorage:
 
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,
-                       expires_at: str | None = None, before_commit=None):
+                       expires_at: str | None = None, before_commit=None, only_if_first: bool = False):
         """Store a key for ``org_name`` (creating the organization if needed), scoped
         to ``pod_id`` if given, named ``name`` (default: its prefix), with the stored
         ``permissions`` (None: every one). Returns the key's row.
@@ -472,13 +492,18 @@ class SQLiteStorage:
         Idempotent on ``key_hash``: storing the same key again returns the stored one
         unchanged (a revoked key stays revoked), except that a key made before its
         prefix was kept gets it now. ``before_commit(row)``, if given, runs inside the
-        transaction: if it raises, nothing is stored.
+        transaction: if it raises, nothing is stored. ``only_if_first``: store it only
+        if no key exists at all (a new database's first key), else return None;
+        decided in the same transaction, so that of several servers starting at
+        once on a new database, one makes a key.
 
         :raise LookupError: ``pod_id`` names no pod of the organization.
         """
         now = utc_now()
         conn = self.connection()
         with write_tx(conn):
+            if only_if_first and conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:
+                return None
             conn.execute(
                 "INSERT INTO organization (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (org_name, now),

@@ -1,0 +1,64 @@
+"""A PostgreSQL URL's password kept out of every message and log line.
+
+Both functions read the URL as text, without libpq: they must work on a URL that
+libpq cannot read, or misreads (a password with an unencoded ``/`` or ``@`` makes
+libpq take part of it for a host or a port, which its messages then quote). So
+they treat as secret, generously, everything that could be a password: the text
+between the first ``:`` after ``://`` and the last ``@``, and every ``password=``
+value in the query.
+"""
+
+import re
+from urllib.parse import unquote
+
+MASK = "***"
+QUOTED = re.compile(r"""(["'])(.*?)\1""")  # how libpq and psycopg quote a value in a message
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    spans = []
+    start = url.find("://") + 3
+    colon, at = url.find(":", start), url.rfind("@")
+    if -1 < colon < at:
+        spans.append((colon + 1, at))
+    spans += [m.span(1) for m in re.finditer(r"[?&]password=([^&#]*)", url, re.IGNORECASE)]
+    merged = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def redact(url: str) -> str:
+    """``url`` with whatever could be its password replaced by ``***``."""
+    out, end = [], 0
+    for a, b in _secret_spans(url):
+        out += [url[end:a], MASK]
+        end = b
+    return "".join(out) + url[end:]
+
+
+def scrub(message: str, url: str) -> str:
+    """A driver's ``message`` about ``url``, with the URL redacted and any quoted
+    fragment of its password (libpq quotes the token it could not read) masked."""
+    message = message.replace(url, redact(url))
+    spans = _secret_spans(url)
+    if not spans:
+        return message
+    secrets = [url[a:b] for a, b in spans]
+    secrets += [unquote(s) for s in secrets]
+
+    def hide(quoted: re.Match) -> str:
+        text = quoted.group(2)
+        overlaps = any(
+            a < i + len(text) and i < b
+            for i in (m.start() for m in re.finditer(re.escape(text), url)) if text
+            for a, b in spans
+        )
+        if overlaps or any(text and s and (text in s or s in text) for s in secrets):
+            return quoted.group(1) + MASK + quoted.group(1)
+        return quoted.group(0)
+
+    return QUOTED.sub(hide, message)
