@@ -5,7 +5,8 @@
 Needs wrk (Debian: apt-get install wrk) and a PostgreSQL server (default: the local
 one, user postgres); a database of its own is made for the run and dropped. Both
 backends start from the same 1,000 pods (the PostgreSQL database is filled with
-``copy``). Servers, each one process with one thread, as pods runs by default:
+``copy``). Servers, each one process with its backend's default threads (SQLite 1,
+PostgreSQL 4; ``--pg-threads`` to try others):
   sqlite, sqlite-writes   the SQLite backend (creates on a copy of their own)
   pg, pg-writes           the PostgreSQL backend (creates in a schema of their own)
   pg-a, pg-b              two more instances on the reading database, loaded together
@@ -32,6 +33,7 @@ sys.path.insert(0, str(BENCH))
 
 import psycopg  # noqa: E402
 import run  # noqa: E402
+from pods.cli import THREADS_DEFAULT, THREADS_DEFAULT_POSTGRES  # noqa: E402
 
 
 def schema_url(database_url: str, schema: str) -> str:
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a server where a database may be made for the run")
+    parser.add_argument("--pg-threads", type=int, default=THREADS_DEFAULT_POSTGRES,
+                        help="request threads of each PostgreSQL server")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -65,12 +69,12 @@ def main() -> None:
             subprocess.run([sys.executable, BENCH.parent / "app.py", "copy", work / "small.db", dest],
                            check=True, capture_output=True)
         procs = {
-            "sqlite": run.pods_server("sqlite", work / "small.db", work, 1),
-            "sqlite-writes": run.pods_server("sqlite-writes", work / "writes.db", work, 1),
-            "pg": run.pods_server("pg", reads, work, 1),
-            "pg-writes": run.pods_server("pg-writes", writes, work, 1),
-            "pg-a": run.pods_server("pg-a", reads, work, 1),
-            "pg-b": run.pods_server("pg-b", reads, work, 1),
+            "sqlite": run.pods_server("sqlite", work / "small.db", work, THREADS_DEFAULT),
+            "sqlite-writes": run.pods_server("sqlite-writes", work / "writes.db", work, THREADS_DEFAULT),
+            "pg": run.pods_server("pg", reads, work, args.pg_threads),
+            "pg-writes": run.pods_server("pg-writes", writes, work, args.pg_threads),
+            "pg-a": run.pods_server("pg-a", reads, work, args.pg_threads),
+            "pg-b": run.pods_server("pg-b", reads, work, args.pg_threads),
         }
         get_env = {"BENCH_IDS": str(work / "ids.txt")}
         results: dict = {}

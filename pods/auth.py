@@ -18,6 +18,7 @@ from .accesslog import CALLER_ENVIRON_KEY
 from .errors import error_response
 from .keyuse import EXTENSION_KEY as KEY_USE
 from .storage import get_storage
+from .storage.base import path_pod
 
 TOKEN_PREFIX = "pods_"
 
@@ -73,9 +74,14 @@ auth = ExactBearerAuth(scheme="Bearer")
 
 @auth.verify_token
 def verify_token(token: str) -> Caller | None:
-    row = get_storage().caller_for_key_hash(hash_key(token))
+    # The pod the path names, if any, is read in the same statement as the key
+    # (api.visible_pod uses it): one round trip for a request on one pod.
+    pod_id = request.view_args.get("pod_id") if request.view_args else None
+    row = get_storage().caller_for_key_hash(hash_key(token), pod_id)
     if row is None:
         return None
+    if pod_id is not None:
+        g.path_pod = (pod_id, path_pod(row))
     caller = request.environ[CALLER_ENVIRON_KEY] = Caller.from_row(row)  # also for the access log
     current_app.extensions[KEY_USE].used(caller.key_id, caller.used_at)
     return caller

@@ -42,7 +42,7 @@ def test_unexpected_failure_is_json_500_without_a_traceback(app, client, headers
     def broken(*args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(storage_of(app), "find_pod", broken)
+    monkeypatch.setattr(storage_of(app), "caller_for_key_hash", broken)
     r = client.get(f"/agent/v0/pods/{pod['pod_id']}", headers=headers)
     assert_error(r, 500, "InternalServerError", "internal_server_error")
     assert b"secret internals" not in r.data and b"Traceback" not in r.data

@@ -939,17 +939,19 @@ def test_a_pod_and_its_keys_are_deleted_in_one_transaction(app, client, world, s
 
 
 def test_a_pod_deleted_meanwhile_makes_no_key(app, client, world, state, monkeypatch):
-    """The pod is looked up, then deleted by another request, then the key is stored:
-    the store refuses, and the answer is 404, as for any pod that does not exist."""
+    """The pod is looked up (with the key), then deleted by another request, then the
+    key is stored: the store refuses, and the answer is 404, as for any pod that does
+    not exist."""
     storage = storage_of(app)
-    find_pod = storage.find_pod
+    caller_for_key_hash = storage.caller_for_key_hash
 
-    def found_then_deleted(org_id, pod_id):
-        pod = find_pod(org_id, pod_id)
-        storage.delete_pod(org_id, pod_id)
-        return pod
+    def found_then_deleted(key_hash, pod_id=None):
+        row = caller_for_key_hash(key_hash, pod_id)
+        assert row["path_pod_id"] == pod_id
+        storage.delete_pod(row["org_id"], pod_id)
+        return row
 
-    monkeypatch.setattr(storage, "find_pod", found_then_deleted)
+    monkeypatch.setattr(storage, "caller_for_key_hash", found_then_deleted)
     r = call(client, "POST", f"/pods/{world.B}/api-keys", world.root, {"name": "late"})
     assert (r.status_code, r.json) == (404, POD_NOT_FOUND)
     monkeypatch.undo()

@@ -391,7 +391,7 @@ def test_an_unhandled_exception_logs_one_entry_naming_the_request_safely(app, cl
     def broken(*args):
         raise RuntimeError("secret internals\n2026-11-29T00:00:00.000Z INFO pods.access FORGED TOO")
 
-    monkeypatch.setattr(storage_of(app), "find_pod", broken)
+    monkeypatch.setattr(storage_of(app), "caller_for_key_hash", broken)
     r = client.get(FORGED, headers={**headers, "X-Request-Id": "the-500"})
     assert r.status_code == 500
     lines = log_pipe().splitlines()

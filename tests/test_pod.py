@@ -72,3 +72,30 @@ def test_another_organizations_pod_is_404_and_untouched(client, make_key, create
         assert (r.status_code, r.json) == (404, NOT_FOUND)
     assert client.get(f"{URL}/{pod['pod_id']}", headers=a).json == pod
     assert sql("SELECT count(*) FROM pod") == [(1,)]
+
+
+def statements_run(app, backend, monkeypatch) -> list:
+    """The SQL statements the app runs from now on, in this thread, as they are sent."""
+    from conftest import storage_of
+
+    sent = []
+    if backend == "sqlite":
+        storage_of(app).connection().set_trace_callback(sent.append)
+    else:
+        import psycopg
+
+        execute = psycopg.Connection.execute
+        monkeypatch.setattr(psycopg.Connection, "execute",
+                            lambda conn, query, *args, **kwargs: sent.append(query) or execute(conn, query, *args, **kwargs))
+    return sent
+
+
+@pytest.mark.parametrize("found", [True, False])
+def test_a_get_reads_its_key_and_its_pod_in_one_statement(app, client, headers, create, backend, monkeypatch, found):
+    pod = create(name="n")
+    pod_id = pod["pod_id"] if found else "00000000-0000-0000-0000-000000000000"
+    client.get(f"{URL}/{pod['pod_id']}", headers=headers)  # connections made, key use noted
+    sent = statements_run(app, backend, monkeypatch)
+    r = client.get(f"{URL}/{pod_id}", headers=headers)
+    assert (r.status_code, r.json) == ((200, pod) if found else (404, NOT_FOUND))
+    assert len(sent) == 1 and "LEFT JOIN pod" in sent[0]

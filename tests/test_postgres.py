@@ -349,6 +349,11 @@ def in_thread(function):
     return result[0]
 
 
+def test_a_postgresql_server_has_four_request_threads_unless_told(instances):
+    default, told = instances(1)[0], instances(1, "--threads", "2")[0]
+    assert "1 worker(s), 4 thread(s) each)" in default.stdout and "1 worker(s), 2 thread(s) each)" in told.stdout
+
+
 def test_key_uses_are_recorded_while_every_request_thread_holds_its_connection(serving, pg):
     app = serving(THREADS=1, KEY_USE_FLUSH_SECONDS=0.05)
     assert in_thread(lambda: app.test_client().get(URL, headers=AUTH).status_code) == 200

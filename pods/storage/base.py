@@ -90,6 +90,15 @@ def utc_text_of(seconds: float) -> str:
     return utc_text(datetime.fromtimestamp(seconds, UTC))
 
 
+def path_pod(row) -> dict | None:
+    """The pod that ``caller_for_key_hash`` read along with the key (its ``path_pod_*``
+    columns), or None: no such pod in the key's organization."""
+    if row["path_pod_id"] is None:
+        return None
+    return {"pod_id": row["path_pod_id"], "name": row["path_pod_name"], "client_id": row["path_pod_client_id"],
+            "created_at": row["path_pod_created_at"]}
+
+
 class Storage(Protocol):
     """One database, as the server and the CLI use it. Methods that write commit
     before they return; methods are safe to call from any thread."""
@@ -116,8 +125,11 @@ class Storage(Protocol):
 
     # -- keys -----------------------------------------------------------------------
 
-    def caller_for_key_hash(self, key_hash: str):
-        """The key (with its organization) that authenticates a request, or None."""
+    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None):
+        """The key (with its organization) that authenticates a request, or None.
+        With ``pod_id`` (the pod a request's path names), the same statement also
+        reads that pod of the key's organization (``path_pod``), so that a request
+        on one pod costs one round trip to the database, not two."""
 
     def insert_api_key(self, org_name: str, key_hash: str, before_commit=None) -> str:
         """Store a key for ``org_name`` (made if new); idempotent on ``key_hash``."""

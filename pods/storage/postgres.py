@@ -92,6 +92,18 @@ KEY_COLUMNS = (
 # The database server's clock, for every instance alike; one value throughout a
 # statement, so that a row's created_at and updated_at agree to the microsecond.
 NOW = "statement_timestamp()"
+_CALLER_LOOKUP = (
+    f"SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions,"
+    f" {_text('k.expires_at', 'expires_at')}, {_text('k.used_at', 'used_at')}{{pod}}"
+    f" FROM api_key k JOIN organization o ON o.org_id = k.org_id{{join}}"
+    f" WHERE k.key_hash = %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
+)
+CALLER_LOOKUP = _CALLER_LOOKUP.format(pod="", join="")
+CALLER_AND_POD_LOOKUP = _CALLER_LOOKUP.format(
+    pod=f", p.pod_id AS path_pod_id, p.name AS path_pod_name, p.client_id AS path_pod_client_id,"
+        f" {_text('p.created_at', 'path_pod_created_at')}",
+    join=" LEFT JOIN pod p ON p.pod_id = %s AND p.org_id = k.org_id",
+)
 
 
 def _unstorable(*ids: str) -> bool:
@@ -429,14 +441,11 @@ class PostgresStorage:
 
     # -- organizations and keys ---------------------------------------------------
 
-    def caller_for_key_hash(self, key_hash: str):
-        return self._one(
-            f"SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions,"
-            f" {_text('k.expires_at', 'expires_at')}, {_text('k.used_at', 'used_at')}"
-            f" FROM api_key k JOIN organization o ON o.org_id = k.org_id"
-            f" WHERE k.key_hash = %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})",
-            (key_hash,),
-        )
+    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None):
+        if pod_id is None:
+            return self._one(CALLER_LOOKUP, (key_hash,))
+        # An id that cannot be stored (NUL) names no pod: the join finds none.
+        return self._one(CALLER_AND_POD_LOOKUP, (None if _unstorable(pod_id) else pod_id, key_hash))
 
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,

@@ -49,6 +49,17 @@ SCHEMA_VERSION = 1 + len(MIGRATIONS)
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 
 POD_COLUMNS = "pod_id, name, client_id, created_at"
+_CALLER_LOOKUP = (
+    "SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions, k.expires_at, k.used_at{pod}"
+    " FROM api_key k JOIN organization o ON o.org_id = k.org_id{join}"
+    " WHERE k.key_hash = ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
+)
+CALLER_LOOKUP = _CALLER_LOOKUP.format(pod="", join="")
+CALLER_AND_POD_LOOKUP = _CALLER_LOOKUP.format(
+    pod=", p.pod_id AS path_pod_id, p.name AS path_pod_name, p.client_id AS path_pod_client_id,"
+        " p.created_at AS path_pod_created_at",
+    join=" LEFT JOIN pod p ON p.pod_id = ? AND p.org_id = k.org_id",
+)
 KEY_COLUMNS = "key_id, prefix, name, pod_id, permissions, created_at, updated_at, expires_at, used_at"
 
 log = logging.getLogger("pods.db")
@@ -472,15 +483,13 @@ class SQLiteStorage:
 
     # -- organizations and keys ---------------------------------------------------
 
-    def caller_for_key_hash(self, key_hash: str):
+    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None):
         """The key with this hash, with its organization, if it may authenticate a
-        request now (not revoked, not expired), else None."""
-        return self.connection().execute(
-            "SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions, k.expires_at, k.used_at"
-            " FROM api_key k JOIN organization o ON o.org_id = k.org_id"
-            " WHERE k.key_hash = ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)",
-            (key_hash, utc_now()),
-        ).fetchone()
+        request now (not revoked, not expired), else None; with ``pod_id``, also
+        that pod of its organization (``base.path_pod``)."""
+        if pod_id is None:
+            return self.connection().execute(CALLER_LOOKUP, (key_hash, utc_now())).fetchone()
+        return self.connection().execute(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, utc_now())).fetchone()
 
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,

@@ -1,0 +1,98 @@
+"""An earlier version of pods against this one, side by side, on the read paths.
+
+    python bench/compare.py REF [--rounds 5] [--duration 3]
+
+REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
+temporary worktree; the database is seeded (1,000 pods) by REF's own
+``bench/run.py``, so it has REF's schema, and this version gets a copy, which it
+migrates as it starts. Both servers run at once, on SQLite, with their default
+threads; every scenario is run against each in turn, round after round, the order
+flipped each round, so that a noisy machine shifts both alike. Reports each side's
+median req/s and the median of the per-round ratios (this / REF).
+
+Needs wrk (Debian: apt-get install wrk) and git.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import run  # noqa: E402
+
+SCENARIOS = [  # name, wrk script, connections, extra environment
+    ("GET one pod @1", "get_pod.lua", 1, {}),
+    ("GET one pod @8", "get_pod.lua", 8, {}),
+    ("list limit=10 @8", "get_path.lua", 8, {"BENCH_PATH": "/agent/v0/pods?limit=10"}),
+    ("list limit=100 @8", "get_path.lua", 8, {"BENCH_PATH": "/agent/v0/pods?limit=100"}),
+]
+
+
+def seed_with(root: Path, path: Path, pods: int) -> list[str]:
+    """Seed ``path`` with the seed function of the pods at ``root``."""
+    code = (f"import sys; from pathlib import Path; sys.path[:0] = [{str(root / 'bench')!r}, {str(root)!r}];"
+            f"import run; print('\\n'.join(run.seed(Path({str(path)!r}), {pods})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    return out.stdout.split()
+
+
+def server(name: str, root: Path, db: Path, work: Path) -> run.Process:
+    return run.Process(name, [sys.executable, root / "app.py", "--port", "{port}", "--db", db], work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ref")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    commit = subprocess.run(["git", "rev-parse", "--short", args.ref], capture_output=True, text=True,
+                            check=True, cwd=ROOT).stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix="pods-compare-"))
+    before_root = work / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(before_root), commit], check=True, cwd=ROOT)
+    procs = {}
+    try:
+        ids = seed_with(before_root, work / "before.db", 1000)
+        shutil.copy(work / "before.db", work / "this.db")
+        (work / "ids.txt").write_text("\n".join(ids) + "\n")
+        procs[commit] = server("before", before_root, work / "before.db", work)
+        procs["this"] = server("this", ROOT, work / "this.db", work)
+        runs = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}
+        for round_no in range(args.rounds):
+            sides = list(procs) if round_no % 2 == 0 else list(procs)[::-1]
+            for name, script, conns, env in SCENARIOS:
+                for side in sides:
+                    result = run.wrk(procs[side], script, conns, args.duration,
+                                     {"BENCH_IDS": str(work / "ids.txt"), **env})
+                    assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
+                    runs[name][side].append(result["rps"])
+                    print(f"round {round_no + 1} {name:18} {side:8} {result['rps']:7.0f} req/s", file=sys.stderr)
+    finally:
+        for p in procs.values():
+            p.stop()
+        subprocess.run(["git", "worktree", "remove", "--force", str(before_root)], cwd=ROOT)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"| scenario | {commit} req/s median | this req/s median | this / {commit}, median of rounds (min–max) |")
+    print("|---|---|---|---|")
+    for name, by_side in runs.items():
+        ratios = [b / a for a, b in zip(by_side[commit], by_side["this"])]
+        print(f"| {name} | {statistics.median(by_side[commit]):.0f} | {statistics.median(by_side['this']):.0f} |"
+              f" {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+    print(json.dumps({"ref": commit, "rounds": args.rounds, "duration_s": args.duration, "rps": runs}),
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
