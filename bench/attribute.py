@@ -3,9 +3,9 @@
     python bench/attribute.py [--rounds 3]
 
 Variants, each started fresh and loaded with wrk at 8 connections, in interleaved
-rounds: full; no access log (--log-level warning); the key lookup answered from
-memory; the pod lookup answered from memory; both. For attribution only: the
-swapped variants do not authenticate or read pods for real.
+rounds: full; no access log (--log-level warning); the one SQL statement of a GET
+(the key and the pod, read together) answered from memory. For attribution only:
+that variant does not authenticate or read pods for real.
 """
 
 import argparse
@@ -23,7 +23,7 @@ sys.path.insert(0, str(BENCH))
 
 import run  # noqa: E402
 
-VARIANTS = ["full", "no-access-log", "no-key-sql", "no-pod-sql", "no-sql"]
+VARIANTS = ["full", "no-access-log", "no-sql"]
 
 # Runs in the server process: patch, then serve like python app.py.
 LAUNCH = """
@@ -31,12 +31,11 @@ import sys
 sys.path.insert(0, {root!r})
 variant, port, db = sys.argv[1:4]
 from pods.storage.sqlite import SQLiteStorage
-if variant in ("no-key-sql", "no-sql"):
-    caller = {{"org_id": 1, "org_name": "bench", "key_id": "k"}}
-    SQLiteStorage.caller_for_key_hash = lambda self, key_hash: caller
-if variant in ("no-pod-sql", "no-sql"):
-    pod = {{"pod_id": "p", "name": "n", "client_id": None, "created_at": "2026-01-01T00:00:00.000000Z"}}
-    SQLiteStorage.find_pod = lambda self, org_id, pod_id: pod
+if variant == "no-sql":
+    row = {{"org_id": 1, "org_name": "bench", "key_id": "k", "pod_id": None, "permissions": None,
+           "expires_at": None, "used_at": "9999-01-01T00:00:00.000000Z", "path_pod_id": "p",
+           "path_pod_name": "n", "path_pod_client_id": None, "path_pod_created_at": "2026-01-01T00:00:00.000000Z"}}
+    SQLiteStorage.caller_for_key_hash = lambda self, key_hash, pod_id=None: {{**row, "path_pod_id": pod_id}}
 sys.argv = ["app.py", "--port", port, "--db", db] + (["--log-level", "warning"] if variant == "no-access-log" else [])
 from pods.cli import cli
 cli()
