@@ -31,8 +31,8 @@ import pods
 from pods.storage import sqlite as db
 
 ROOT = Path(__file__).resolve().parent.parent
-SQL_FILES = ["schema.sql", *(f"storage/sqlite_migrations/{p.name}"
-                             for p in (ROOT / "pods" / "storage" / "sqlite_migrations").glob("*.sql"))]
+# Every .sql file under pods/: the schema, and each backend's migrations.
+SQL_FILES = sorted(str(p.relative_to(ROOT / "pods")) for p in (ROOT / "pods").rglob("*.sql"))
 # pyproject.toml holds these to the minor version the tests ran against (why: there).
 BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth"]
 
