@@ -13,7 +13,16 @@ from click.core import ParameterSource
 
 from . import __version__, accesslog, close_app, create_app, logstream, server
 from .auth import hash_key, new_token, token_prefix
-from .storage import NotEmpty, UnusableDatabase, describe, driver_errors, error_text, is_url, open_storage
+from .storage import (
+    NotEmpty,
+    UnusableDatabase,
+    describe,
+    driver_errors,
+    error_text,
+    is_url,
+    open_storage,
+    same_database,
+)
 from .storage.sqlite import backup, companions, database_file_suffix
 
 log = logging.getLogger("pods.cli")
@@ -85,17 +94,11 @@ def _db_path(ctx: click.Context, db: str | None) -> str:
     before = root.params["db"]
     if db is None:
         return before
-    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and not _same_target(before, db):
+    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and not same_database(before, db):
         raise click.UsageError(
             f"--db given twice: {describe(before)} before the command name and {describe(db)} after it"
         )
     return db
-
-
-def _same_target(a: str, b: str) -> bool:
-    if is_url(a) or is_url(b):
-        return a == b
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _command_line(*args: str) -> str:
@@ -611,8 +614,7 @@ def copy_command(source, dest):
     empty database, or the schema with no rows; it is created or set up as needed.
     Prints the counts copied, verified on DEST. Page tokens and keys issued before
     keep working against DEST."""
-    if describe(source) == describe(dest) or (not is_url(source) and not is_url(dest)
-                                               and os.path.exists(dest) and os.path.samefile(source, dest)):
+    if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
     with _existing_database(source, read_only=True) as origin:
         with _clear_failures(dest):

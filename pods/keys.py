@@ -135,10 +135,11 @@ def _create(caller: Caller, pod_id: str | None):
 def _update(caller: Caller, key):
     fields = api_key_update_schema.load(json_body())
     permissions = fields["permissions"]
-    if permissions is not None:
-        check_regrant(caller, key, permissions)
+    # Checked on the key as the update finds it: another client may have just changed its permissions.
+    regrant_allowed = None if permissions is None else (lambda current: check_regrant(caller, current, permissions))
     updated = get_storage().update_key(
-        caller.org_id, key["key_id"], fields["name"], stored_permissions(permissions), permissions is not None
+        caller.org_id, key["key_id"], fields["name"], stored_permissions(permissions), permissions is not None,
+        check=regrant_allowed,
     )
     if updated is None:  # deleted meanwhile
         abort(404, description="API key not found.")

@@ -562,6 +562,28 @@ def test_an_expiring_key_cannot_add_permissions_to_a_key_that_outlives_it(client
     assert call(client, "DELETE", f"/pods/{world.B}", sooner).status_code == 200
 
 
+def test_a_regrant_is_checked_against_the_key_as_the_update_finds_it(app, client, world, new_key, sql, monkeypatch):
+    """Another client narrows the key between the caller's read and its update: what
+    was a no-op on the key as read would add a permission to the key as it is."""
+    own = stored_time(timedelta(hours=1))
+    caller = new_key("acme", None, ["api_key_update", "pod_read", "pod_delete"], own)
+    target = new_key("acme", None, ["pod_read", "pod_delete"], None, "forever")
+    storage = storage_of(app)
+    read = storage.find_key
+
+    def read_then_narrowed(org_id, key_id):
+        row = read(org_id, key_id)
+        storage.update_key(org_id, key_id, None, stored_permissions(frozenset({"pod_read"})), True)
+        return row
+
+    monkeypatch.setattr(storage, "find_key", read_then_narrowed)
+    r = call(client, "PATCH", f"/api-keys/{target.key_id}", caller,
+             {"permissions": {"pod_read": True, "pod_delete": True}, "name": "widened"})
+    assert_forbidden(r, f"expires at {own}", "it would add pod_delete")
+    assert sql("SELECT name, permissions FROM api_key WHERE key_id = ?", (target.key_id,)) == [
+        ("forever", stored_permissions(frozenset({"pod_read"})))]
+
+
 def test_a_key_that_never_expires_may_grant_any_future_expiry(client, world):
     far = "2999-01-01T00:00:00+02:00"
     made = call(client, "POST", "/api-keys", world.root, {"expires_at": far}).json

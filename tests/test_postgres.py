@@ -20,7 +20,7 @@ from tcpproxy import TcpProxy
 
 from pods import close_app, create_app
 from pods.auth import hash_key, token_prefix
-from pods.storage import base, postgres, sqlite
+from pods.storage import base, postgres, same_database, sqlite
 
 URL = "/agent/v0/pods"
 KEY = "pods_postgres-test-key-0123456789abcdefghijklmn"
@@ -398,6 +398,23 @@ def test_serving_connections_bound_statements_and_lock_waits_and_notice_a_silent
     assert app.test_client().post(URL, json={"name": "free"}, headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("table", ["api_key", "pod", "organization"])
+def test_healthz_is_503_while_a_table_every_request_reads_is_locked(serving, pg, table):
+    import psycopg
+
+    app = serving(THREADS=1)
+    c = app.test_client()
+    with psycopg.connect(pg) as blocker:
+        blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        r = c.get("/healthz")
+        waited = time.monotonic() - started
+    assert (r.status_code, r.json["name"]) == (503, "ServiceUnavailableError")
+    assert waited < 3
+    assert c.get("/healthz").json == {"status": "ok"}
+    assert c.get(URL, headers=AUTH).status_code == 200
+
+
 def test_a_urls_own_connection_settings_win(pg):
     storage = postgres.PostgresStorage(pg + "&connect_timeout=2&keepalives_idle=30")
     try:
@@ -535,6 +552,11 @@ def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
     ("postgresql://u:pa ss@127.0.0.1:9/x", ["pa ss"]),  # unreadable: a space, which libpq quotes
     ("postgresql://u:a%zzb@127.0.0.1:9/x", ["a%zzb"]),  # unreadable: a bad escape, which libpq quotes
     ("postgresql://u@127.0.0.1:9/x?password=a%zzb", ["a%zzb"]),
+    ("postgresql://u@127.0.0.1:9/x?password=S3C#RETpw", ["S3C", "RETpw"]),  # libpq: "#" is part of the value
+    ("postgresql://u@127.0.0.1:9/x?%70assword=hunter2", ["hunter2"]),  # the name percent-encoded
+    ("postgresql://u@127.0.0.1:9/x?password%3Dhunter2", ["hunter2"]),  # unreadable: no "=", which libpq quotes
+    ("postgresql://u:p?ss@127.0.0.1:9/x?application_name=a@b", ["p?ss"]),  # "?" in the password, "@" in the query
+    ("POSTGRESQL://u:hunter2@127.0.0.1:9/x", ["hunter2"]),  # any case of scheme is a URL, never a file name
 ])
 def test_no_url_however_malformed_shows_its_password_or_a_traceback(url, secret, tmp_path):
     for args in (["--port", "0", "--db", url], ["check", "--db", url], ["copy", url, str(tmp_path / "x.db")]):
@@ -542,6 +564,22 @@ def test_no_url_however_malformed_shows_its_password_or_a_traceback(url, secret,
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
         assert "***" in lines[0] and not any(part in lines[0] + result.stdout for part in secret), lines[0]
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("postgresql://u:one@h/x", "POSTGRESQL://u:two@h/x", True),  # the password and the scheme's case do not count
+    ("postgresql://u@h1/x?application_name=a@b", "postgresql://u@h2/x?application_name=a@b", False),
+    ("postgresql://u@h/x", "postgresql://u@h/y", False),
+    ("postgresql://u@h/x", "x", False),
+])
+def test_same_database_compares_what_libpq_connects_to(a, b, same):
+    assert same_database(a, b) is same and same_database(b, a) is same
+
+
+def test_copy_refuses_one_postgresql_database_however_spelled(pg):
+    assert run_app("init", "--db", pg).returncode == 0
+    result = run_app("copy", with_password(pg, "anything"), "POSTGRESQL" + pg[pg.index(":"):])
+    assert result.returncode == 1 and "SOURCE and DEST are the same database" in result.stderr
 
 
 def test_check_and_migrate_work_on_postgresql(pg):

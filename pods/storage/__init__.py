@@ -5,6 +5,7 @@ The views, authentication and the CLI use a ``Storage`` (``base.py``) and never 
 database driver; each backend module holds every statement it runs.
 """
 
+import os
 import sys
 
 from flask import current_app
@@ -14,7 +15,8 @@ from .url import redact, scrub
 
 __all__ = [
     "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "utc_now", "utc_text",
+    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "same_database", "utc_now",
+    "utc_text",
 ]
 
 EXTENSION_KEY = "pods.storage"
@@ -28,7 +30,34 @@ class BackendMissing(UnusableDatabase):
 
 
 def is_url(target: str) -> bool:
-    return target.startswith(URL_SCHEMES)
+    # Any case: "POSTGRESQL://..." taken for a file name would put its password in messages.
+    return target.lower().startswith(URL_SCHEMES)
+
+
+def _lower_scheme(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}://{rest}"  # libpq knows the scheme in lower case only
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two ``--db`` values name one database: the same file however spelled
+    (relative, symlinked), or URLs that connect alike whatever their password."""
+    if is_url(a) and is_url(b):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            return a == b
+        try:
+            a, b = _lower_scheme(a), _lower_scheme(b)
+            return ({k: v for k, v in conninfo_to_dict(a).items() if k != "password"}
+                    == {k: v for k, v in conninfo_to_dict(b).items() if k != "password"})
+        except Exception:  # a URL libpq cannot read: as written
+            return a == b
+    if is_url(a) or is_url(b):
+        return False
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> Storage:
@@ -48,7 +77,7 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
             raise BackendMissing(
                 "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
             ) from None
-        return PostgresStorage(target, max_connections=None if threads is None else threads + 2, read_only=read_only)
+        return PostgresStorage(_lower_scheme(target), max_connections=None if threads is None else threads + 2, read_only=read_only)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(target, read_only=read_only)

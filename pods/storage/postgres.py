@@ -54,6 +54,7 @@ SCHEMA_LOCK = 0x706F6473
 FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
+PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
 CONNECTION_SETTINGS = {
     "autocommit": True,  # a statement alone commits; several go in conn.transaction()
     "row_factory": dict_row,
@@ -416,12 +417,18 @@ class PostgresStorage:
             self.end_request()
 
     def ping(self) -> None:
-        """Raise one of ``unavailable`` unless the server answers, and, after a request
-        found it unavailable, takes writes again (a write it undoes)."""
+        """Raise one of ``unavailable`` unless the server answers, and reads the tables
+        every request reads (a lock someone holds on one would make each request wait
+        for its 503), and, after a request found it unavailable, takes writes again (a
+        write it undoes)."""
         try:
-            self._one("SELECT 1")
+            self._read("SELECT 1")  # on a kept connection the server closed: retried on a new one
+            conn = self.connection()
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{PING_LOCK_TIMEOUT}'")
+                conn.execute("SELECT (SELECT 1 FROM organization LIMIT 1), (SELECT 1 FROM api_key LIMIT 1),"
+                             " (SELECT 1 FROM pod LIMIT 1)")
             if self.write_failed:
-                conn = self.connection()
                 with conn.transaction():
                     conn.execute("INSERT INTO setting (key, value) VALUES ('healthz-probe', '')"
                                  " ON CONFLICT (key) DO NOTHING")
@@ -524,16 +531,27 @@ class PostgresStorage:
             (key_id, org_id),
         )
 
-    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
-        # In SET, columns are the row's values before the update.
-        return self.connection().execute(
-            f"UPDATE api_key SET name = coalesce(%(name)s::text, name),"
-            f" permissions = CASE WHEN %(set)s THEN %(permissions)s::text ELSE permissions END,"
-            f" updated_at = CASE WHEN coalesce(%(name)s::text, name) IS DISTINCT FROM name"
-            f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions) THEN {NOW} ELSE updated_at END"
-            f" WHERE key_id = %(key_id)s AND org_id = %(org_id)s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
-            {"name": name, "set": set_permissions, "permissions": permissions, "key_id": key_id, "org_id": org_id},
-        ).fetchone()
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool,
+                   check=None):
+        conn = self.connection()
+        with conn.transaction():
+            if check is not None:
+                row = conn.execute(
+                    f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL"
+                    f" FOR UPDATE", (key_id, org_id),
+                ).fetchone()
+                if row is None:
+                    return None
+                check(row)
+            # In SET, columns are the row's values before the update.
+            return conn.execute(
+                f"UPDATE api_key SET name = coalesce(%(name)s::text, name),"
+                f" permissions = CASE WHEN %(set)s THEN %(permissions)s::text ELSE permissions END,"
+                f" updated_at = CASE WHEN coalesce(%(name)s::text, name) IS DISTINCT FROM name"
+                f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions) THEN {NOW} ELSE updated_at END"
+                f" WHERE key_id = %(key_id)s AND org_id = %(org_id)s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
+                {"name": name, "set": set_permissions, "permissions": permissions, "key_id": key_id, "org_id": org_id},
+            ).fetchone()
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
         cur = self.connection().execute(

@@ -232,6 +232,12 @@ def init_db(path: str, create: bool = True) -> None:
         conn.close()
 
 
+def _find_key(conn: sqlite3.Connection, org_id: int, key_id: str):
+    return conn.execute(
+        f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL", (key_id, org_id)
+    ).fetchone()
+
+
 # -- shutdown, checks, backups ----------------------------------------------------
 
 
@@ -583,17 +589,22 @@ class SQLiteStorage:
 
     def find_key(self, org_id: int, key_id: str):
         """The organization's key with this id (not revoked or deleted), or None."""
-        return self.connection().execute(
-            f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL",
-            (key_id, org_id),
-        ).fetchone()
+        return _find_key(self.connection(), org_id, key_id)
 
-    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool):
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool,
+                   check=None):
         """Rename a key (unless ``name`` is None) and, with ``set_permissions``, replace
         its stored permissions; ``updated_at`` moves only if something changed. Returns
-        the key after the change, or None when the organization has no such key."""
+        the key after the change, or None when the organization has no such key.
+        ``check(row)``, given the key as it is now, no other writer in between, may
+        raise to refuse the change (which is then not made)."""
         conn = self.connection()
         with write_tx(conn):
+            if check is not None:
+                row = _find_key(conn, org_id, key_id)
+                if row is None:
+                    return None
+                check(row)
             # In SET, columns are the row's values before the update.
             return conn.execute(
                 f"UPDATE api_key SET name = coalesce(:name, name),"

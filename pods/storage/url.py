@@ -3,9 +3,9 @@
 Both functions read the URL as text, without libpq: they must work on a URL that
 libpq cannot read, or misreads (a password with an unencoded ``/`` or ``@`` makes
 libpq take part of it for a host or a port, which its messages then quote). So
-they treat as secret, generously, everything that could be a password: the text
-between the first ``:`` after ``://`` and the last ``@``, and every ``password=``
-value in the query.
+they treat as secret, generously, everything that could be a password: the user
+information (from the first ``:`` after ``://`` to the ``@`` that ends it) and
+every ``password`` parameter of the query, however its name is percent-encoded.
 """
 
 import re
@@ -15,13 +15,33 @@ MASK = "***"
 QUOTED = re.compile(r"""(["'])(.*?)\1""")  # how libpq and psycopg quote a value in a message
 
 
+def _userinfo_end(url: str, start: int) -> int:
+    """Where the user information ends (its ``@``), or -1. The ``@`` is the last one
+    before the query, which starts at the first ``?`` after the path's first ``/``
+    (a password may hold an unencoded ``?`` or ``/``, a query value an ``@``); when
+    that finds none, the last ``@`` of all."""
+    slash = url.find("/", start)
+    query = url.find("?", slash if slash != -1 else start)
+    at = url.rfind("@", start, query if query != -1 else len(url))
+    return at if at != -1 else url.rfind("@", start)
+
+
 def _secret_spans(url: str) -> list[tuple[int, int]]:
     spans = []
     start = url.find("://") + 3
-    colon, at = url.find(":", start), url.rfind("@")
+    colon, at = url.find(":", start), _userinfo_end(url, start)
     if -1 < colon < at:
         spans.append((colon + 1, at))
-    spans += [m.span(1) for m in re.finditer(r"[?&]password=([^&#]*)", url, re.IGNORECASE)]
+    query = url.find("?", at if at != -1 else start)
+    if query != -1:
+        offset = query + 1
+        for parameter in url[query + 1:].split("&"):  # libpq reads "#" as part of a value, not a fragment
+            name, equals, _ = parameter.partition("=")
+            if unquote(name).strip().lower() == "password":
+                spans.append((offset + len(name) + len(equals), offset + len(parameter)))
+            elif unquote(parameter).strip().lower().startswith("password"):  # "password%3Dx": unreadable
+                spans.append((offset, offset + len(parameter)))
+            offset += len(parameter) + 1
     merged = []
     for a, b in sorted(spans):
         if merged and a <= merged[-1][1]:
