@@ -7,7 +7,9 @@ import threading
 
 class TcpProxy:
     """Forwards 127.0.0.1:``port`` to ``target`` (host, port) until ``cut()``,
-    which closes every connection and refuses new ones until ``restore()``."""
+    which closes every connection and refuses new ones until ``restore()``; or
+    until ``stall()``, after which it takes in every byte and delivers none (a stopped
+    server, a hung link: connections stay open) until ``unstall()``."""
 
     def __init__(self, target: tuple[str, int]):
         self.target = target
@@ -16,6 +18,8 @@ class TcpProxy:
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
         self.open = True
+        self.flowing = threading.Event()
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -37,10 +41,10 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source, sink):
+    def _pipe(self, source, sink):
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -64,6 +68,13 @@ class TcpProxy:
     def restore(self):
         self.open = True
 
+    def stall(self):
+        self.flowing.clear()
+
+    def unstall(self):
+        self.flowing.set()
+
     def close(self):
+        self.unstall()
         self.cut()
         self.listener.close()

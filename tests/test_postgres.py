@@ -375,6 +375,67 @@ def test_a_connection_the_server_closed_between_requests_is_replaced_without_a_5
         assert r.status_code == 200, r.json
 
 
+@pytest.fixture
+def proxied(pg):
+    """(proxy, URL of ``pg`` through it)."""
+    parts = urlsplit(pg)
+    proxy = TcpProxy((parts.hostname, parts.port or 5432))
+    yield proxy, urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    proxy.close()
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_a_server_that_stops_answering_costs_requests_a_503_not_their_thread(serving, proxied, monkeypatch):
+    """Connected, but nothing comes back (a stopped server, a hung link): statement
+    timeouts and keepalives see nothing wrong; the watchdog cuts the connection."""
+    monkeypatch.setattr(postgres, "STALL_LIMIT", 1.0)
+    proxy, url = proxied
+    app = serving(DB=url, THREADS=2)
+    c = app.test_client()
+    assert c.get(URL, headers=AUTH).status_code == 200  # this thread now keeps a connection
+    proxy.stall()
+    for request in (lambda: c.get(URL, headers=AUTH), lambda: c.post(URL, json={"name": "x"}, headers=AUTH),
+                    lambda: c.get("/healthz")):
+        r, waited = timed(request)
+        assert (r.status_code, r.json["name"]) == (503, "ServiceUnavailableError")
+        assert waited < 4
+    proxy.unstall()
+    deadline = time.monotonic() + 20
+    while c.get("/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "service did not resume"
+        time.sleep(0.1)
+    assert [p["name"] for p in c.get(URL, headers=AUTH).json["pods"]] in ([], ["x"])  # the stalled create: either
+    # Shutdown while stalled, with a key use still to record: it ends.
+    assert c.post(URL, json={"name": "y"}, headers=AUTH).status_code == 200
+    proxy.stall()
+    closing = threading.Thread(target=close_app, args=(app,), daemon=True)
+    _, waited = timed(lambda: (closing.start(), closing.join(15)))
+    assert not closing.is_alive() and waited < 10
+
+
+def test_a_stalled_database_lets_the_server_answer_and_stop(instances, proxied):
+    """Requests waiting on a database that stopped answering, and a SIGTERM meanwhile:
+    each request gets its 503 and the server exits."""
+    proxy, url = proxied
+    (server,) = instances(1, db=url)
+    with ThreadPoolExecutor(4) as pool:  # each of its 4 threads keeps a connection
+        assert {r.status_code for r in pool.map(lambda _: httpx.get(server.url + URL, headers=AUTH), range(32))} == {200}
+        proxy.stall()
+        waiting = [pool.submit(httpx.get, server.url + URL, headers=AUTH, timeout=60) for _ in range(4)]
+        time.sleep(1)
+        stopped, waited = timed(lambda: server.stop(timeout=60))
+        answers = [f.result() for f in waiting]
+    assert {(r.status_code, r.json()["name"]) for r in answers} == {(503, "ServiceUnavailableError")}, answers
+    assert stopped == 0 and waited < 20, waited  # postgres.STALL_LIMIT, and a margin for a busy machine
+    assert re.search(r"ERROR pods.db the database server has not answered for 1\d s: connection closed", server.stderr)
+    assert "Traceback" not in server.stderr
+
+
 def test_serving_connections_bound_statements_and_lock_waits_and_notice_a_silent_network(serving, pg, monkeypatch):
     monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT", "300ms")
     app = serving(THREADS=1)

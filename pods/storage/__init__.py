@@ -44,14 +44,12 @@ def same_database(a: str, b: str) -> bool:
     (relative, symlinked), or URLs that connect alike whatever their password."""
     if is_url(a) and is_url(b):
         try:
-            from psycopg.conninfo import conninfo_to_dict
-        except ImportError:
+            from .postgres import connects_to
+        except ImportError:  # without the postgres extra: as written
             return a == b
         try:
-            a, b = _lower_scheme(a), _lower_scheme(b)
-            return ({k: v for k, v in conninfo_to_dict(a).items() if k != "password"}
-                    == {k: v for k, v in conninfo_to_dict(b).items() if k != "password"})
-        except Exception:  # a URL libpq cannot read: as written
+            return connects_to(_lower_scheme(a)) == connects_to(_lower_scheme(b))
+        except ValueError:  # a URL libpq cannot read: as written
             return a == b
     if is_url(a) or is_url(b):
         return False

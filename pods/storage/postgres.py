@@ -11,8 +11,9 @@ it (after a fork, never inherited). A request thread keeps one connection from o
 request to the next; a connection that broke goes back to the pool, which replaces
 it. Serving connections bound every statement and every lock wait
 (STATEMENT_TIMEOUT) and notice a silent network within seconds (TCP keepalives and
-tcp_user_timeout), so a stuck server or link costs a request a 503, not a thread
-forever. An operator command uses one connection of its own, without those bounds
+tcp_user_timeout), and a connection that waits on a server that stopped answering
+is cut (``watchdog.py``), so a stuck server or link costs a request a 503, not a
+thread forever. An operator command uses one connection of its own, without those bounds
 (a migration may take long), and so does applying the schema.
 
 Tables are created in the connection's current schema (``public``, unless the URL
@@ -44,6 +45,7 @@ from .base import (
     verified,
 )
 from .url import redact
+from .watchdog import StallWatchdog
 
 SCRIPTS = version_history(files(__package__) / "postgres_migrations")
 SCHEMA_VERSION = len(SCRIPTS)
@@ -54,6 +56,7 @@ SCHEMA_LOCK = 0x706F6473
 FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
+STALL_LIMIT = 10.0  # seconds a serving connection may wait on the server: twice the longest healthy wait
 PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
 CONNECTION_SETTINGS = {
     "autocommit": True,  # a statement alone commits; several go in conn.transaction()
@@ -123,6 +126,17 @@ def _libpq_settings(url: str) -> dict:
     return {key: value for key, value in LIBPQ_DEFAULTS.items() if key not in given}
 
 
+def connects_to(url: str) -> dict:
+    """The parameters libpq connects with for ``url``, but its password.
+
+    :raise ValueError: libpq cannot read ``url``.
+    """
+    try:
+        return {key: value for key, value in conninfo_to_dict(url).items() if key != "password"}
+    except psycopg.ProgrammingError as e:
+        raise ValueError(str(e)) from None
+
+
 def _bound_statements(conn: psycopg.Connection) -> None:
     """A serving connection's limits (the pool's ``configure``)."""
     conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
@@ -146,6 +160,7 @@ class PostgresStorage:
         self.max_connections = max_connections
         self._own = None  # the one connection, without a pool
         self._pool = None
+        self._watchdog = None  # with the pool
         self._closed = False
         self._pool_lock = threading.Lock()
         self._local = threading.local()
@@ -158,6 +173,7 @@ class PostgresStorage:
                 if self._closed:
                     raise psycopg_pool.PoolClosed(f"the storage for {self.description} is closed")
                 if self._pool is None:
+                    self._watchdog = StallWatchdog(STALL_LIMIT)
                     self._pool = psycopg_pool.ConnectionPool(
                         self.url,
                         min_size=1,
@@ -183,24 +199,25 @@ class PostgresStorage:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.pool().getconn()
+        self._watchdog.busy(conn)
         return conn
 
     def _read(self, statement: str, params=()) -> psycopg.Cursor:
         """Run a statement that changes nothing, outside a transaction. A connection
-        kept from an earlier request may have been closed by the server meanwhile (a
-        restart, a failover, an idle timeout): then the statement runs once more on
-        a new connection, rather than a 503 for a server that is back."""
-        try:
-            return self.connection().execute(statement, params)
-        except psycopg.OperationalError:
-            conn = getattr(self._local, "conn", None)
-            if conn is None or not conn.broken:
-                raise
-            self._local.conn = None
-            pool = self.pool()
-            pool.putconn(conn)
-            pool.check()  # whatever closed this one likely closed those waiting in the pool too
-            return self.connection().execute(statement, params)
+        kept from an earlier request, or waiting in the pool, may have been closed by
+        the server meanwhile (a restart, a failover, an idle timeout): then the
+        statement runs again on the next one, rather than a 503 for a server that is
+        back. Not after the watchdog cut the connection: the server is not answering."""
+        attempts = 1 if self.max_connections is None else self.max_connections + 1
+        for attempt in range(1, attempts + 1):
+            conn = self.connection()
+            try:
+                return conn.execute(statement, params)
+            except psycopg.OperationalError:
+                if attempt == attempts or not conn.broken or self._watchdog.was_cut(conn):
+                    raise
+                self._local.conn = None
+                self._give_back(conn)  # the pool replaces it
 
     def end_request(self) -> None:
         """A thread keeps its connection from one request to the next (fetching it
@@ -208,16 +225,26 @@ class PostgresStorage:
         was left in a transaction: then the pool gets it back, and rolls it back or
         replaces it."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None and (conn.broken or conn.info.transaction_status != TransactionStatus.IDLE):
-            self._local.conn = None
-            self.pool().putconn(conn)
+        if conn is not None:
+            self._watchdog.idle()
+            if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+                self._local.conn = None
+                self._give_back(conn)
 
     def end_thread(self) -> None:
         """This thread is done with the database: its connection goes back to the pool."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            self._watchdog.idle()
             self._local.conn = None
-            self.pool().putconn(conn)
+            self._give_back(conn)
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        pool = self._pool
+        if pool is None:  # closed meanwhile, from another thread
+            conn.close()
+        else:
+            pool.putconn(conn)
 
     def close(self) -> None:
         self.end_thread()
@@ -228,6 +255,7 @@ class PostgresStorage:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+                self._watchdog.stop()
 
     def _query(self, statement: str, params=()) -> list:
         return self._read(statement, params).fetchall()
