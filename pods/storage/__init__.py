@@ -75,7 +75,9 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
             raise BackendMissing(
                 "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
             ) from None
-        return PostgresStorage(_lower_scheme(target), max_connections=None if threads is None else threads + 2, read_only=read_only)
+        return PostgresStorage(
+            _lower_scheme(target), max_connections=None if threads is None else threads + 2, read_only=read_only
+        )
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(target, read_only=read_only)

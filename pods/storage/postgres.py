@@ -13,8 +13,8 @@ it. Serving connections bound every statement and every lock wait
 (STATEMENT_TIMEOUT) and notice a silent network within seconds (TCP keepalives and
 tcp_user_timeout), and a connection that waits on a server that stopped answering
 is cut (``watchdog.py``), so a stuck server or link costs a request a 503, not a
-thread forever. An operator command uses one connection of its own, without those bounds
-(a migration may take long), and so does applying the schema.
+thread forever. An operator command uses one connection of its own, without those
+bounds (a migration may take long), and so does applying the schema.
 
 Tables are created in the connection's current schema (``public``, unless the URL
 says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
