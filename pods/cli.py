@@ -24,6 +24,7 @@ from .storage import (
     same_database,
 )
 from .storage.sqlite import backup, companions, database_file_suffix
+from .storage.url import looks_like_conninfo
 
 log = logging.getLogger("pods.cli")
 
@@ -64,6 +65,11 @@ def _database_target(ctx, param, value):
     # SQLite would take "" and ":memory:" for a database that vanishes with the process.
     if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
         raise click.BadParameter("must name a database file or a postgresql:// URL")
+    # "host=db password=..." would be a SQLite file of that name (the password shown in every message).
+    if value is not None and looks_like_conninfo(value):
+        raise click.BadParameter(
+            "is a libpq key=value connection string; pods takes a URL: postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
     return value
 
 
@@ -275,6 +281,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     _check_env_token(env_token)
     limits["trusted_proxies"] = limits.pop("trusted_proxy")
     limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
+    # The port first: a server refused there must not have made a database and shown its first key.
+    sockets = _listen(host, port, workers)
     _prepare_database(db, env_token)
     config = {"DB": db, "THREADS": threads, "TRUSTED_PROXIES": limits["trusted_proxies"]}
     with _clear_failures(db):
@@ -282,7 +290,6 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
         # worker processes build their own after the fork (SQLite connections
         # must not cross one).
         app = create_app(config) if workers == 1 else None
-    sockets = _listen(host, port, workers)
 
     url_host = f"[{host}]" if ":" in host else host
     serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
@@ -605,8 +612,8 @@ def check_command(ctx, db):
 
 
 @cli.command("copy")
-@click.argument("source")
-@click.argument("dest")
+@click.argument("source", callback=_database_target)
+@click.argument("dest", callback=_database_target)
 def copy_command(source, dest):
     """Copy everything (organizations, keys, pods, settings) from SOURCE to DEST,
     each a SQLite file or a postgresql:// URL, in one consistent read of SOURCE
@@ -622,6 +629,8 @@ def copy_command(source, dest):
             created = not target.exists()
             if created and is_url(dest):
                 raise click.ClickException(f"database {target.description} does not exist; create it first")
+            if is_url(source) and is_url(dest) and target.has_session(origin.session_id()):
+                raise click.ClickException("SOURCE and DEST are the same database")
             try:
                 if not created:
                     target.require_empty()  # before prepare(), which would migrate an older schema

@@ -16,7 +16,7 @@ from pods.storage import is_url
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-def run_app(*args, env=None, timeout=60):
+def run_app(*args, env=None, timeout=60, cwd=None):
     """Run ``python app.py ARGS`` to completion; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, APP, *args],
@@ -24,6 +24,7 @@ def run_app(*args, env=None, timeout=60):
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 

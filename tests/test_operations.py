@@ -23,7 +23,7 @@ from conftest import storage_of
 from dbtools import query
 from live import APP, Server, run_app
 
-from pods import create_app
+from pods import close_app, create_app
 from pods.storage import sqlite as db
 from pods.accesslog import new_request_id
 from pods.auth import hash_key
@@ -373,6 +373,20 @@ def test_backup_replaces_an_existing_file_only_with_force_sqlite(served):
     assert pods_and_keys("precious.db") == pods_and_keys("pods.db")
 
 
+def test_nightly_backups_replace_the_last_one_and_leave_one_file_sqlite(served, tmp_path):
+    for _ in range(3):  # backup, then check reads the copy, then the next night's backup --force
+        result = run_cli("backup", "nightly.db", "--force")
+        assert result.exit_code == 0, result.output
+        assert run_app("check", "--db", "nightly.db").stdout.strip().endswith(": ok")
+        assert sorted(p for p in os.listdir() if p.startswith("nightly")) == ["nightly.db"]
+    assert pods_and_keys("nightly.db") == pods_and_keys("pods.db")
+    restored = str(tmp_path / "restored.db")
+    shutil.copy("nightly.db", restored)
+    close_app(create_app({"DB": restored}))  # restored: served as it is, in WAL mode again
+    assert sqlite3.connect(restored).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert pods_and_keys(restored) == pods_and_keys("pods.db")
+
+
 def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy_sqlite(served):
     Path("busy.db-wal").write_bytes(b"another database's log")
     line = one_line_error(run_cli("backup", "busy.db"))
@@ -489,6 +503,7 @@ def test_port_in_use(tmp_path):
         port = taken.getsockname()[1]
         result = run_app("--port", str(port), "--db", str(tmp_path / "p.db"))
     assert_one_line_failure(result, "cannot listen", str(port), "in use")
+    assert result.stdout == "" and os.listdir(tmp_path) == []  # no database made, no key shown for it
 
 
 def test_database_path_unwritable_sqlite(tmp_path):

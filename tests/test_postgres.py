@@ -3,6 +3,7 @@ contract; start-up applies the schema once; faults (connections killed, the serv
 unreachable, an instance killed) lose nothing acknowledged; passwords stay hidden."""
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -476,6 +477,45 @@ def test_healthz_is_503_while_a_table_every_request_reads_is_locked(serving, pg,
     assert c.get(URL, headers=AUTH).status_code == 200
 
 
+def test_healthz_write_probe_waits_half_a_second_for_a_lock(serving, pg):
+    import psycopg
+
+    app = serving(THREADS=1)
+    storage_of(app).write_failed = True  # a request found the database unavailable
+    with psycopg.connect(pg) as blocker:
+        blocker.execute("LOCK TABLE setting IN ACCESS EXCLUSIVE MODE")
+        r, waited = timed(lambda: app.test_client().get("/healthz"))
+    assert r.status_code == 503 and waited < 2
+    assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_a_transaction_of_several_waits_each_short_is_not_taken_for_a_stall(serving, pg, monkeypatch):
+    """The watchdog times each statement: a delete waiting 0.7 s for the pod's row,
+    then 0.7 s for its key's, is not cut at the 1 s limit."""
+    import psycopg
+
+    monkeypatch.setattr(postgres, "STALL_LIMIT", 1.0)
+    app = serving(THREADS=1)
+    c = app.test_client()
+    pod_id = c.post(URL, json={"name": "slow"}, headers=AUTH).json["pod_id"]
+    storage_of(app).insert_api_key("acme", hash_key("pods_" + "k" * 40), "pods_kkk", None, pod_id)
+    storage_of(app).end_thread()
+    with psycopg.connect(pg) as pod_holder, psycopg.connect(pg) as key_holder:
+        pod_holder.execute("BEGIN")
+        pod_holder.execute("SELECT 1 FROM pod WHERE pod_id = %s FOR UPDATE", (pod_id,))
+        key_holder.execute("BEGIN")
+        key_holder.execute("SELECT 1 FROM api_key WHERE pod_id = %s FOR UPDATE", (pod_id,))
+        releases = [threading.Timer(0.7, pod_holder.commit), threading.Timer(1.4, key_holder.commit)]
+        for timer in releases:
+            timer.start()
+        r, waited = timed(lambda: c.delete(f"{URL}/{pod_id}", headers=AUTH))
+        for timer in releases:
+            timer.join()
+    assert r.status_code == 200, r.json
+    assert waited > 1.3
+    assert query(pg, "SELECT count(*) FROM pod") == [(0,)]
+
+
 def test_a_urls_own_connection_settings_win(pg):
     storage = postgres.PostgresStorage(pg + "&connect_timeout=2&keepalives_idle=30")
     try:
@@ -618,6 +658,9 @@ def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
     ("postgresql://u@127.0.0.1:9/x?password%3Dhunter2", ["hunter2"]),  # unreadable: no "=", which libpq quotes
     ("postgresql://u:p?ss@127.0.0.1:9/x?application_name=a@b", ["p?ss"]),  # "?" in the password, "@" in the query
     ("POSTGRESQL://u:hunter2@127.0.0.1:9/x", ["hunter2"]),  # any case of scheme is a URL, never a file name
+    ("postgresql://u@127.0.0.1:9/x?password=ab&cdSECRET", ["cdSECRET"]),  # unencoded "&": libpq quotes the rest
+    ("postgresql://u@127.0.0.1:9/x?password=ab&cdSECRET=1&sslmode=disable", ["cdSECRET"]),
+    ("postgresql://u@127.0.0.1:9/x?sslpassword=hunter2&sslmode=disable", ["hunter2"]),
 ])
 def test_no_url_however_malformed_shows_its_password_or_a_traceback(url, secret, tmp_path):
     for args in (["--port", "0", "--db", url], ["check", "--db", url], ["copy", url, str(tmp_path / "x.db")]):
@@ -641,6 +684,20 @@ def test_copy_refuses_one_postgresql_database_however_spelled(pg):
     assert run_app("init", "--db", pg).returncode == 0
     result = run_app("copy", with_password(pg, "anything"), "POSTGRESQL" + pg[pg.index(":"):])
     assert result.returncode == 1 and "SOURCE and DEST are the same database" in result.stderr
+    # Spelled so that no reading of the URLs can tell, and empty (the copy would wait on itself forever).
+    query(pg, "TRUNCATE organization, pod, api_key, setting")
+    assert "127.0.0.1" in pg
+    result = run_app("copy", pg, pg.replace("127.0.0.1", "localhost"), timeout=30)
+    assert result.returncode == 1 and "SOURCE and DEST are the same database" in result.stderr
+
+
+def test_a_libpq_connection_string_is_refused_not_taken_for_a_file_name(tmp_path):
+    conninfo = "host=127.0.0.1 user=postgres password=s3cretPW dbname=pods"
+    for args in (["--port", "0", "--db", conninfo], ["check", "--db", conninfo], ["copy", conninfo, "x.db"]):
+        result = run_app(*args, cwd=tmp_path)
+        assert result.returncode == 2 and "libpq key=value connection string" in result.stderr, result.stderr
+        assert "s3cretPW" not in result.stdout + result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_check_and_migrate_work_on_postgresql(pg):

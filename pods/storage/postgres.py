@@ -54,9 +54,10 @@ VERSION_TABLE = "pods_schema"
 # pg_advisory_xact_lock keys: any fixed numbers; SCHEMA_LOCK spells "pods".
 SCHEMA_LOCK = 0x706F6473
 FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
+POOL_CLOSE_WAIT = 1  # seconds shutdown waits for the pool's threads (connecting to a server that may not answer)
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
-STALL_LIMIT = 10.0  # seconds a serving connection may wait on the server: twice the longest healthy wait
+STALL_LIMIT = 10.0  # seconds a serving statement may wait on the server: twice the longest healthy wait
 PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
 CONNECTION_SETTINGS = {
     "autocommit": True,  # a statement alone commits; several go in conn.transaction()
@@ -137,10 +138,16 @@ def connects_to(url: str) -> dict:
         raise ValueError(str(e)) from None
 
 
-def _bound_statements(conn: psycopg.Connection) -> None:
-    """A serving connection's limits (the pool's ``configure``)."""
-    conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
-    conn.execute(f"SET lock_timeout = '{STATEMENT_TIMEOUT}'")
+class WatchedConnection(psycopg.Connection):
+    """A serving connection: each statement tells the watchdog that it waits on the
+    server (a transaction of several statements may take longer than one)."""
+
+    watchdog: StallWatchdog | None = None
+
+    def execute(self, *args, **kwargs):
+        if self.watchdog is not None:
+            self.watchdog.busy(self)
+        return super().execute(*args, **kwargs)
 
 
 class PostgresStorage:
@@ -176,15 +183,22 @@ class PostgresStorage:
                     self._watchdog = StallWatchdog(STALL_LIMIT)
                     self._pool = psycopg_pool.ConnectionPool(
                         self.url,
+                        connection_class=WatchedConnection,
                         min_size=1,
                         max_size=self.max_connections,
                         timeout=POOL_WAIT,
                         kwargs=self._settings,
-                        configure=_bound_statements,
+                        configure=self._configure,
                         name="pods",
                         open=True,
                     )
         return self._pool
+
+    def _configure(self, conn: WatchedConnection) -> None:
+        """A new serving connection's limits (the pool's ``configure``)."""
+        conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+        conn.execute(f"SET lock_timeout = '{STATEMENT_TIMEOUT}'")
+        conn.watchdog = self._watchdog
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, **self._settings)
@@ -253,7 +267,7 @@ class PostgresStorage:
         with self._pool_lock:
             self._closed = True
             if self._pool is not None:
-                self._pool.close()
+                self._pool.close(timeout=POOL_CLOSE_WAIT)
                 self._pool = None
                 self._watchdog.stop()
 
@@ -385,6 +399,20 @@ class PostgresStorage:
     def checkpoint(self) -> None:
         """Nothing to fold back at shutdown: the server owns its write-ahead log."""
 
+    def session_id(self) -> tuple:
+        """This connection's session and tables, as ``has_session`` recognizes them."""
+        row = self._one("SELECT pg_backend_pid() AS pid, backend_start::text AS started, current_schema() AS tables"
+                        " FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        return row["pid"], row["started"], row["tables"]
+
+    def has_session(self, session: tuple) -> bool:
+        """Whether another storage's ``session_id`` is a session of this very database
+        and schema: two URLs may name one database however differently they are
+        spelled (a host name and its address, a default port written out)."""
+        pid, started, tables = session
+        return self._one("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s"
+                         " AND datname = current_database() AND current_schema() = %s", (pid, started, tables))["n"] > 0
+
     @contextmanager
     def snapshot(self):
         """One consistent read of the whole database (``copy``'s source), in one
@@ -458,6 +486,7 @@ class PostgresStorage:
                              " (SELECT 1 FROM pod LIMIT 1)")
             if self.write_failed:
                 with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{PING_LOCK_TIMEOUT}'")
                     conn.execute("INSERT INTO setting (key, value) VALUES ('healthz-probe', '')"
                                  " ON CONFLICT (key) DO NOTHING")
                     conn.execute("DELETE FROM setting WHERE key = 'healthz-probe'")

@@ -301,7 +301,8 @@ def backup(source: sqlite3.Connection, dest: str) -> None:
 
     The copy is one read transaction, so it is consistent while the server keeps
     writing (WAL readers do not block writers). It is written to ``dest.partial``
-    (owner-only), checked, and only then renamed into place.
+    (owner-only), checked, and only then renamed into place: one file, in rollback
+    journal mode (serving it switches it to WAL again).
 
     :raise FileExistsError: ``dest.partial`` exists (left by an interrupted backup).
     :raise OSError: ``dest.partial`` cannot be created.
@@ -313,6 +314,9 @@ def backup(source: sqlite3.Connection, dest: str) -> None:
         out = connect(partial)
         try:
             source.backup(out)
+            # One self-contained file: in WAL mode (the source's), every later reader would leave
+            # -wal and -shm files beside it, and the next backup --force would refuse them.
+            out.execute("PRAGMA journal_mode = DELETE")
         finally:
             out.close()
         copy = connect(partial)  # read back from the file, not from the writer's cache

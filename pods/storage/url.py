@@ -5,7 +5,9 @@ libpq cannot read, or misreads (a password with an unencoded ``/`` or ``@`` make
 libpq take part of it for a host or a port, which its messages then quote). So
 they treat as secret, generously, everything that could be a password: the user
 information (from the first ``:`` after ``://`` to the ``@`` that ends it) and
-every ``password`` parameter of the query, however its name is percent-encoded.
+the value of every ``password`` or ``sslpassword`` parameter of the query, however
+its name is percent-encoded, up to the next parameter libpq knows (a password may
+hold an unencoded ``&``).
 """
 
 import re
@@ -13,6 +15,23 @@ from urllib.parse import unquote
 
 MASK = "***"
 QUOTED = re.compile(r"""(["'])(.*?)\1""")  # how libpq and psycopg quote a value in a message
+SECRET_PARAMETERS = ("password", "sslpassword")
+# libpq's connection parameters (PostgreSQL 17's list): what may follow a password in a query.
+LIBPQ_KEYWORDS = frozenset("""
+    host hostaddr port dbname user password passfile require_auth channel_binding connect_timeout
+    client_encoding options application_name fallback_application_name keepalives keepalives_idle
+    keepalives_interval keepalives_count tcp_user_timeout replication gssencmode sslmode sslnegotiation
+    requiressl sslcompression sslcert sslkey sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni
+    requirepeer ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation service
+    target_session_attrs load_balance_hosts
+""".split())
+
+
+def looks_like_conninfo(target: str) -> bool:
+    """Whether ``target`` is a libpq ``key=value`` connection string (which pods does
+    not take: it would be a SQLite file name, password and all)."""
+    name, equals, _ = target.partition("=")
+    return bool(equals) and name.strip().lower() in LIBPQ_KEYWORDS
 
 
 def _userinfo_end(url: str, start: int) -> int:
@@ -34,13 +53,17 @@ def _secret_spans(url: str) -> list[tuple[int, int]]:
         spans.append((colon + 1, at))
     query = url.find("?", at if at != -1 else start)
     if query != -1:
-        offset = query + 1
+        offset, secret = query + 1, False  # secret: in a password's value, which may hold "&"
         for parameter in url[query + 1:].split("&"):  # libpq reads "#" as part of a value, not a fragment
             name, equals, _ = parameter.partition("=")
-            if unquote(name).strip().lower() == "password":
-                spans.append((offset + len(name) + len(equals), offset + len(parameter)))
-            elif unquote(parameter).strip().lower().startswith("password"):  # "password%3Dx": unreadable
-                spans.append((offset, offset + len(parameter)))
+            name = unquote(name).strip().lower()
+            if equals and name in SECRET_PARAMETERS:
+                secret = True
+                spans.append((offset + parameter.index("=") + 1, offset + len(parameter)))
+            elif equals and name in LIBPQ_KEYWORDS:
+                secret = False
+            elif secret or unquote(parameter).strip().lower().startswith(SECRET_PARAMETERS):
+                spans.append((offset, offset + len(parameter)))  # "password%3Dx": unreadable
             offset += len(parameter) + 1
     merged = []
     for a, b in sorted(spans):
