@@ -451,9 +451,13 @@ def _discard_stdout() -> None:
 def init_command(ctx, db):
     """Create a new database (a SQLite file readable by its owner only, or the
     tables in an empty PostgreSQL database) and a key for the organization
-    "default"; its token is printed once, as the last line."""
+    "default": PODS_API_KEY if set, else a new one, whose token is printed once, as
+    the last line."""
     target = _db_path(ctx, db)
-    _require_stdout()
+    env_token = os.environ.get(API_KEY_VARIABLE)
+    _check_env_token(env_token)
+    if not env_token:
+        _require_stdout()
     with _clear_failures(target):
         storage = open_storage(target)
         try:
@@ -463,12 +467,18 @@ def init_command(ctx, db):
                 f"database {storage.description} already exists; init only creates a new one"
             ) from None
         try:
-            _create_key(storage, DEFAULT_ORG)
+            if env_token:
+                key = storage.insert_api_key(DEFAULT_ORG, hash_key(env_token), token_prefix(env_token))
+            else:
+                _create_key(storage, DEFAULT_ORG)
         except BaseException:
             storage.discard_new()  # made just now: nothing of anyone's is lost
             raise
         finally:
             storage.close()
+    if env_token:
+        with contextlib.suppress(OSError):  # the operator holds this token already
+            click.echo(f'Stored {API_KEY_VARIABLE} as API key {key["key_id"]} for organization "{DEFAULT_ORG}".')
 
 
 @cli.command("migrate")

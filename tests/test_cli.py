@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -276,6 +277,18 @@ def test_init_creates_an_owner_only_database_and_prints_its_first_key(newpath):
     finally:
         conn.close()
     assert [line.split("\t")[1] for line in run("keys", "list", "--db", newpath).output.splitlines()] == ["default"]
+
+
+def test_init_stores_pods_api_key_when_set_and_makes_no_other(newpath):
+    token = "pods_" + "operator-chosen-token-0123456789"
+    result = run("init", "--db", newpath, env={"PODS_API_KEY": token})
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r'Stored PODS_API_KEY as API key \w+ for organization "default"\.\n', result.output)
+    assert token not in result.output and authenticates(newpath, token)
+    assert len(run("keys", "list", "--db", newpath).output.splitlines()) == 1
+    short = run("init", "--db", newpath + "2", env={"PODS_API_KEY": "x"})
+    assert "PODS_API_KEY is 1 character(s) long" in one_line_error(short)
+    assert not os.path.exists(newpath + "2")
 
 
 @pytest.mark.parametrize("content", [None, b""], ids=["a-database", "an-empty-file"])

@@ -704,6 +704,9 @@ def test_check_and_migrate_work_on_postgresql(pg):
     assert run_app("init", "--db", pg).returncode == 0
     assert run_app("check", "--db", pg).stdout.strip().endswith(": ok")
     assert "is current" in run_app("migrate", "--db", pg).stdout
+    query(pg, "ALTER TABLE pod RENAME COLUMN name TO title")
+    broken = run_app("check", "--db", pg)
+    assert broken.returncode == 1 and "schema version 1 without column(s) pod.name" in broken.stderr
     query(pg, "DROP TABLE setting")
     broken = run_app("check", "--db", pg)
     assert broken.returncode == 1 and "without table(s) setting" in broken.stderr

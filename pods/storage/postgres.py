@@ -331,6 +331,16 @@ class PostgresStorage:
                 f"database {self.description} is not a pods database: schema version {version} "
                 f"without table(s) {', '.join(sorted(missing))}"
             )
+        # Version 1 is the only one yet: its columns are those copy moves.
+        rows = conn.execute("SELECT table_name, column_name FROM information_schema.columns"
+                            " WHERE table_schema = current_schema()").fetchall()
+        present = {(row["table_name"], row["column_name"]) for row in rows}
+        missing = {f"{t}.{c}" for t, columns in COPY_COLUMNS.items() for c in columns if (t, c) not in present}
+        if missing:
+            raise NotPodsDatabase(
+                f"database {self.description} is not a pods database: schema version {version} "
+                f"without column(s) {', '.join(sorted(missing))}"
+            )
         return version
 
     def prepare(self) -> None:

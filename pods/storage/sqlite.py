@@ -144,16 +144,20 @@ def _scripts() -> list:
 
 
 @functools.cache
-def _tables_at(version: int) -> frozenset[str]:
-    """The tables schema ``version`` has, found by building it in memory, so that a
-    new migration needs no list kept by hand."""
+def _columns_at(version: int) -> dict[str, frozenset[str]]:
+    """The tables schema ``version`` has, with their columns, found by building it in
+    memory, so that a new migration needs no list kept by hand."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         for script in _scripts()[:version]:
             conn.executescript(script.read_text())
-        return _tables(conn)
+        return {table: _columns(conn, table) for table in _tables(conn)}
     finally:
         conn.close()
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
+    return frozenset(row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,)))
 
 
 def _tables(conn: sqlite3.Connection) -> frozenset[str]:
@@ -187,11 +191,18 @@ def schema_version(conn: sqlite3.Connection, path: str, empty_ok: bool = False) 
             f"database {path} is not a pods database "
             f"(schema version {version}, tables: {_names(tables) or 'none'})"
         )
-    missing = _tables_at(version) - tables
+    expected = _columns_at(version)
+    missing = expected.keys() - tables
     if missing:
         raise NotPodsDatabase(
             f"database {path} is not a pods database: schema version {version} "
             f"without table(s) {_names(missing)}"
+        )
+    missing = [f"{table}.{column}" for table in expected for column in expected[table] - _columns(conn, table)]
+    if missing:
+        raise NotPodsDatabase(
+            f"database {path} is not a pods database: schema version {version} "
+            f"without column(s) {_names(missing)}"
         )
     return version
 
