@@ -433,7 +433,7 @@ def test_a_stalled_database_lets_the_server_answer_and_stop(instances, proxied):
         answers = [f.result() for f in waiting]
     assert {(r.status_code, r.json()["name"]) for r in answers} == {(503, "ServiceUnavailableError")}, answers
     assert stopped == 0 and waited < 20, waited  # postgres.STALL_LIMIT, and a margin for a busy machine
-    assert re.search(r"ERROR pods.db the database server has not answered for 1\d s: connection closed", server.stderr)
+    assert re.search(r"ERROR pods.db the database server has not answered for [89] s: connection closed", server.stderr)
     assert "Traceback" not in server.stderr
 
 

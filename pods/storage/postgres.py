@@ -57,7 +57,9 @@ FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database
 POOL_CLOSE_WAIT = 1  # seconds shutdown waits for the pool's threads (connecting to a server that may not answer)
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
-STALL_LIMIT = 10.0  # seconds a serving statement may wait on the server: twice the longest healthy wait
+# Seconds a serving statement may wait on the server: past STATEMENT_TIMEOUT with a
+# margin, and short enough that a request cut is answered within the shutdown grace.
+STALL_LIMIT = 8.0
 PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
 CONNECTION_SETTINGS = {
     "autocommit": True,  # a statement alone commits; several go in conn.transaction()

@@ -50,7 +50,7 @@ class StallWatchdog:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stopped.wait(min(1.0, self.limit / 4)):
+        while not self._stopped.wait(min(0.5, self.limit / 4)):
             now = time.monotonic()
             with self._lock:  # a thread cannot start its next statement on a connection being cut
                 stalled = [(ident, conn, now - since) for ident, (conn, since) in self._waiting.items()
