@@ -24,7 +24,7 @@ from .storage import (
     same_database,
 )
 from .storage.sqlite import backup, companions, database_file_suffix
-from .storage.url import looks_like_conninfo
+from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
 
@@ -65,10 +65,10 @@ def _database_target(ctx, param, value):
     # SQLite would take "" and ":memory:" for a database that vanishes with the process.
     if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
         raise click.BadParameter("must name a database file or a postgresql:// URL")
-    # "host=db password=..." would be a SQLite file of that name (the password shown in every message).
-    if value is not None and looks_like_conninfo(value):
+    # " postgresql://..." or "host=db password=..." would be a SQLite file of that name, shown in messages.
+    if value is not None and not is_url(value) and looks_like_connection_string(value):
         raise click.BadParameter(
-            "is a libpq key=value connection string; pods takes a URL: postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+            "names a database server, not as pods reads one: write a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
         )
     return value
 
@@ -376,9 +376,14 @@ def _bootstrap_key(storage, env_token: str | None) -> None:
     """Make PODS_API_KEY a key of "default", or give a new database its first key."""
     if env_token:
         key_hash = hash_key(env_token)
-        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))
-        if storage.caller_for_key_hash(key_hash) is None:
+        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))  # unless stored already
+        caller = storage.caller_for_key_hash(key_hash)
+        if caller is None:
             click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
+        elif caller["org_name"] != DEFAULT_ORG or caller["pod_id"] is not None:
+            scope = f"pod {caller['pod_id']} of " if caller["pod_id"] is not None else ""
+            click.echo(f'warning: PODS_API_KEY is already a key of {scope}organization "{_shown(caller["org_name"])}",'
+                       f' not of "{DEFAULT_ORG}"; it stays as it is', err=True)
     elif storage.count_api_keys() == 0:
         _create_key(storage, DEFAULT_ORG, first=True)
 
@@ -639,7 +644,7 @@ def copy_command(source, dest):
             created = not target.exists()
             if created and is_url(dest):
                 raise click.ClickException(f"database {target.description} does not exist; create it first")
-            if is_url(source) and is_url(dest) and target.has_session(origin.session_id()):
+            if is_url(source) and is_url(dest) and origin.is_same_database_as(target):
                 raise click.ClickException("SOURCE and DEST are the same database")
             try:
                 if not created:

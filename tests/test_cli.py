@@ -18,6 +18,7 @@ from conftest import storage_of
 
 from pods import create_app
 from pods.storage import sqlite as db
+from pods.auth import hash_key, token_prefix
 from pods.cli import _bootstrap_key, cli, documented_variables
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
@@ -243,6 +244,42 @@ def test_first_start_creates_and_prints_one_key(newpath, capsys):
     finally:
         storage.close()
     assert authenticates(newpath, token)
+
+
+def test_pods_api_key_that_is_another_organizations_key_is_left_as_it_is_with_a_warning(newpath, capsys):
+    token = "pods_" + "already-acme-s-key-0123456789abcdef"
+    db.init_db(newpath)
+    storage = db.SQLiteStorage(newpath)
+    try:
+        storage.insert_api_key("acme", hash_key(token), token_prefix(token))
+        _bootstrap_key(storage, token)
+        assert capsys.readouterr().err == (
+            'warning: PODS_API_KEY is already a key of organization "acme", not of "default"; it stays as it is\n')
+        assert storage.count_api_keys() == 1
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("target", [
+    " postgresql://u:S3CRET@127.0.0.1/x", "postgresql+psycopg://u:S3CRET@127.0.0.1/x",
+    "jdbc:postgresql://127.0.0.1/x?user=u&password=S3CRET", "postgresql:u:S3CRET@h/x",
+    "host=127.0.0.1 user=postgres password=S3CRET dbname=pods", "sslkeylogfile=/k host=h",
+    "oauth_client_secret=S3CRET", "x password=S3CRET host=h",
+])
+def test_a_database_server_spelled_otherwise_than_a_url_is_refused_not_taken_for_a_file(tmp_path, target):
+    for args in (["--port", "0", "--db", target], ["check", "--db", target], ["copy", target, "x.db"]):
+        result = run_app(*args, cwd=tmp_path)
+        assert result.returncode == 2 and "names a database server, not as pods reads one" in result.stderr, args
+        assert "S3CRET" not in result.stdout + result.stderr
+    result = run_app("--port", "0", cwd=tmp_path, env={"PODS_DB": target})
+    assert result.returncode == 2 and "S3CRET" not in result.stdout + result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_name_with_one_name_value_pair_is_still_a_file(tmp_path):
+    result = run_app("init", "--db", "user=alice.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert run_app("check", "--db", "user=alice.db", cwd=tmp_path).stdout.strip().endswith(": ok")
 
 
 def test_pods_api_key_is_stored_once_across_restarts(newpath, capsys):

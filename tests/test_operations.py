@@ -437,6 +437,9 @@ NOT_PODS_DATABASES = {
                         "has schema version 99, newer than this server's"),
     "missing-table": (lambda p: (shutil.copy(FIXTURE_V1, p), sqlite_file(p, "DROP TABLE setting")),
                       "is not a pods database: schema version 1 without table(s) setting"),
+    "missing-column-with-renamed-cases": (lambda p: (shutil.copy(FIXTURE_V1, p), sqlite_file(
+        p, "ALTER TABLE pod RENAME COLUMN name TO title", "ALTER TABLE pod RENAME COLUMN client_id TO CLIENT_ID")),
+        "is not a pods database: schema version 1 without column(s) pod.name"),  # CLIENT_ID is client_id to SQLite
     "missing-column": (lambda p: (shutil.copy(FIXTURE_V1, p), sqlite_file(p, "ALTER TABLE pod RENAME COLUMN name TO title")),
                        "is not a pods database: schema version 1 without column(s) pod.name"),
 }

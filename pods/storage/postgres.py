@@ -21,6 +21,7 @@ says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
 """
 
 import logging
+import secrets
 import threading
 import uuid
 from contextlib import contextmanager
@@ -297,7 +298,8 @@ class PostgresStorage:
     @staticmethod
     def _tables(conn) -> set[str]:
         rows = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
         ).fetchall()
         return {row["table_name"] for row in rows}
 
@@ -411,19 +413,22 @@ class PostgresStorage:
     def checkpoint(self) -> None:
         """Nothing to fold back at shutdown: the server owns its write-ahead log."""
 
-    def session_id(self) -> tuple:
-        """This connection's session and tables, as ``has_session`` recognizes them."""
-        row = self._one("SELECT pg_backend_pid() AS pid, backend_start::text AS started, current_schema() AS tables"
-                        " FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-        return row["pid"], row["started"], row["tables"]
-
-    def has_session(self, session: tuple) -> bool:
-        """Whether another storage's ``session_id`` is a session of this very database
-        and schema: two URLs may name one database however differently they are
-        spelled (a host name and its address, a default port written out)."""
-        pid, started, tables = session
-        return self._one("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s"
-                         " AND datname = current_database() AND current_schema() = %s", (pid, started, tables))["n"] > 0
+    def is_same_database_as(self, other: "PostgresStorage") -> bool:
+        """Whether ``other`` is this very database and schema, however differently the
+        URLs are spelled (a host name and its address, a default port written out):
+        a lock taken here with a random key is looked for there (pg_locks shows every
+        role's locks)."""
+        conn = self.connection()
+        key = (secrets.randbits(31), secrets.randbits(31))
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+            schema = conn.execute("SELECT current_schema() AS name").fetchone()["name"]
+            return other._one(
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+                " AND classid::bigint = %s AND objid::bigint = %s"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND current_schema() = %s", (*key, schema),
+            )["n"] > 0
 
     @contextmanager
     def snapshot(self):

@@ -157,7 +157,8 @@ def _columns_at(version: int) -> dict[str, frozenset[str]]:
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
-    return frozenset(row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,)))
+    # Lower case: SQLite's names are case-insensitive ("NAME" answers a query for name).
+    return frozenset(row[0].lower() for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,)))
 
 
 def _tables(conn: sqlite3.Connection) -> frozenset[str]:

@@ -27,11 +27,17 @@ LIBPQ_KEYWORDS = frozenset("""
 """.split())
 
 
-def looks_like_conninfo(target: str) -> bool:
-    """Whether ``target`` is a libpq ``key=value`` connection string (which pods does
-    not take: it would be a SQLite file name, password and all)."""
-    name, equals, _ = target.partition("=")
-    return bool(equals) and name.strip().lower() in LIBPQ_KEYWORDS
+def looks_like_connection_string(target: str) -> bool:
+    """Whether ``target``, which is not a ``postgresql://`` URL, was meant for a
+    database server rather than a SQLite file: a URL of any other spelling (a
+    leading blank, ``jdbc:``, ``postgresql+psycopg://``, no ``//``), or a libpq
+    ``key=value`` string (two pairs or more, or a password or secret in one). pods
+    would take it for a file name, and show it, password and all, in messages. One
+    ``name=value`` pair without a secret (``user=alice.db``) stays a file name."""
+    if "://" in target or re.match(r"\s*postgres(ql)?:", target, re.IGNORECASE):
+        return True
+    keys = [key.lower() for key in re.findall(r"(?:^|\s)(\w+)\s*=", target)]
+    return len(keys) >= 2 or any("password" in key or "secret" in key for key in keys)
 
 
 def _userinfo_end(url: str, start: int) -> int:
