@@ -65,6 +65,9 @@ def _database_target(ctx, param, value):
     # SQLite would take "" and ":memory:" for a database that vanishes with the process.
     if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
         raise click.BadParameter("must name a database file or a postgresql:// URL")
+    if value is not None and os.path.isdir(value):  # SQLite would say "disk I/O error"
+        example = os.path.join(value, "pods.db")
+        raise click.BadParameter(f"{value} is a directory; name a database file in it, e.g. {example}")
     # " postgresql://..." or "host=db password=..." would be a SQLite file of that name, shown in messages.
     if value is not None and not is_url(value) and looks_like_connection_string(value):
         raise click.BadParameter(

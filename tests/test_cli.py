@@ -276,6 +276,15 @@ def test_a_database_server_spelled_otherwise_than_a_url_is_refused_not_taken_for
     assert os.listdir(tmp_path) == []
 
 
+def test_a_directory_is_refused_as_a_database_in_one_line(tmp_path):
+    for args in (["--port", "0", "--db", str(tmp_path)], ["keys", "list", "--db", str(tmp_path)],
+                 ["check", "--db", str(tmp_path)], ["copy", str(tmp_path), str(tmp_path / "x.db")]):
+        result = run_app(*args)
+        assert result.returncode == 2, result.stderr
+        assert f"{tmp_path} is a directory; name a database file in it, e.g. {tmp_path}/pods.db" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_file_name_with_one_name_value_pair_is_still_a_file(tmp_path):
     result = run_app("init", "--db", "user=alice.db", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
