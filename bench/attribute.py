@@ -9,10 +9,7 @@ that variant does not authenticate or read pods for real.
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -47,26 +44,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pods-attribute-"))
-    ids = run.seed(work / "a.db", 1000)
-    (work / "ids.txt").write_text("\n".join(ids) + "\n")
+    ids_file = run.write_ids(work, run.seed(work / "a.db", 1000))
     launch = LAUNCH.format(root=str(BENCH.parent))
     results = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            port = run.free_port()
-            proc = subprocess.Popen([sys.executable, "-c", launch, variant, str(port), str(work / "a.db")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f"http://127.0.0.1:{port}"
-            run.wait_for_health(url, proc)
-            out = subprocess.run(
-                ["wrk", "-t1", "-c8", "-d3s", "-s", str(BENCH / "wrk" / "get_pod.lua"), url],
-                capture_output=True, text=True, check=True,
-                env={**os.environ, "BENCH_DIR": str(BENCH), "BENCH_KEY": run.KEY, "BENCH_IDS": str(work / "ids.txt")},
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            results[variant].append(r["requests"] / (r["duration_us"] / 1e6))
-            proc.terminate()
-            proc.wait()
+            target = run.Process(variant, [sys.executable, "-c", launch, variant, "{port}", work / "a.db"], work)
+            try:
+                results[variant].append(run.wrk(target, "get_pod.lua", 8, 3, {"BENCH_IDS": str(ids_file)})["rps"])
+            finally:
+                target.stop()
     for variant in VARIANTS:
         rps = statistics.median(results[variant])
         print(f"{variant:14} {rps:6.0f} req/s  {1e6 / rps:5.0f} us per request")

@@ -26,20 +26,16 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent / "tests"))  # dbtools: URLs naming a database, a schema
 
 import psycopg  # noqa: E402
 import run  # noqa: E402
+from dbtools import with_database, with_schema  # noqa: E402
 from pods.cli import THREADS_DEFAULT, THREADS_DEFAULT_POSTGRES  # noqa: E402
-
-
-def schema_url(database_url: str, schema: str) -> str:
-    parts = urlsplit(database_url)
-    return urlunsplit(parts._replace(query="options=" + quote(f"-c search_path={schema}")))
 
 
 def main() -> None:
@@ -57,15 +53,14 @@ def main() -> None:
     name = f"pods_bench_{secrets.token_hex(3)}"
     admin = psycopg.connect(args.postgres, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
-    database = urlunsplit(urlsplit(args.postgres)._replace(path="/" + name))
+    database = with_database(args.postgres, name)
     procs = {}
     try:
-        ids = run.seed(work / "small.db", 1000)
-        (work / "ids.txt").write_text("\n".join(ids) + "\n")
+        ids_file = run.write_ids(work, run.seed(work / "small.db", 1000))
         shutil.copy(work / "small.db", work / "writes.db")
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA reads; CREATE SCHEMA writes")
-        reads, writes = schema_url(database, "reads"), schema_url(database, "writes")
+        reads, writes = with_schema(database, "reads"), with_schema(database, "writes")
         for dest in (reads, writes):
             subprocess.run([sys.executable, BENCH.parent / "app.py", "copy", work / "small.db", dest],
                            check=True, capture_output=True)
@@ -77,7 +72,7 @@ def main() -> None:
             "pg-a": run.pods_server("pg-a", reads, work, args.pg_threads),
             "pg-b": run.pods_server("pg-b", reads, work, args.pg_threads),
         }
-        get_env = {"BENCH_IDS": str(work / "ids.txt")}
+        get_env = {"BENCH_IDS": str(ids_file)}
         results: dict = {}
 
         def record(scenario, target, rps):

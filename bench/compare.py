@@ -65,7 +65,7 @@ def main() -> None:
     try:
         ids = seed_with(before_root, work / "before.db", 1000)
         shutil.copy(work / "before.db", work / "this.db")
-        (work / "ids.txt").write_text("\n".join(ids) + "\n")
+        ids_file = run.write_ids(work, ids)
         procs[commit] = server("before", before_root, work / "before.db", work)
         procs["this"] = server("this", ROOT, work / "this.db", work)
         runs = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}
@@ -74,7 +74,7 @@ def main() -> None:
             for name, script, conns, env in SCENARIOS:
                 for side in sides:
                     result = run.wrk(procs[side], script, conns, args.duration,
-                                     {"BENCH_IDS": str(work / "ids.txt"), **env})
+                                     {"BENCH_IDS": str(ids_file), **env})
                     assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
                     runs[name][side].append(result["rps"])
                     print(f"round {round_no + 1} {name:18} {side:8} {result['rps']:7.0f} req/s", file=sys.stderr)

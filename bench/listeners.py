@@ -13,7 +13,6 @@ one worker with most of them. Needs wrk (Debian: apt-get install wrk).
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,23 +45,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pods-listeners-"))
-    ids = run.seed(work / "a.db", 1000)
-    (work / "ids.txt").write_text("\n".join(ids) + "\n")
+    ids_file = run.write_ids(work, run.seed(work / "a.db", 1000))
     launch = LAUNCH.format(root=str(BENCH.parent))
     results = {v: [] for v in VARIANTS}
     for round_no in range(args.rounds):
         for variant in VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]:
-            port = run.free_port()
-            proc = subprocess.Popen([sys.executable, "-c", launch, variant, str(port), str(work / "a.db")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            target = run.Process.__new__(run.Process)  # a started server, for run.wrk
-            target.url, target.requests = f"http://127.0.0.1:{port}", 0
+            target = run.Process(variant, [sys.executable, "-c", launch, variant, "{port}", work / "a.db"], work)
             try:
-                run.wait_for_health(target.url, proc)
-                rps = run.wrk(target, "get_pod.lua", 32, args.duration, {"BENCH_IDS": str(work / "ids.txt")})["rps"]
+                rps = run.wrk(target, "get_pod.lua", 32, args.duration, {"BENCH_IDS": str(ids_file)})["rps"]
             finally:
-                proc.terminate()
-                proc.wait()
+                target.stop()
             results[variant].append(rps)
             print(f"round {round_no + 1} {variant:10} {rps:7.0f} req/s", file=sys.stderr)
     print("| --workers 2, GET at 32 | req/s median | lowest run | runs |\n|---|---|---|---|")

@@ -82,6 +82,13 @@ class Process:
         self.log.close()
 
 
+def write_ids(work: Path, ids: list[str]) -> Path:
+    """The pod ids for the GET scenarios, one per line (wrk's BENCH_IDS)."""
+    path = work / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
 def wait_for_health(url: str, proc) -> float:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -184,7 +191,7 @@ def main() -> None:
     # One copy per server, so that one scenario's writes never slow another's reads.
     for copy in ("writes", "writes-2w", "deep-1k", "startup"):
         shutil.copy(work / "small.db", work / f"{copy}.db")
-    (work / "ids.txt").write_text("\n".join(ids) + "\n")
+    ids_file = write_ids(work, ids)
     seed(work / "large.db", 50_000)
     print(f"seeded 1,000 and 50,000 pods in {work}", file=sys.stderr)
 
@@ -211,7 +218,7 @@ def main() -> None:
         }
         pods_before_2w = count_pods(work / "writes-2w.db")
 
-        get_env = {"BENCH_IDS": str(work / "ids.txt")}
+        get_env = {"BENCH_IDS": str(ids_file)}
         scenarios = [
             ("get@1", "get_pod.lua", 1, get_env, ["pods", "ceiling", "stock"]),
             ("get@8", "get_pod.lua", 8, get_env, ["pods", "ceiling", "stock"]),

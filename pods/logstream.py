@@ -97,9 +97,9 @@ class LogStream:
                 # write in one piece even when other workers write to the same pipe.
                 batch = [self._pending.popleft()]
                 size = _size(batch[0])
-                while self._pending and size + _size(self._pending[0]) <= select.PIPE_BUF:
+                while self._pending and size + (next_size := _size(self._pending[0])) <= select.PIPE_BUF:
                     batch.append(self._pending.popleft())
-                    size += _size(batch[-1])
+                    size += next_size
                 if size > select.PIPE_BUF:  # one record longer than that: a traceback
                     pieces = _whole_lines(batch[0])
                 else:

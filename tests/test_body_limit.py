@@ -126,10 +126,15 @@ def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_fi
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(head)
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
+        assert_431_after_writing(s)
+
+
+def assert_431_after_writing(s: socket.socket) -> None:
+    """Done writing on ``s``: what the server answers, read to the end, is its 431."""
+    s.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
     assert answer.startswith(b"HTTP/1.0 431")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
 
@@ -145,12 +150,7 @@ def test_a_head_of_32_kib_is_refused_and_one_just_under_it_is_answered(server):
         s.sendall(head_of(32 * 1024 - 1))
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         s.sendall(head_of(32 * 1024))
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.0 431")
-    assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
+        assert_431_after_writing(s)
 
 
 def test_unfinished_heads_hold_no_memory_beyond_the_head_limit(server):

@@ -97,6 +97,7 @@ KEY_COLUMNS = (
     f"key_id, prefix, name, pod_id, permissions, {_text('created_at')}, {_text('updated_at')},"
     f" {_text('expires_at')}, {_text('used_at')}"
 )
+FIND_KEY = f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL"
 # The database server's clock, for every instance alike; one value throughout a
 # statement, so that a row's created_at and updated_at agree to the microsecond.
 NOW = "statement_timestamp()"
@@ -151,6 +152,11 @@ class WatchedConnection(psycopg.Connection):
         if self.watchdog is not None:
             self.watchdog.busy(self)
         return super().execute(*args, **kwargs)
+
+    def transaction(self, *args, **kwargs):  # its BEGIN waits on the server too
+        if self.watchdog is not None:
+            self.watchdog.busy(self)
+        return super().transaction(*args, **kwargs)
 
 
 class PostgresStorage:
@@ -216,7 +222,6 @@ class PostgresStorage:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.pool().getconn()
-        self._watchdog.busy(conn)
         return conn
 
     def _read(self, statement: str, params=()) -> psycopg.Cursor:
@@ -243,10 +248,10 @@ class PostgresStorage:
         replaces it."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            self._watchdog.idle()
             if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
-                self._local.conn = None
-                self._give_back(conn)
+                self.end_thread()
+            else:
+                self._watchdog.idle()
 
     def end_thread(self) -> None:
         """This thread is done with the database: its connection goes back to the pool."""
@@ -401,7 +406,6 @@ class PostgresStorage:
         with conn.transaction():
             for table in reversed((VERSION_TABLE, *TABLES)):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
-        self.end_request()
 
     def problems(self) -> list[str]:
         """What is wrong beyond the schema (PostgreSQL enforces the constraints and
@@ -436,20 +440,17 @@ class PostgresStorage:
         repeatable-read transaction: yields ``rows(table)``, an iterator of the
         table's rows as COPY_COLUMNS tuples, times as text."""
         conn = self.connection()
-        try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
-                def rows(table):
-                    columns = ", ".join(_text(c) if c in TIME_COLUMNS else c for c in COPY_COLUMNS[table])
-                    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-                        cur.execute(f"SELECT {columns} FROM {table} ORDER BY 1")
-                        while batch := cur.fetchmany(1000):
-                            yield from ((*row[:-1], bytes(row[-1])) if table == "setting" else row for row in batch)
+            def rows(table):
+                columns = ", ".join(_text(c) if c in TIME_COLUMNS else c for c in COPY_COLUMNS[table])
+                with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+                    cur.execute(f"SELECT {columns} FROM {table} ORDER BY 1")
+                    while batch := cur.fetchmany(1000):
+                        yield from ((*row[:-1], bytes(row[-1])) if table == "setting" else row for row in batch)
 
-                yield rows
-        finally:
-            self.end_request()
+            yield rows
 
     def _row_counts(self, conn) -> dict[str, int]:
         tables = self._tables(conn)
@@ -457,10 +458,7 @@ class PostgresStorage:
 
     def require_empty(self) -> None:
         """As SQLiteStorage.require_empty."""
-        try:
-            require_no_rows(self._row_counts(self.connection()))
-        finally:
-            self.end_request()
+        require_no_rows(self._row_counts(self.connection()))
 
     def import_all(self, rows_of) -> dict[str, int]:
         """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
@@ -472,22 +470,19 @@ class PostgresStorage:
         """
         copied = dict.fromkeys(COPY_COLUMNS, 0)
         conn = self.connection()
-        try:
-            with conn.transaction():
-                conn.execute(f"LOCK TABLE {', '.join(COPY_COLUMNS)}")  # no instance writes meanwhile
-                require_no_rows(self._row_counts(conn))
-                for table, columns in COPY_COLUMNS.items():
-                    marks = ", ".join("%s::timestamptz" if c in TIME_COLUMNS else "%s" for c in columns)
-                    with conn.cursor() as cur:
-                        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-                        cur.executemany(insert, counted(rows_of(table), copied, table))
-                # Organizations came with their ids; new ones continue after them.
-                conn.execute("SELECT setval(pg_get_serial_sequence('organization', 'org_id'),"
-                             " coalesce(max(org_id), 0) + 1, false) FROM organization")
-                return verified(copied, {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
-                                         for t in COPY_COLUMNS})
-        finally:
-            self.end_request()
+        with conn.transaction():
+            conn.execute(f"LOCK TABLE {', '.join(COPY_COLUMNS)}")  # no instance writes meanwhile
+            require_no_rows(self._row_counts(conn))
+            for table, columns in COPY_COLUMNS.items():
+                marks = ", ".join("%s::timestamptz" if c in TIME_COLUMNS else "%s" for c in columns)
+                with conn.cursor() as cur:
+                    insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                    cur.executemany(insert, counted(rows_of(table), copied, table))
+            # Organizations came with their ids; new ones continue after them.
+            conn.execute("SELECT setval(pg_get_serial_sequence('organization', 'org_id'),"
+                         " coalesce(max(org_id), 0) + 1, false) FROM organization")
+            return verified(copied, {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
+                                     for t in COPY_COLUMNS})
 
     def ping(self) -> None:
         """Raise one of ``unavailable`` unless the server answers, and reads the tables
@@ -600,20 +595,14 @@ class PostgresStorage:
     def find_key(self, org_id: int, key_id: str):
         if _unstorable(key_id):
             return None
-        return self._one(
-            f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL",
-            (key_id, org_id),
-        )
+        return self._one(FIND_KEY, (key_id, org_id))
 
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool,
                    check=None):
         conn = self.connection()
         with conn.transaction():
             if check is not None:
-                row = conn.execute(
-                    f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL"
-                    f" FOR UPDATE", (key_id, org_id),
-                ).fetchone()
+                row = conn.execute(FIND_KEY + " FOR UPDATE", (key_id, org_id)).fetchone()
                 if row is None:
                     return None
                 check(row)
