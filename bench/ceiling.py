@@ -51,7 +51,7 @@ def main() -> None:
 
         serve(app, host="127.0.0.1", port=port, threads=threads, ident="pods")
         return
-    from pods import server
+    from pods.serving import server
 
     [sock] = server.listening_sockets("127.0.0.1", port, 1)
     waitress_server = server.make_server(app, sock, threads)

@@ -29,7 +29,7 @@ LAUNCH = """
 import sys
 sys.path.insert(0, {root!r})
 variant, port, db = sys.argv[1:4]
-from pods import server
+from pods.serving import server
 if variant == "inherited":
     one_per_worker = server.listening_sockets
     server.listening_sockets = lambda host, port, count: one_per_worker(host, port, 1) * count

@@ -11,8 +11,10 @@ from contextlib import contextmanager
 import click
 from click.core import ParameterSource
 
-from . import __version__, accesslog, close_app, create_app, logstream, server
-from .auth import hash_key, new_token, token_prefix
+from . import __version__
+from .api import accesslog, close_app, create_app, logstream
+from .serving import server
+from .api.auth import hash_key, new_token, token_prefix
 from .storage import (
     NotEmpty,
     UnusableDatabase,

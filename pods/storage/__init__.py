@@ -10,7 +10,7 @@ import sys
 
 from flask import current_app
 
-from .base import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
+from .interface import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
 from .url import redact, scrub
 
 __all__ = [

@@ -13,12 +13,12 @@ from flask import abort, current_app, g, request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
-from .access import Caller, missing_permission_message
+from .permissions import Caller, missing_permission_message
 from .accesslog import CALLER_ENVIRON_KEY
 from .errors import error_response
 from .keyuse import EXTENSION_KEY as KEY_USE
-from .storage import get_storage
-from .storage.base import path_pod
+from ..storage import get_storage
+from ..storage.interface import path_pod
 
 TOKEN_PREFIX = "pods_"
 

@@ -4,7 +4,7 @@ from flask import Blueprint
 
 from . import openapi
 from .errors import error_response
-from .storage import get_storage
+from ..storage import get_storage
 
 bp = Blueprint("meta", __name__)
 

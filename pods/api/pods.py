@@ -2,13 +2,13 @@
 
 from flask import Blueprint, Response, abort, g
 
-from .access import Caller, require_organization_scope
+from .permissions import Caller, require_organization_scope
 from .auth import auth, current_caller
-from .jsonbody import json_body
-from .pagetoken import ORGANIZATION_PODS
+from .bodies import json_body
+from .pagetokens import ORGANIZATION_PODS
 from .paging import keyset_page
 from .schemas import list_args_schema, pod_create_schema, pod_list_schema, pod_schema
-from .storage import get_storage
+from ..storage import get_storage
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
 

@@ -29,8 +29,8 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import Error, RequestEntityTooLarge
 
-from . import accesslog, logstream
-from .errors import error_json
+from ..api import accesslog, logstream
+from ..api.errors import error_json
 
 log = logging.getLogger("pods.server")
 
