@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from . import __version__
 from .api import accesslog
 from .api.auth import hash_key, token_prefix
-from .serving import server
+from .serving import ratelimit, server
 from .serving.console import (
     API_KEY_VARIABLE,
     DEFAULT_ORG,
@@ -85,6 +85,28 @@ def _trusted_proxies(ctx, param, value):
         return accesslog.parse_trusted_proxies(value or "")
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _rate(ctx, param, value):
+    if value is None or value == "":
+        return None
+    try:
+        ratelimit.parse_rate(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _limits(rate_limit, rate_burst, key_rate_limit, key_rate_burst) -> ratelimit.Limits:
+    """The serve flags' rate limits; a burst without its rate is a usage error."""
+    for rate, burst, names in ((rate_limit, rate_burst, ("--rate-burst", "--rate-limit")),
+                               (key_rate_limit, key_rate_burst, ("--key-rate-burst", "--key-rate-limit"))):
+        if burst is not None and rate is None:
+            raise click.UsageError(f"{names[0]} needs {names[1]} (or its variable)")
+    return ratelimit.Limits(
+        org=ratelimit.Limit.of(rate_limit, rate_burst) if rate_limit else None,
+        key=ratelimit.Limit.of(key_rate_limit, key_rate_burst) if key_rate_limit else None,
+    )
 
 
 def _db_path(ctx: click.Context, db: str | None) -> str:
@@ -171,9 +193,26 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
               show_default=True, type=click.IntRange(1, 1_000_000),
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
+@click.option("--rate-limit", envvar="PODS_RATE_LIMIT", default=None, callback=_rate, metavar="RATE",
+              help="Requests per organization, all its keys together, as N/s or N/min; requests with no key "
+                   "or an unknown one are limited so per client address. Off unless set (env PODS_RATE_LIMIT).")
+@click.option("--rate-burst", envvar="PODS_RATE_BURST", default=None, type=click.IntRange(1, 1_000_000_000),
+              metavar="N", help="Requests an organization may send at once under --rate-limit "
+                                "[default: one second's worth, at least 1] (env PODS_RATE_BURST).")
+@click.option("--key-rate-limit", envvar="PODS_KEY_RATE_LIMIT", default=None, callback=_rate, metavar="RATE",
+              help="Requests per key, as N/s or N/min, on top of --rate-limit. Off unless set "
+                   "(env PODS_KEY_RATE_LIMIT).")
+@click.option("--key-rate-burst", envvar="PODS_KEY_RATE_BURST", default=None,
+              type=click.IntRange(1, 1_000_000_000), metavar="N",
+              help="Requests a key may send at once under --key-rate-limit "
+                   "[default: one second's worth, at least 1] (env PODS_KEY_RATE_BURST).")
+@click.option("--queue-timeout", envvar="PODS_QUEUE_TIMEOUT", default=server.QUEUE_TIMEOUT, show_default=True,
+              type=click.FloatRange(0.001, 3600),
+              help="Seconds a request may wait for a worker thread; past it, it is answered 503 with Retry-After "
+                   "and not executed (env PODS_QUEUE_TIMEOUT).")
 @click.pass_context
 def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
-        send_timeout, connection_limit):
+        send_timeout, connection_limit, rate_limit, rate_burst, key_rate_limit, key_rate_burst, queue_timeout):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -183,6 +222,7 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
     """
     _plug_closed_standard_streams()
     if ctx.invoked_subcommand is None:
+        limits = _limits(rate_limit, rate_burst, key_rate_limit, key_rate_burst)
         configure_logging(log_level)
         if _unknown_variables():
             log.warning(_unknown_variables_message())
@@ -195,6 +235,8 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             trusted_proxies=trusted_proxy,
             deadlines=Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout),
             connection_limit=connection_limit,
+            limits=limits,
+            queue_timeout=queue_timeout,
             api_key=os.environ.get(API_KEY_VARIABLE),
         ))
     elif _unknown_variables():

@@ -17,7 +17,7 @@ from .permissions import Caller, missing_permission_message
 from .accesslog import CALLER_ENVIRON_KEY
 from .errors import error_response
 from .keyuse import EXTENSION_KEY as KEY_USE
-from ..storage import get_storage
+from ..storage import EXTENSION_KEY as STORAGE, get_storage
 from ..storage.interface import path_pod
 
 TOKEN_PREFIX = "pods_"
@@ -85,6 +85,31 @@ def verify_token(token: str) -> Caller | None:
     caller = request.environ[CALLER_ENVIRON_KEY] = Caller.from_row(row)  # also for the access log
     current_app.extensions[KEY_USE].used(caller.key_id, caller.used_at)
     return caller
+
+
+def key_owner(app, key_hash: str) -> tuple | None:
+    """(org_id, org_name, key_id) of the live key whose token hashes to ``key_hash``,
+    or None. For the serving layer, which learns whose a token is before it reads a
+    request's body (to schedule it, never to authorize it: the request itself is
+    authenticated as every other)."""
+    storage = app.extensions[STORAGE]
+    try:
+        row = storage.caller_for_key_hash(key_hash)
+    finally:
+        storage.end_request()
+    return None if row is None else (row["org_id"], row["org_name"], row["key_id"])
+
+
+def live_key_owners(app, limit: int) -> list:
+    """(key_hash, org_id, org_name, key_id) of up to ``limit`` live keys, newest
+    first: what the serving layer knows of tokens before it has seen them."""
+    storage = app.extensions.get(STORAGE)
+    if storage is None:  # an app without a database (bench/ceiling.py)
+        return []
+    try:
+        return storage.live_key_owners(limit)
+    finally:
+        storage.end_thread()
 
 
 def current_caller() -> Caller:

@@ -8,6 +8,9 @@ from ..storage import get_storage
 
 bp = Blueprint("meta", __name__)
 
+# The paths answered without a key, never rate-limited (the serving layer reads this).
+PUBLIC_PATHS = frozenset({"/healthz", "/agent/v0/openapi.json"})
+
 
 @bp.get("/healthz")
 def healthz():

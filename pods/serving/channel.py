@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from waitress.channel import HTTPChannel
 
+from .admission import KeyCheck
 from .parser import PodsRequestParser
 from .task import CoalescingTask, JsonErrorTask
 
@@ -34,6 +35,8 @@ class PodsChannel(HTTPChannel):
     error_task_class = JsonErrorTask
 
     discarding = False  # reading and dropping the rest of an oversized body
+    holding = False  # not reading while a worker looks up the key of the request being read
+    held_input = b""  # what came after its head meanwhile
     lingering = False  # the answer is sent (and our side shut); still dropping
     # The next pipelined request waits for the answer before it to be sent.
     # Changed only under outbuf_lock, like the output it waits for.
@@ -62,6 +65,13 @@ class PodsChannel(HTTPChannel):
     def busy(self) -> bool:
         """Serving a request, holding unsent output, or part-way through reading one."""
         return bool(self.requests or self.total_outbufs_len or self.request is not None)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds a request part-way read (its head or its body) has received
+        nothing; 0 when no request is being read, or one is being served."""
+        if self.request is None or self.requests or self.total_outbufs_len or self.holding:
+            return 0.0
+        return now - self.last_activity
 
     def received(self, data):
         if self.head_started is None:
@@ -95,8 +105,8 @@ class PodsChannel(HTTPChannel):
             expired = False  # the app is answering
         elif self.head_started is not None:
             expired = now - self.head_started > limits.header
-        elif self.request is not None:  # reading a body
-            expired = now - self.last_activity > limits.header
+        elif self.request is not None:  # reading a body: due whole within the same time after its head
+            expired = now - (self.request.head_done or self.last_activity) > limits.header
         else:
             expired = now - self.last_activity > limits.keepalive
         if expired:
@@ -127,7 +137,43 @@ class PodsChannel(HTTPChannel):
         self._dropped(already)
 
     def readable(self):
-        return self.discarding or super().readable()
+        return self.discarding or (not self.holding and super().readable())
+
+    # -- a key to look up before a body is read --------------------------------------
+
+    def hold(self, request, rest: bytes) -> None:
+        """Stop reading ``request`` (whose head is in, its body not) until a worker
+        has looked up its key (``admission.KeyCheck``); ``rest`` came after its head."""
+        self.holding = True
+        self.held_input = rest
+        request.held_expect, request.expect_continue = request.expect_continue, False
+        self.server.task_dispatcher.add_task(KeyCheck(self, request), sheddable=False)
+
+    def key_checked(self, request, tenant) -> None:
+        """In the event loop: the key of the request held is live (``tenant``: read
+        its body) or not (None: answered without it, the body dropped)."""
+        if not self.holding or request is not self.request or not self.connected:
+            return  # closed meanwhile
+        self.holding = False
+        held, self.held_input = self.held_input, b""
+        admission = self.server.admission
+        if tenant is not None:
+            admission.tenants.learn(request.key_hash, tenant)
+            request.tenant = tenant
+            request.expect_continue = request.held_expect
+            if request.expect_continue and not self.requests and not self.sent_continue:
+                self.send_continue()
+            if held:
+                self.received(held)
+            return
+        admission.withheld_total += 1
+        announced = request.withhold()
+        self.discard(already=len(held), announced=announced)
+        with self.requests_lock:
+            self.request = None
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                self.server.add_task(self)
 
     def handle_read(self):
         if not self.discarding:

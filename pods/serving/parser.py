@@ -2,9 +2,12 @@
 handing an oversized body to the app unread rather than refusing it itself."""
 
 import re
+import time
 
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.utilities import Error, RequestEntityTooLarge
+
+from .admission import CHECK_KEY, PROCEED
 
 # The minor version of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
 LATER_MINOR_VERSIONS = frozenset("23456789")
@@ -38,10 +41,24 @@ class PodsRequestParser(HTTPRequestParser):
     request waitress refuses (malformed, headers too large), the channel reads
     and drops what the client still sends (``PodsChannel.discard``) instead of
     leaving it unread.
+
+    As soon as a head is in, ``Admission.at_head`` decides whose the request is,
+    whether its rate limits let it through, and whether its body is worth
+    reading: a request refused without it (429; no usable key on an endpoint that
+    needs one) is handed over ``withheld``, like one too large, and its body is
+    dropped as it comes; for a key this process does not know yet, reading stops
+    until a worker has looked it up (``PodsChannel.hold``).
     """
 
     too_large = False
     version_refused = False
+    # Set as the head is in (admission.Admission.at_head):
+    withheld = False  # answered without its body, which is dropped as it comes
+    tenant = None  # whose it is (scheduler.Tenant)
+    key_hash = None  # of its bearer token, if it has one
+    rate_headers = ()  # RateLimit-* for its answer, under a configured limit
+    refusal = None  # admission.Refusal: answered so, the app not run
+    head_done = None  # time.time() when its head was in: its body is due within --header-timeout
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
@@ -72,22 +89,44 @@ class PodsRequestParser(HTTPRequestParser):
         super().parse_header(request_line[:-1] + b"1" + header_plus[line_end:])
 
     def received(self, data):
+        in_head = not self.headers_finished
         consumed = super().received(data)
+        channel = self.channel
         if self.error is None:
-            return consumed
-        announced = None
-        if self.version_refused:
+            if not (in_head and self.headers_finished) or channel is None:
+                return consumed
+            self.head_done = time.time()
+            verdict = channel.server.admission.at_head(self, channel.addr[0])
+            if verdict == PROCEED or self.completed:
+                return consumed
+            if verdict == CHECK_KEY:  # reading stops until a worker has looked the key up
+                channel.hold(self, rest=data[consumed:])
+                return len(data)
+            announced = self.withhold()
+        elif self.version_refused:
+            announced = None
             self.error = HttpVersionNotSupported(self.error.body)
         elif isinstance(self.error, RequestEntityTooLarge):
             self.error = None
             self.too_large = True
-            self.expect_continue = False  # never invite the body with "100 Continue"
-            self.close()  # the part of a chunked body buffered so far
-            self.body_rcv = None
-            announced = None if self.chunked else self.content_length
-        if self.channel is not None:
-            self.channel.discard(already=len(data) - consumed, announced=announced)
+            announced = self.withhold()
+            if channel is not None:  # whose it is, and its rate limits, as for any other
+                channel.server.admission.at_head(self, channel.addr[0])
+        else:
+            announced = None
+        if channel is not None:
+            channel.discard(already=len(data) - consumed, announced=announced)
         return len(data)  # the rest of this read is part of what is dropped
+
+    def withhold(self) -> int | None:
+        """Complete this request without its body (``withheld``, or ``too_large``),
+        which is not read; returns how long the body said it is (None: unknown)."""
+        self.withheld = True
+        self.completed = True
+        self.expect_continue = False  # never invite the body with "100 Continue"
+        self.close()  # the part of a chunked body buffered so far
+        self.body_rcv = None
+        return None if self.chunked else self.content_length
 
     @property
     def received_length(self) -> int:

@@ -11,7 +11,7 @@ import click
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
 from ..storage import EXTENSION_KEY, describe, open_storage
-from . import server, shutdown, workers
+from . import ratelimit, server, shutdown, workers
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
 
 log = logging.getLogger("pods.server")
@@ -29,6 +29,8 @@ class Settings:
     trusted_proxies: tuple = ()
     deadlines: server.Deadlines = server.Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
+    limits: ratelimit.Limits = ratelimit.Limits()  # --rate-limit, --key-rate-limit and their bursts
+    queue_timeout: float = server.QUEUE_TIMEOUT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
 
     def app_config(self) -> dict:
@@ -64,10 +66,12 @@ def serve(settings: Settings) -> None:
         click.echo(serving)
     except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
         log.warning("%s; stdout could not be written", serving)
+    # Made before the workers are forked: they share it, so a limit holds for the whole server.
+    buckets = ratelimit.SharedBuckets() if settings.limits else None
     if app is not None:
-        _serve_app(app, sockets[0], settings, on_exit=lambda: _close_database(app))
+        _serve_app(app, sockets[0], settings, buckets, on_exit=lambda: _close_database(app))
         return
-    code = workers.run_workers([functools.partial(_serve_worker, settings, sock) for sock in sockets])
+    code = workers.run_workers([functools.partial(_serve_worker, settings, sock, buckets) for sock in sockets])
     for sock in sockets:
         sock.close()
     # Once, after every worker is gone: a worker checkpointing while its siblings
@@ -95,19 +99,20 @@ def _fit_connection_limit(wanted: int) -> int:
     return fits
 
 
-def _serve_worker(settings: Settings, sock) -> None:
+def _serve_worker(settings: Settings, sock, buckets) -> None:
     try:
         with clear_failures(settings.db):
             app = create_app(settings.app_config())
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, settings, on_exit=lambda: close_app(app))
+    _serve_app(app, sock, settings, buckets, on_exit=lambda: close_app(app))
 
 
-def _serve_app(app, sock, settings: Settings, on_exit) -> None:
+def _serve_app(app, sock, settings: Settings, buckets, on_exit) -> None:
     waitress_server = server.make_server(
-        app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies
+        app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies,
+        settings.limits, buckets, settings.queue_timeout,
     )
     shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
 

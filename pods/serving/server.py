@@ -19,7 +19,10 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 
+from . import ratelimit
+from .admission import Admission
 from .channel import PodsChannel
+from .scheduler import ANONYMOUS, FairDispatcher, Tenant
 
 # Defaults of the serve flags of the same names (see the README's configuration table).
 HEADER_TIMEOUT = 10.0
@@ -33,8 +36,11 @@ MAX_REQUEST_HEAD = 32 * 1024
 # Connections waiting to be accepted (waitress's default).
 BACKLOG = 1024
 # At the connection limit, a connection idle for less than this is never closed to
-# make room: a new one gets a fair chance to send its request.
+# make room: a new one gets a fair chance to send its request. A request that has
+# received nothing for this long (a head or an upload stalled) may be closed too.
 EVICTION_MIN_IDLE_SECONDS = 1.0
+# Default of --queue-timeout: a request that waited longer for a worker is answered 503, not run.
+QUEUE_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +55,40 @@ class Deadlines:
 class PodsServer(TcpWSGIServer):
     """waitress's TCP server on an already bound socket, with deadlines for every
     connection; one answer at a time per connection, so that a task thread never
-    waits for a client (``add_task``); and, at the connection limit, room made
-    for a connection waiting to be accepted by closing the one idle the longest,
-    rather than refusing everyone new."""
+    waits for a client (``add_task``); at the connection limit, room made for a
+    connection waiting to be accepted by closing the one idle the longest, rather
+    than refusing everyone new; and, in front of the worker threads, fair
+    scheduling across tenants with rate limits and shedding (``admission``,
+    ``task_dispatcher``: a ``FairDispatcher``)."""
 
     channel_class = PodsChannel
     stopping = False  # set at shutdown: every answer from then on closes its connection
 
-    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies):
+    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies, admission: Admission):
         self.deadlines = deadlines
         self.trusted_proxies = trusted_proxies
+        self.admission = admission
+        dispatcher = FairDispatcher(self.tenant_of, admission.queue_timeout, self.shed)
+        dispatcher.set_thread_count(adj.threads)
         sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
-        super().__init__(app, map={}, _sock=sock, adj=adj, bind_socket=False, sockinfo=sockinfo)
+        super().__init__(app, map={}, _sock=sock, adj=adj, bind_socket=False, sockinfo=sockinfo,
+                         dispatcher=dispatcher)
         self.pending_connections = select.poll()
         self.pending_connections.register(sock, select.POLLIN)
+
+    @staticmethod
+    def tenant_of(task) -> Tenant:
+        """Where a task queues: its request's tenant (the channel's next request, or
+        a KeyCheck's); a request refused by waitress itself is its address's."""
+        tenant = getattr(task, "tenant", None)  # a KeyCheck
+        if tenant is None and getattr(task, "requests", None):
+            tenant = task.requests[0].tenant
+        return tenant or Tenant(ANONYMOUS, task.addr[0])
+
+    def shed(self, channel, waited: float) -> None:
+        """``channel``'s next request waited too long for a worker: answered 503, not run."""
+        if channel.requests:
+            self.admission.shed(channel.requests[0], waited)
 
     def add_task(self, channel):
         """Hand ``channel``'s next request to a task thread, unless the answer
@@ -109,20 +135,32 @@ class PodsServer(TcpWSGIServer):
 
     def _make_room(self, now: float) -> None:
         """For a connection waiting to be accepted, close the connection idle the
-        longest: never one mid-request, nor one that has not had a fair chance to
-        send its request. With none, the waiting one waits for a deadline."""
+        longest, but not one that has not had a fair chance to send its request.
+        With no idle connection at all, close the one whose request (head or
+        body) has received nothing for longest, if that is a while: a stalled
+        upload cannot hold its place. Never one being served. With none, the
+        waiting one waits for a deadline."""
         if not self.pending_connections.poll(0):
             return  # nobody is waiting
-        idle = [
-            c for c in self.active_channels.values()
-            if not c.busy and now - c.last_activity >= EVICTION_MIN_IDLE_SECONDS
-        ]
+        channels = self.active_channels.values()
+        idle = [c for c in channels if not c.busy]
         if idle:
-            min(idle, key=lambda c: c.last_activity).handle_close()
+            longest = min(idle, key=lambda c: c.last_activity)
+            if now - longest.last_activity >= EVICTION_MIN_IDLE_SECONDS:
+                longest.handle_close()
+            return
+        stalled = max(channels, key=lambda c: c.stalled_for(now), default=None)
+        if stalled is not None and stalled.stalled_for(now) >= EVICTION_MIN_IDLE_SECONDS:
+            stalled.handle_close()
 
     def maintenance(self, now):
         for channel in list(self.active_channels.values()):
             channel.enforce_deadlines(now, self.deadlines)
+        # Requests that waited past the queue timeout while every worker was busy:
+        # answered here (503, cheap), not left for a worker to reach.
+        for channel, waited in self.task_dispatcher.take_expired(time.monotonic()):
+            self.shed(channel, waited)
+            channel.service()
 
 
 class QueueDepthSummary(logging.Filter):
@@ -160,8 +198,13 @@ def make_server(
     deadlines: Deadlines = Deadlines(),
     connection_limit: int = CONNECTION_LIMIT,
     trusted_proxies: tuple = (),
+    limits: ratelimit.Limits = ratelimit.Limits(),
+    buckets: ratelimit.SharedBuckets | None = None,
+    queue_timeout: float = QUEUE_TIMEOUT,
 ):
-    """A waitress server for ``app`` on a bound socket, ready to ``run()``."""
+    """A waitress server for ``app`` on a bound socket, ready to ``run()``.
+    ``buckets``: the rate limits' shared state (made before the worker processes
+    are forked); made here when ``limits`` are set and none is given."""
     adj = Adjustments(
         sockets=[sock],
         threads=threads,
@@ -182,4 +225,11 @@ def make_server(
         # waitress's own handling would answer a malformed one in plain text.
         clear_untrusted_proxy_headers=False,
     )
-    return PodsServer(app, sock, adj, deadlines, trusted_proxies)
+    if limits and buckets is None:
+        buckets = ratelimit.SharedBuckets()
+    admission = Admission(app, limits, buckets, trusted_proxies, queue_timeout)
+    try:
+        admission.know_live_keys()
+    except Exception as e:  # a convenience: each key is learned from its first request anyway
+        logging.getLogger("pods.server").warning("could not read the live keys to schedule by: %s", e)
+    return PodsServer(app, sock, adj, deadlines, trusted_proxies, admission)

@@ -8,6 +8,10 @@ from waitress.task import ErrorTask, WSGITask
 
 from ..api import accesslog
 from ..api.errors import error_json
+from .admission import WithheldBody, logged_caller
+
+# A 503 or 429 the app gave without Retry-After (the database not answering) gets this.
+RETRY_AFTER_SECONDS = "1"
 
 
 class CoalescingTask(WSGITask):
@@ -19,21 +23,69 @@ class CoalescingTask(WSGITask):
       costs more than the send (GET at 8 connections: +15%, measured).
     - An oversized request (``PodsRequestParser``) reaches the app with no body
       and a Content-Length over the app's limit, so that werkzeug answers 413
-      wherever a view reads the body; its connection closes after the answer.
-      During shutdown, every answer closes its connection too.
+      wherever a view reads the body; any other request whose body was withheld
+      (``Admission.at_head``) reaches it with a body that cannot be read. Their
+      connections close after the answer. During shutdown, every answer closes
+      its connection too.
+    - A request refused before it ran (``request.refusal``: 429, or 503 once shed)
+      is answered so, without the app, and logged like every other answer.
+    - Every answer under a rate limit carries its RateLimit-* headers; every 429
+      and 503 a Retry-After.
+    - The tenant map learns whose a token is from the key that authenticated it.
     """
 
     def start(self):
         super().start()
-        if self.request.too_large or self.channel.server.stopping:
+        if self.request.withheld or self.channel.server.stopping:
             self.set_close_on_finish()
+
+    def execute(self):
+        request = self.request
+        if request.refusal is not None:
+            return self.refuse(request.refusal)
+        try:
+            super().execute()
+        finally:
+            if request.key_hash is not None:
+                caller = self.environ.get(accesslog.CALLER_ENVIRON_KEY) if self.environ is not None else None
+                self.channel.server.admission.learn(request, caller, self.status)
+
+    def refuse(self, refusal):
+        started = time.perf_counter()
+        request, channel = self.request, self.channel
+        request_id = accesslog.request_id_for(request.headers.get("X_REQUEST_ID", ""))
+        self.status = refusal.status
+        self.response_headers += [("Content-Type", "application/json"), ("X-Request-Id", request_id),
+                                  *refusal.headers]
+        self.complete = True
+        self.content_length = len(refusal.body)
+        self.write(refusal.body)
+        accesslog.write_line(
+            request.command, request.path, refusal.status[:3], started, request_id, logged_caller(request.tenant),
+            client=accesslog.client_address(
+                channel.addr[0], request.headers.get("X_FORWARDED_FOR"), channel.server.trusted_proxies),
+        )
 
     def get_environment(self):
         environ = super().get_environment()
         if self.request.too_large:
             environ["CONTENT_LENGTH"] = str(self.request.received_length)
             environ["wsgi.input"] = io.BytesIO()
+        elif self.request.withheld:
+            environ["wsgi.input"] = WithheldBody()
         return environ
+
+    def build_response_header(self):
+        headers = self.response_headers
+        if self.request.rate_headers:
+            headers.extend(self.request.rate_headers)
+        if self.status[:3] in ("503", "429") and not any(name.lower() == "retry-after" for name, _ in headers):
+            headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+        head = super().build_response_header()
+        if self.request.rate_headers or self.request.refusal is not None:
+            # waitress writes every header name Capitalized-Like-This; the draft spells RateLimit-*.
+            head = head.replace(b"\r\nRatelimit-", b"\r\nRateLimit-")
+        return head
 
     def write(self, data):
         if self.wrote_header or not data:

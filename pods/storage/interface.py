@@ -131,6 +131,11 @@ class Storage(Protocol):
         reads that pod of the key's organization (``path_pod``), so that a request
         on one pod costs one round trip to the database, not two."""
 
+    def live_key_owners(self, limit: int) -> list:
+        """Up to ``limit`` live keys (not revoked or deleted, not expired), newest
+        first, each as (key_hash, org_id, org_name, key_id): whose each token is,
+        for a server to schedule and rate-limit requests by before it has seen them."""
+
     def insert_api_key(self, org_name: str, key_hash: str, before_commit=None) -> str:
         """Store a key for ``org_name`` (made if new); idempotent on ``key_hash``."""
 

@@ -523,6 +523,14 @@ class PostgresStorage:
         # An id that cannot be stored (NUL) names no pod: the join finds none.
         return self._one(CALLER_AND_POD_LOOKUP, (None if _unstorable(pod_id) else pod_id, key_hash))
 
+    def live_key_owners(self, limit: int) -> list:
+        rows = self._query(
+            f"SELECT k.key_hash, k.org_id, o.name, k.key_id FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            f" WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
+            f" ORDER BY k.created_at DESC LIMIT %s", (limit,),
+        )
+        return [(row["key_hash"], row["org_id"], row["name"], row["key_id"]) for row in rows]
+
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,
                        expires_at: str | None = None, before_commit=None, only_if_first: bool = False):

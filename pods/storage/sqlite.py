@@ -513,6 +513,15 @@ class SQLiteStorage:
             return self.connection().execute(CALLER_LOOKUP, (key_hash, utc_now())).fetchone()
         return self.connection().execute(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, utc_now())).fetchone()
 
+    def live_key_owners(self, limit: int) -> list:
+        """Up to ``limit`` live keys, newest first: (key_hash, org_id, org_name, key_id)."""
+        rows = self.connection().execute(
+            "SELECT k.key_hash, k.org_id, o.name, k.key_id FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
+            " ORDER BY k.created_at DESC LIMIT ?", (utc_now(), limit),
+        ).fetchall()
+        return [tuple(row) for row in rows]
+
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
                        pod_id: str | None = None, permissions: str | None = None,
                        expires_at: str | None = None, before_commit=None, only_if_first: bool = False):

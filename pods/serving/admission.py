@@ -1,0 +1,219 @@
+"""What happens to a request as soon as its head is in, before a worker thread or
+the database sees it: whose it is (its tenant, for fair scheduling), whether its
+rate limits let it through (else 429), and whether its body is worth reading.
+
+Runs in the event loop, once per request, from the head alone: a bearer token is
+hashed and looked up in the process's ``TenantMap``, never in the database. So a
+request refused here costs a fraction of one served, and a body is never read for
+a request that will be refused without it:
+
+- no usable bearer token, on an endpoint that needs one: the request goes to the
+  app at once, its body withheld (the app answers 401, or the 404/405/400 that
+  comes before authentication, without reading a body), and what the client
+  still sends is read and dropped, as for a body over the limit;
+- a token this process does not know yet: reading stops while a worker looks
+  the key up (``KeyCheck``, queued fairly like any request); a live key's body is
+  then read as usual and its tenant remembered, anything else is answered as
+  above.
+"""
+
+import io
+import json
+import math
+import time
+from typing import NamedTuple
+
+from werkzeug.exceptions import ClientDisconnected
+
+from ..api import accesslog
+from ..api.auth import bearer_token, hash_key, key_owner, live_key_owners
+from ..api.errors import error_body
+from ..api.meta import PUBLIC_PATHS
+from . import ratelimit
+from .scheduler import ANONYMOUS, Tenant, TenantMap
+
+# What the head decides about reading the body (PodsRequestParser.received).
+PROCEED = "proceed"  # read it (or there is none)
+WITHHOLD = "withhold"  # answer without it, and drop it as it comes
+CHECK_KEY = "check key"  # hold it until a worker has looked the key up
+
+
+class Refusal(NamedTuple):
+    """An answer given instead of running the app: 429 or a shed 503."""
+
+    status: str
+    headers: tuple
+    body: bytes
+
+
+class LoggedCaller(NamedTuple):
+    """The organization and key of a refused request, for its access line."""
+
+    org_name: str
+    key_id: str
+
+
+class Admission:
+    """The per-process state behind these decisions: the tenant map, the shared
+    rate-limit buckets (None when no limit is set), and counters for metrics
+    (``rate_limited_total``, ``withheld_total``, ``key_checks_total``)."""
+
+    def __init__(self, app, limits: ratelimit.Limits = ratelimit.Limits(), buckets=None,
+                 trusted_proxies: tuple = (), queue_timeout: float = 5.0):
+        self.app = app
+        self.limits = limits
+        self.buckets = buckets if limits else None
+        self.trusted_proxies = trusted_proxies
+        self.queue_timeout = queue_timeout
+        self.tenants = TenantMap()
+        self.rate_limited_total = 0
+        self.withheld_total = 0
+        self.key_checks_total = 0
+
+    def know_live_keys(self) -> None:
+        """Learn whose the newest live keys are (at start: so that a key's first
+        request after a restart is scheduled and limited as its organization's)."""
+        for key_hash, org_id, org_name, key_id in reversed(live_key_owners(self.app, self.tenants.size)):
+            self.tenants.learn(key_hash, Tenant(org_id, key_id, org_name))
+
+    # -- at the head ---------------------------------------------------------------
+
+    def at_head(self, request, peer: str) -> str:
+        """Decide for ``request`` (a PodsRequestParser whose head is in) from ``peer``
+        (the connection's address); sets its ``tenant``, ``key_hash``,
+        ``rate_headers`` and ``refusal``. Returns PROCEED, WITHHOLD or CHECK_KEY."""
+        token = bearer_token(request.headers.get("AUTHORIZATION", ""))
+        tenant = None
+        if token:
+            request.key_hash = hash_key(token)
+            tenant = self.tenants.get(request.key_hash)
+        if tenant is None:
+            tenant = Tenant(ANONYMOUS, accesslog.client_address(
+                peer, request.headers.get("X_FORWARDED_FOR"), self.trusted_proxies))
+        request.tenant = tenant
+        public = request.path in PUBLIC_PATHS
+        if self.buckets is not None and not public:
+            decision = self.buckets.take(self._buckets_of(tenant))
+            if not decision.allowed:
+                self.rate_limited_total += 1
+                request.refusal = too_many_requests(decision)
+                return WITHHOLD
+            request.rate_headers = decision.headers
+        if request.completed or public:
+            return PROCEED  # no body to wait for (or none that matters)
+        if not token:
+            self.withheld_total += 1
+            return WITHHOLD
+        if tenant.group is ANONYMOUS:
+            self.key_checks_total += 1
+            return CHECK_KEY
+        return PROCEED
+
+    def _buckets_of(self, tenant: Tenant) -> list:
+        limits = self.limits
+        if tenant.group is ANONYMOUS:
+            return [(ratelimit.ident_of("addr", tenant.member), limits.anonymous)]
+        buckets = []
+        if limits.org is not None:
+            buckets.append((ratelimit.ident_of("org", tenant.group), limits.org))
+        if limits.key is not None:
+            buckets.append((ratelimit.ident_of("key", tenant.member), limits.key))
+        return buckets
+
+    # -- after the app -------------------------------------------------------------
+
+    def learn(self, request, caller, status: str) -> None:
+        """After the app answered ``request``: remember whose its token is (``caller``,
+        the key that authenticated it, or None), or forget a token it refused."""
+        key_hash = request.key_hash
+        if key_hash is None:
+            return
+        if caller is not None:
+            self.tenants.learn(key_hash, Tenant(caller.org_id, caller.key_id, caller.org_name))
+        elif status[:3] == "401":
+            self.tenants.forget(key_hash)
+
+    def lookup(self, key_hash: str) -> Tenant | None:
+        """The tenant of a live key, from the database (a worker thread's KeyCheck)."""
+        owner = key_owner(self.app, key_hash)
+        if owner is None:
+            return None
+        org_id, org_name, key_id = owner
+        return Tenant(org_id, key_id, org_name)
+
+    # -- shedding --------------------------------------------------------------------
+
+    def shed(self, request, waited: float) -> None:
+        """Mark ``request`` to be answered 503 without being executed: it waited
+        ``waited`` seconds for a worker, past the queue timeout."""
+        if request.refusal is None:
+            request.refusal = overloaded(waited, self.queue_timeout)
+
+
+def logged_caller(tenant: Tenant | None):
+    if tenant is None or tenant.group is ANONYMOUS:
+        return None
+    return LoggedCaller(tenant.org_name or "-", tenant.member)
+
+
+def _json(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def too_many_requests(decision: ratelimit.Decision) -> Refusal:
+    headers = dict(decision.headers)
+    wait_ms = headers["Retry-After-Ms"]
+    body = error_body(429, "Rate limit exceeded: too many requests.")
+    body.update(
+        name="RateLimitError",
+        code="rate_limit_exceeded",
+        fix=f"Wait {wait_ms} ms (the Retry-After-Ms header; Retry-After in whole seconds) before the next request, "
+            f"and keep to the rate the RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset headers describe.",
+    )
+    return Refusal("429 Too Many Requests", decision.headers, _json(body))
+
+
+def overloaded(waited: float, queue_timeout: float) -> Refusal:
+    retry = max(1, math.ceil(queue_timeout))
+    body = error_body(503, f"The server is overloaded: the request waited {waited:.1f} s for a worker and was "
+                           f"not executed.")
+    body.update(
+        code="service_unavailable",
+        fix=f"Retry after {retry} s (the Retry-After header); the request was not executed, so it is safe to send again.",
+    )
+    return Refusal("503 Service Unavailable", (("Retry-After", str(retry)),), _json(body))
+
+
+class WithheldBody(io.RawIOBase):
+    """The ``wsgi.input`` of a request whose body was not read: reading it is a
+    400, never an empty body (a view that got this far must not act on ``{}``)."""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        raise ClientDisconnected("The request's body was not read.")
+
+
+class KeyCheck:
+    """A worker thread's look-up of a bearer token that this process does not know
+    yet, for a request whose body waits unread (Admission.at_head: CHECK_KEY).
+    Queued fairly (as the tenant of an unknown key: its client address), never
+    shed; the verdict goes back to the event loop (``PodsChannel.key_checked``)."""
+
+    def __init__(self, channel, request):
+        self.channel = channel
+        self.request = request
+        self.tenant = request.tenant
+        self.since = time.monotonic()
+
+    def service(self):
+        admission = self.channel.server.admission
+        try:
+            tenant = admission.lookup(self.request.key_hash)
+        except Exception:  # the database is not answering: the app says so, without the body
+            tenant = None
+        self.channel.server.trigger.pull_trigger(lambda: self.channel.key_checked(self.request, tenant))
+
+    def cancel(self):
+        pass
