@@ -338,13 +338,15 @@ def test_at_the_limit_nobody_is_closed_while_nobody_waits(tmp_path):
 def test_at_the_limit_a_new_connection_gets_its_chance_before_it_makes_room(tmp_path):
     """Two connections busy mid-request and a new third one fill the limit of 3; a
     fourth waits. The third, the only idle one, is not closed before it has sent
-    its request; once it has been idle for a while, it makes room for the fourth."""
+    its request; once it has been idle for a while, it makes room for the fourth
+    (an idle connection goes before a stalled upload)."""
     s = Server(tmp_path / "chance.db", "--connection-limit", "3", env={"PODS_API_KEY": KEY})
     socks = []
     try:
-        for _ in range(2):  # a body that has not finished arriving: busy
+        for _ in range(2):  # a body (with a key: worth reading) that has not finished arriving: busy
             socks.append(connect(s.port))
-            socks[-1].sendall(b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            socks[-1].sendall(b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                              + b"\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.3)
         third = connect(s.port)
         time.sleep(0.3)

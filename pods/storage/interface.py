@@ -141,6 +141,13 @@ class Storage(Protocol):
 
     def count_api_keys(self) -> int: ...
 
+    def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
+        """A page of the organization's live keys (only ``pod_id``'s, if given); what
+        the organization deleted costs it nothing (live-key indexes)."""
+
+    def key_page_query(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> tuple:
+        """The statement and parameters ``page_keys`` runs (for tests of its plan)."""
+
     def list_api_keys(self) -> list: ...
 
     def revoke_api_key(self, key_id: str): ...

@@ -142,6 +142,18 @@ def connects_to(url: str) -> dict:
         raise ValueError(str(e)) from None
 
 
+def _page_query(table, columns, id_column, where, params, ascending: bool, after, limit: int) -> tuple:
+    """Keyset paging, as sqlite._page_query."""
+    op, order = (">", "ASC") if ascending else ("<", "DESC")
+    if after is not None:
+        where, params = where + f" AND (created_at, {id_column}) {op} (%s::timestamptz, %s)", [*params, *after]
+    # Ordered by the table's columns, named with the table: a bare created_at would be the
+    # output column of that name (the time as text), which no index gives in order, so
+    # every matching row would be read and sorted.
+    return (f"SELECT {columns} FROM {table} WHERE {where}"
+            f" ORDER BY {table}.created_at {order}, {table}.{id_column} {order} LIMIT %s", (*params, limit))
+
+
 class WatchedConnection(psycopg.Connection):
     """A serving connection: each statement tells the watchdog that it waits on the
     server (a transaction of several statements may take longer than one)."""
@@ -340,7 +352,7 @@ class PostgresStorage:
                 f"database {self.description} is not a pods database: schema version {version} "
                 f"without table(s) {', '.join(sorted(missing))}"
             )
-        # Version 1 is the only one yet: its columns are those copy moves.
+        # Versions 1 and 2 have the same columns (2 changes indexes only): those copy moves.
         rows = conn.execute("SELECT table_name, column_name FROM information_schema.columns"
                             " WHERE table_schema = current_schema()").fetchall()
         present = {(row["table_name"], row["column_name"]) for row in rows}
@@ -585,20 +597,17 @@ class PostgresStorage:
         return row["revoked_at"] if row else None
 
     def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
+        return self._query(*self.key_page_query(org_id, pod_id, ascending, after, limit))
+
+    def key_page_query(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> tuple:
+        """The statement and parameters of ``page_keys`` (its tests read its plan)."""
         where, params = "org_id = %s AND revoked_at IS NULL", [org_id]
         if pod_id is not None:
             where, params = where + " AND pod_id = %s", params + [pod_id]
-        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
+        return _page_query("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
 
     def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
-        """Keyset paging, as SQLiteStorage._page."""
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        if after is not None:
-            where, params = where + f" AND (created_at, {id_column}) {op} (%s::timestamptz, %s)", [*params, *after]
-        return self._query(
-            f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at {order}, {id_column} {order} LIMIT %s",
-            (*params, limit),
-        )
+        return self._query(*_page_query(table, columns, id_column, where, params, ascending, after, limit))
 
     def find_key(self, org_id: int, key_id: str):
         if _unstorable(key_id):

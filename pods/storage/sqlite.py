@@ -244,6 +244,17 @@ def init_db(path: str, create: bool = True) -> None:
         conn.close()
 
 
+def _page_query(table, columns, id_column, where, params, ascending: bool, after, limit: int) -> tuple:
+    """Keyset paging: the statement (and its parameters) for up to ``limit`` rows of
+    ``table`` matching ``where``, in (created_at, id) order (descending unless
+    ``ascending``), after ``after``."""
+    op, order = (">", "ASC") if ascending else ("<", "DESC")
+    if after is not None:
+        where, params = where + f" AND (created_at, {id_column}) {op} (?, ?)", [*params, *after]
+    return (f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at {order}, {id_column} {order} LIMIT ?",
+            (*params, limit))
+
+
 def _find_key(conn: sqlite3.Connection, org_id: int, key_id: str):
     return conn.execute(
         f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL", (key_id, org_id)
@@ -594,22 +605,20 @@ class SQLiteStorage:
     def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
         """Up to ``limit`` of the organization's keys (only ``pod_id``'s, if given)
         in (created_at, key_id) order, after ``after`` (as ``page_pods``). Revoked
-        and deleted keys are left out; expired ones are not."""
+        and deleted keys are left out (the live-key indexes hold no such row); expired
+        ones are not."""
+        return self.connection().execute(*self.key_page_query(org_id, pod_id, ascending, after, limit)).fetchall()
+
+    def key_page_query(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> tuple:
+        """The statement and parameters of ``page_keys`` (its tests read its plan)."""
         where, params = "org_id = ? AND revoked_at IS NULL", [org_id]
         if pod_id is not None:
             where, params = where + " AND pod_id = ?", params + [pod_id]
-        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
+        return _page_query("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
 
     def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
-        """Keyset paging: up to ``limit`` rows of ``table`` matching ``where``, in
-        (created_at, id) order (descending unless ``ascending``), after ``after``."""
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        if after is not None:
-            where, params = where + f" AND (created_at, {id_column}) {op} (?, ?)", [*params, *after]
         return self.connection().execute(
-            f"SELECT {columns} FROM {table} WHERE {where}"
-            f" ORDER BY created_at {order}, {id_column} {order} LIMIT ?",
-            (*params, limit),
+            *_page_query(table, columns, id_column, where, params, ascending, after, limit)
         ).fetchall()
 
     def find_key(self, org_id: int, key_id: str):
