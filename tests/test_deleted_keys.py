@@ -139,3 +139,39 @@ def test_deleting_a_pod_still_deletes_its_deleted_keys_too(app, backend, sql):
     pile_up(app, org_id, pod, 10)
     assert storage.delete_pod(org_id, pod)
     assert sql("SELECT count(*) FROM api_key WHERE pod_id = ?", (pod,)) == [(0,)]
+
+
+def indexes(target) -> set[str]:
+    if is_url(target):
+        return {row[0] for row in dbtools.query(target, "SELECT indexname FROM pg_indexes"
+                                                        " WHERE schemaname = current_schema() AND tablename = 'api_key'")}
+    return {row[0] for row in dbtools.query(target, "SELECT name FROM sqlite_master WHERE type = 'index'"
+                                                    " AND tbl_name = 'api_key'")}
+
+
+def test_an_older_database_gets_the_live_key_indexes_as_it_upgrades(backend, database):
+    from pods import close_app, create_app
+    from pods.storage import postgres, sqlite
+
+    if backend == "sqlite":
+        import shutil
+        from pathlib import Path
+
+        shutil.copy(Path(__file__).parent / "fixtures" / "v2.db", database)
+    else:  # PostgreSQL version 1, as the pods before this one made it
+        import psycopg
+
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("CREATE TABLE pods_schema (version integer NOT NULL)")
+            conn.execute("INSERT INTO pods_schema VALUES (1)")
+            conn.execute(postgres.SCRIPTS[0].read_text())
+    assert "api_key_org_live_page" not in indexes(database)
+    app = create_app({"DB": database})
+    try:
+        found = indexes(database)
+        assert {"api_key_org_live_page", "api_key_pod_live_page", "api_key_pod_page"} <= found
+        assert "api_key_org_page" not in found
+        version = storage_of(app).schema_version()
+        assert version == (sqlite.SCHEMA_VERSION if backend == "sqlite" else postgres.SCHEMA_VERSION)
+    finally:
+        close_app(app)

@@ -190,7 +190,7 @@ def test_three_instances_starting_at_once_on_an_empty_database_apply_the_schema_
         assert failures == [] and len(servers) == 3
         for s in servers:
             assert httpx.get(s.url + URL, headers=AUTH).status_code == 200
-        assert query(pg, "SELECT version FROM pods_schema") == [(1,)]
+        assert query(pg, "SELECT version FROM pods_schema") == [(postgres.SCHEMA_VERSION,)]
         assert query(pg, "SELECT count(*) FROM api_key") == [(1,)]  # PODS_API_KEY, stored once
     finally:
         for s in servers:
@@ -720,7 +720,7 @@ def test_check_and_migrate_work_on_postgresql(pg):
     query(pg, "ALTER TABLE setting_table RENAME TO setting")
     query(pg, "ALTER TABLE pod RENAME COLUMN name TO title")
     broken = run_app("check", "--db", pg)
-    assert broken.returncode == 1 and "schema version 1 without column(s) pod.name" in broken.stderr
+    assert broken.returncode == 1 and f"schema version {postgres.SCHEMA_VERSION} without column(s) pod.name" in broken.stderr
     query(pg, "DROP TABLE setting")
     broken = run_app("check", "--db", pg)
     assert broken.returncode == 1 and "without table(s) setting" in broken.stderr
