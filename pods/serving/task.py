@@ -40,15 +40,9 @@ class CoalescingTask(WSGITask):
             self.set_close_on_finish()
 
     def execute(self):
-        request = self.request
-        if request.refusal is not None:
-            return self.refuse(request.refusal)
-        try:
-            super().execute()
-        finally:
-            if request.key_hash is not None:
-                caller = self.environ.get(accesslog.CALLER_ENVIRON_KEY) if self.environ is not None else None
-                self.channel.server.admission.learn(request, caller, self.status)
+        if self.request.refusal is not None:
+            return self.refuse(self.request.refusal)
+        super().execute()
 
     def refuse(self, refusal):
         started = time.perf_counter()
@@ -76,6 +70,10 @@ class CoalescingTask(WSGITask):
         return environ
 
     def build_response_header(self):
+        request = self.request
+        if request.key_hash is not None and self.environ is not None and request.refusal is None:
+            # Before the answer goes out: the client's next request finds the token known.
+            self.channel.server.admission.learn(request, self.environ.get(accesslog.CALLER_ENVIRON_KEY), self.status)
         headers = self.response_headers
         if self.request.rate_headers:
             headers.extend(self.request.rate_headers)
