@@ -10,7 +10,8 @@ import click
 
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
-from ..storage import EXTENSION_KEY, describe, open_storage
+from ..api.application import STORAGE_EXTENSION
+from ..storage import describe, open_storage
 from . import server, shutdown, workers
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
 
@@ -114,7 +115,7 @@ def _serve_app(app, sock, settings: Settings, on_exit) -> None:
 
 def _close_database(app) -> None:
     close_app(app)
-    app.extensions[EXTENSION_KEY].checkpoint()
+    app.extensions[STORAGE_EXTENSION].checkpoint()
 
 
 def bootstrap_key(storage, env_token: str | None) -> None:
