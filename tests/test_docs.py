@@ -143,14 +143,14 @@ def link_problems(path: Path) -> list[str]:
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
             continue
         file_part, _, anchor = target.partition("#")
+        if "shared" in Path(file_part).parts:
+            problems.append(f"{where}: links into shared/, which users do not have")
+            continue
         resolved = (path.parent / file_part).resolve() if file_part else path
         try:
             inside = resolved.relative_to(ROOT)
         except ValueError:
             problems.append(f"{where}: points outside the repository")
-            continue
-        if inside.parts[:1] == ("shared",) or "shared" in Path(file_part).parts:
-            problems.append(f"{where}: links into shared/, which users do not have")
             continue
         if not resolved.exists():
             problems.append(f"{where}: no such file")
@@ -176,13 +176,15 @@ def test_the_link_check_catches_a_missing_file_a_missing_anchor_and_shared(tmp_p
     page.write_text(
         "[ok](docs/a.md#title-one-two) [ok](docs/a.md#title-one-two-1) [ok](#here) [web](https://x.org/#y)\n"
         "# Here\n"
-        "[gone](docs/b.md) [bad anchor](docs/a.md#nope) [spec](../shared/spec/x.md) `[code](nope.md)`\n"
+        "[gone](docs/b.md) [bad anchor](docs/a.md#nope) [spec](../shared/spec/x.md) [up](../x.md)\n"
+        "`[code](nope.md)`\n"
         "```\n[in a block](nowhere.md)\n```\n"
     )
     assert [p.split(": ", 2)[1:] for p in link_problems(page)] == [
         ["docs/b.md", "no such file"],
         ["docs/a.md#nope", "no heading with the anchor #nope in docs/a.md"],
-        ["../shared/spec/x.md", "points outside the repository"],
+        ["../shared/spec/x.md", "links into shared/, which users do not have"],
+        ["../x.md", "points outside the repository"],
     ]
 
 
