@@ -157,7 +157,7 @@ def test_an_older_database_gets_the_live_key_indexes_as_it_upgrades(backend, dat
         import shutil
         from pathlib import Path
 
-        shutil.copy(Path(__file__).parent / "fixtures" / "v2.db", database)
+        shutil.copy(Path(__file__).parent.parent / "fixtures" / "v2.db", database)
     else:  # PostgreSQL version 1, as the pods before this one made it
         import psycopg
 
