@@ -1,6 +1,6 @@
 """An earlier version of pods against this one, side by side, on the read paths.
 
-    python bench/compare.py REF [--rounds 5] [--duration 3]
+    python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3]
 
 REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
 temporary worktree; the database is seeded (1,000 pods) by REF's own
@@ -8,7 +8,10 @@ temporary worktree; the database is seeded (1,000 pods) by REF's own
 migrates as it starts. Both servers run at once, on SQLite, with their default
 threads; every scenario is run against each in turn, round after round, the order
 flipped each round, so that a noisy machine shifts both alike. Reports each side's
-median req/s and the median of the per-round ratios (this / REF).
+median req/s and the median of the per-round ratios (this / REF), and the server's
+CPU time per request (user + system, from /proc), which a machine shared with
+other work disturbs far less than throughput. ``--this REF2`` puts another
+revision in place of the working tree.
 
 Needs wrk (Debian: apt-get install wrk) and git.
 """
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("ref")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--this", default=None, help="a revision to compare instead of the working tree")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -61,37 +65,54 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pods-compare-"))
     before_root = work / "before"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(before_root), commit], check=True, cwd=ROOT)
+    this_root = ROOT
+    if args.this:
+        this_root = work / "this"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(this_root), args.this], check=True, cwd=ROOT)
     procs = {}
     try:
         ids = seed_with(before_root, work / "before.db", 1000)
         shutil.copy(work / "before.db", work / "this.db")
         ids_file = run.write_ids(work, ids)
         procs[commit] = server("before", before_root, work / "before.db", work)
-        procs["this"] = server("this", ROOT, work / "this.db", work)
+        procs["this"] = server("this", this_root, work / "this.db", work)
         runs = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}
+        cpu = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}  # µs per request
         for round_no in range(args.rounds):
             sides = list(procs) if round_no % 2 == 0 else list(procs)[::-1]
             for name, script, conns, env in SCENARIOS:
                 for side in sides:
+                    used = procs[side].cpu_seconds()
                     result = run.wrk(procs[side], script, conns, args.duration,
                                      {"BENCH_IDS": str(ids_file), **env})
+                    used = procs[side].cpu_seconds() - used
                     assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
                     runs[name][side].append(result["rps"])
-                    print(f"round {round_no + 1} {name:18} {side:8} {result['rps']:7.0f} req/s", file=sys.stderr)
+                    cpu[name][side].append(used / result["requests"] * 1e6)
+                    print(f"round {round_no + 1} {name:18} {side:8} {result['rps']:7.0f} req/s"
+                          f" {cpu[name][side][-1]:6.0f} µs CPU/request", file=sys.stderr)
     finally:
         for p in procs.values():
             p.stop()
         subprocess.run(["git", "worktree", "remove", "--force", str(before_root)], cwd=ROOT)
+        if args.this:
+            subprocess.run(["git", "worktree", "remove", "--force", str(this_root)], cwd=ROOT)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"| scenario | {commit} req/s median | this req/s median | this / {commit}, median of rounds (min–max) |")
-    print("|---|---|---|---|")
+    this = args.this or "this"
+    print(f"| scenario | {commit} req/s median | {this} req/s median | {this} / {commit}, median of rounds (min–max)"
+          f" | CPU µs/request {commit} | {this} | {commit} / {this} (throughput the CPU allows) |")
+    print("|---|---|---|---|---|---|---|")
     for name, by_side in runs.items():
         ratios = [b / a for a, b in zip(by_side[commit], by_side["this"])]
+        spent = cpu[name]
+        cpu_ratios = [a / b for a, b in zip(spent[commit], spent["this"])]
         print(f"| {name} | {statistics.median(by_side[commit]):.0f} | {statistics.median(by_side['this']):.0f} |"
-              f" {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
-    print(json.dumps({"ref": commit, "rounds": args.rounds, "duration_s": args.duration, "rps": runs}),
-          file=sys.stderr)
+              f" {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |"
+              f" {statistics.median(spent[commit]):.0f} | {statistics.median(spent['this']):.0f} |"
+              f" {statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}–{max(cpu_ratios):.2f}) |")
+    print(json.dumps({"ref": commit, "this": this, "rounds": args.rounds, "duration_s": args.duration, "rps": runs,
+                      "cpu_us_per_request": cpu}), file=sys.stderr)
 
 
 if __name__ == "__main__":

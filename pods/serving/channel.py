@@ -69,9 +69,12 @@ class PodsChannel(HTTPChannel):
         # failing to take the task's output lock, and competes with the task for the
         # GIL: under 32 keep-alive connections throughput fell by three quarters.
         # A request waiting for the output to go is not being served: send it.
-        if self.requests and not (self.next_request_waiting or self.will_close or self.close_when_flushed):
+        # (waitress's own test inlined: this runs for every connection on every turn of the loop.)
+        if self.will_close or self.close_when_flushed:
+            return True
+        if self.requests and not self.next_request_waiting:
             return False
-        return super().writable()
+        return self.total_outbufs_len
 
     @property
     def busy(self) -> bool:
@@ -149,7 +152,12 @@ class PodsChannel(HTTPChannel):
         self._dropped(already)
 
     def readable(self):
-        return self.discarding or (not self.holding and super().readable())
+        # waitress's own test, inlined (it runs for every connection on every turn of the
+        # loop), with the two states of reading pods adds: dropping, and holding.
+        if self.discarding:
+            return True
+        return not (self.holding or self.will_close or self.close_when_flushed or self.total_outbufs_len
+                    or len(self.requests) > self.adj.channel_request_lookahead)
 
     # -- a key to look up before a body is read --------------------------------------
 

@@ -96,21 +96,22 @@ class FairQueue:
 
     def pop(self):
         """The next item in turn. :raise IndexError: empty."""
-        for group, members in self._groups.items():
-            break
-        else:
+        if not self._length:
             raise IndexError("pop from an empty FairQueue")
-        for member, items in members.items():
-            break
+        groups = self._groups
+        group = next(iter(groups))
+        members = groups[group]
+        member = next(iter(members))
+        items = members[member]
         item = items.popleft()
         if items:
             members.move_to_end(member)
         else:
             del members[member]
         if members:
-            self._groups.move_to_end(group)
+            groups.move_to_end(group)
         else:
-            del self._groups[group]
+            del groups[group]
         self._length -= 1
         return item
 
@@ -137,10 +138,15 @@ class FairQueue:
         return {group: sum(map(len, members.values())) for group, members in self._groups.items()}
 
 
-class Queued(NamedTuple):
-    since: float  # time.monotonic() when queued
-    task: object  # a channel with a request to serve, or a job (``service()``)
-    sheddable: bool
+# What the queue holds: (time.monotonic() when queued, the task: a channel with a
+# request to serve or a job with ``service()``, whether it may be shed).
+SINCE, TASK, SHEDDABLE = range(3)
+# waitress logs "Task queue depth is N" for every request queued; a record per
+# request costs more than scheduling it. Here at most one a second, with the peak
+# depth since the last, and only once that is this deep (QueueDepthSummary, which
+# the serving log filters these through, says at most one line a minute).
+QUEUE_LOG_MIN_DEPTH = 10
+QUEUE_LOG_SECONDS = 1.0
 
 
 class FairDispatcher(ThreadedTaskDispatcher):
@@ -163,21 +169,31 @@ class FairDispatcher(ThreadedTaskDispatcher):
         self.queued_total = 0
         self.wait_seconds_total = 0.0
         self.shed_total = 0
+        self._peak_waiting = 0
+        self._next_queue_log = 0.0
 
     def add_task(self, task, sheddable: bool = True):
         tenant = self.tenant_of(task)
+        now = time.monotonic()
         with self.lock:
-            self.queue.push(tenant.group, tenant.member, Queued(time.monotonic(), task, sheddable))
+            queue = self.queue
+            queue.push(tenant.group, tenant.member, (now, task, sheddable))
             self.queued_total += 1
-            self.queue_cv.notify()
-            waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
-        if waiting > 0:
-            self.queue_logger.warning("Task queue depth is %d", waiting)
+            idle = len(self.threads) - self.stop_count - self.active_count
+            if idle > 0:  # a thread waits: wake one (a busy one takes the next item itself)
+                self.queue_cv.notify()
+            waiting = len(queue) - idle
+        if waiting > self._peak_waiting:
+            self._peak_waiting = waiting
+        if self._peak_waiting >= QUEUE_LOG_MIN_DEPTH and now >= self._next_queue_log:
+            self.queue_logger.warning("Task queue depth is %d", self._peak_waiting)
+            self._next_queue_log, self._peak_waiting = now + QUEUE_LOG_SECONDS, 0
 
     def handler_thread(self, thread_no):
+        lock, queue, timeout = self.lock, self.queue, self.queue_timeout
         while True:
-            with self.lock:
-                while not self.queue and self.stop_count == 0:
+            with lock:
+                while not queue and self.stop_count == 0:
                     self.active_count -= 1
                     self.queue_cv.wait()
                     self.active_count += 1
@@ -187,20 +203,18 @@ class FairDispatcher(ThreadedTaskDispatcher):
                     self.threads.discard(thread_no)
                     self.thread_exit_cv.notify()
                     break
-                item = self.queue.pop()
-                waited = time.monotonic() - item.since
+                since, task, sheddable = queue.pop()
+                waited = time.monotonic() - since
                 self.wait_seconds_total += waited
-                if item.sheddable and waited > self.queue_timeout:
+                shed = sheddable and waited > timeout
+                if shed:
                     self.shed_total += 1
-                    shed = True
-                else:
-                    shed = False
             try:
                 if shed:
-                    self.shed(item.task, waited)
-                item.task.service()
+                    self.shed(task, waited)
+                task.service()
             except BaseException:
-                self.logger.exception("Exception when servicing %r", item.task)
+                self.logger.exception("Exception when servicing %r", task)
 
     def take_expired(self, now: float) -> list:
         """Remove the sheddable items that have waited past the queue timeout (the
@@ -208,10 +222,12 @@ class FairDispatcher(ThreadedTaskDispatcher):
         returns (task, waited) pairs."""
         limit = now - self.queue_timeout
         with self.lock:
-            items = self.queue.take_where(lambda item: item.sheddable and item.since < limit)
+            if not self.queue:
+                return []
+            items = self.queue.take_where(lambda item: item[SHEDDABLE] and item[SINCE] < limit)
             self.shed_total += len(items)
-            self.wait_seconds_total += sum(now - item.since for item in items)
-        return [(item.task, now - item.since) for item in items]
+            self.wait_seconds_total += sum(now - item[SINCE] for item in items)
+        return [(item[TASK], now - item[SINCE]) for item in items]
 
     def shutdown(self, cancel_pending=True, timeout=5):
         self.set_thread_count(0)
@@ -227,7 +243,7 @@ class FairDispatcher(ThreadedTaskDispatcher):
                 if pending:
                     self.logger.warning("Canceling %d pending task(s)", len(pending))
                 for item in pending:
-                    cancel = getattr(item.task, "cancel", None)
+                    cancel = getattr(item[TASK], "cancel", None)
                     if cancel is not None:
                         cancel()
                 self.queue_cv.notify_all()

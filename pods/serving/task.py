@@ -9,6 +9,7 @@ from waitress.task import ErrorTask, WSGITask
 from ..api import accesslog
 from ..api.errors import error_json
 from .admission import WithheldBody, logged_caller
+from .scheduler import ANONYMOUS
 
 # A 503 or 429 the app gave without Retry-After (the database not answering) gets this.
 RETRY_AFTER_SECONDS = "1"
@@ -71,8 +72,10 @@ class CoalescingTask(WSGITask):
 
     def build_response_header(self):
         request = self.request
-        if request.key_hash is not None and self.environ is not None and request.refusal is None:
-            # Before the answer goes out: the client's next request finds the token known.
+        if request.key_hash is not None and self.environ is not None and (
+                request.tenant.group is ANONYMOUS or self.status[:3] == "401"):
+            # A token not known yet, or one refused: learned (or forgotten) before the answer
+            # goes out, so that the client's next request finds it so.
             self.channel.server.admission.learn(request, self.environ.get(accesslog.CALLER_ENVIRON_KEY), self.status)
         headers = self.response_headers
         if self.request.rate_headers:

@@ -11,6 +11,7 @@ where it was stored.
 """
 
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -81,8 +82,19 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_second = (None, "")  # (whole second since the epoch, its text up to the seconds): swapped atomically
+
+
 def utc_now() -> str:
-    return utc_text(datetime.now(UTC))
+    """``utc_text`` of now. Read on every request (a key's expiry is checked against
+    it): strftime once a second, not once a call."""
+    global _second
+    whole, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{nanoseconds // 1000:06d}Z"
 
 
 def utc_text_of(seconds: float) -> str:
