@@ -7,8 +7,9 @@ waitress hands each request that is ready to a FIFO queue in front of its worker
 threads (``ThreadedTaskDispatcher``): one client with 64 connections then has 64
 requests queued ahead of everyone else's one. ``FairDispatcher`` replaces that
 queue with ``FairQueue``, which gives each tenant a turn in rotation, so that a
-request waits for at most about one request of each other busy tenant, and a
-tenant alone has every thread (nothing waits for an idle share).
+request waits for at most about one request of each other busy tenant (one from
+a tenant that had nothing queued goes first, and waits for what is in service),
+and a tenant alone has every thread (nothing waits for an idle share).
 
 A request's tenant is known from its headers without a database read: a bounded
 map (``TenantMap``) from the hash of a bearer token to the key and organization
@@ -73,8 +74,13 @@ class TenantMap:
 
 class FairQueue:
     """Two-level round robin: groups take turns, and within a group its members do;
-    each member's items are served in the order they came. Not thread-safe: the
-    dispatcher holds its lock around every call."""
+    each member's items are served in the order they came. A group (or member) that
+    had nothing queued joins at the head of the turn, not its tail, as a new flow
+    does in FQ-CoDel: a tenant that sends one request at a time is served next,
+    waiting only for what is in service, while one that keeps a backlog gets its
+    turn after every other; a tenant's share is unchanged, since it is new only
+    when it had nothing waiting. Not thread-safe: the dispatcher holds its lock
+    around every call."""
 
     def __init__(self):
         # group -> {member -> deque of items}; both in turn order (next first).
@@ -85,12 +91,15 @@ class FairQueue:
         return self._length
 
     def push(self, group, member, item) -> None:
-        members = self._groups.get(group)
+        groups = self._groups
+        members = groups.get(group)
         if members is None:
-            members = self._groups[group] = collections.OrderedDict()
+            members = groups[group] = collections.OrderedDict()
+            groups.move_to_end(group, last=False)  # had nothing waiting: next in turn
         items = members.get(member)
         if items is None:
             items = members[member] = collections.deque()
+            members.move_to_end(member, last=False)
         items.append(item)
         self._length += 1
 

@@ -26,7 +26,8 @@ def test_organizations_take_turns():
     for i in range(5):
         q.push("globex", "g1", ("globex", i))
     order = drain(q)
-    assert [org for org, _ in order] == ["acme", "globex"] * 5
+    # globex had nothing queued when it came: its turn is next, then they alternate.
+    assert [org for org, _ in order] == ["globex", "acme"] * 5
     # Each tenant's own requests keep their order.
     assert [i for org, i in order if org == "acme"] == list(range(5))
 
@@ -37,7 +38,7 @@ def test_within_an_organization_its_keys_take_turns():
         q.push("acme", "agent-1", ("agent-1", i))
     for i in range(4):
         q.push("acme", "agent-2", ("agent-2", i))
-    assert [key for key, _ in drain(q)] == ["agent-1", "agent-2"] * 4
+    assert [key for key, _ in drain(q)] == ["agent-2", "agent-1"] * 4
 
 
 @pytest.mark.parametrize("other_org", ["acme", "globex"])
@@ -47,7 +48,7 @@ def test_fifty_queued_by_one_key_delay_another_keys_request_by_about_one(other_o
         q.push("acme", "busy", ("busy", i))
     q.push(other_org, "quiet", ("quiet", 0))
     order = drain(q)
-    assert order.index(("quiet", 0)) <= 1  # at most the one busy request whose turn came first
+    assert order.index(("quiet", 0)) == 0  # it had nothing queued: next, after what is in service
 
 
 def test_a_newcomer_waits_for_one_request_per_busy_tenant_at_most():
@@ -59,9 +60,13 @@ def test_a_newcomer_waits_for_one_request_per_busy_tenant_at_most():
     for _ in range(7):  # some of the rotation already served
         q.pop()
     q.push("initech", "i", ("i", 0))
+    q.push("acme", "c", ("c", 0))  # a key of a busy organization, with nothing queued
     order = drain(q)
-    # One per other busy organization (acme, globex, the anonymous one) and then it.
-    assert order.index(("i", 0)) <= 3
+    # Each had nothing queued: served next, before any backlog.
+    assert order.index(("i", 0)) == 0
+    assert order.index(("c", 0)) <= 2  # acme's turn comes after initech's, and its new key goes first in it
+    # Those with a backlog still take turns: each of globex, acme and the anonymous group once a round.
+    assert [member for member, _ in order[1:7]] == ["g", "c", "10.0.0.9", "g", "b", "10.0.0.9"]
 
 
 def test_eight_keys_of_one_organization_get_together_what_one_key_of_another_gets():
@@ -89,7 +94,7 @@ def test_take_where_removes_the_matching_heads_and_keeps_the_rest_in_turn():
         q.push("acme", "k", i)
     q.push("globex", "g", 10)
     assert q.take_where(lambda item: item < 2) == [0, 1]
-    assert len(q) == 2 and drain(q) == [2, 10]
+    assert len(q) == 2 and drain(q) == [10, 2]
 
 
 # -- whose a request is ----------------------------------------------------------------
@@ -145,7 +150,7 @@ def test_unknown_keys_and_no_key_share_their_addresss_turn(admission):
         q.push(ANONYMOUS, "10.0.0.7", "seven")
     q.push(ANONYMOUS, "10.0.0.8", "eight")
     q.push(1, "a1", "acme")
-    assert drain(q)[:4] == ["seven", "acme", "eight", "seven"]
+    assert drain(q)[:5] == ["acme", "eight", "seven", "seven", "seven"]
 
 
 def test_the_address_is_the_one_the_access_log_shows(admission):
@@ -225,7 +230,7 @@ def test_worker_threads_serve_the_queue_in_turn():
         deadline = time.monotonic() + 5
         while len(log) < 6 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert log == ["blocker", "flood-0", "quiet", "flood-1", "flood-2", "flood-3"]
+        assert log == ["blocker", "quiet", "flood-0", "flood-1", "flood-2", "flood-3"]
         assert d.queued_total == 6
     finally:
         d.shutdown(timeout=2)
