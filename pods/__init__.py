@@ -9,8 +9,9 @@ from .leanflask import CompactJSONProvider, NoSessions
 from .routing import StrictRoutingFlask
 from .storage import EXTENSION_KEY, open_storage
 
-# The one place the version is written: pyproject.toml reads it from here.
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here. Bumped
+# with every change users can see; CHANGELOG.md's top entry names it.
+__version__ = "0.2.0"
 
 
 def create_app(config: dict | None = None) -> Flask:

@@ -1,18 +1,24 @@
 """The operator's command line: ``python app.py [serve options] [COMMAND]``."""
 
 import contextlib
+import difflib
 import functools
+import json
 import logging
+import re
 import os
 import shlex
 import sys
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import click
 from click.core import ParameterSource
 
 from . import __version__, accesslog, close_app, create_app, logstream, server
+from .access import PERMISSIONS, permissions_from, stored_permissions
 from .auth import hash_key, new_token, token_prefix
+from .schemafiles import version_history
 from .storage import (
     NotEmpty,
     UnusableDatabase,
@@ -23,6 +29,8 @@ from .storage import (
     open_storage,
     same_database,
 )
+from .storage.base import utc_text
+from .storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .storage.sqlite import backup, companions, database_file_suffix
 from .storage.url import looks_like_connection_string
 
@@ -39,6 +47,12 @@ MAKE_A_TOKEN = "python3 -c \"import secrets; print('pods_' + secrets.token_urlsa
 THREADS_DEFAULT = 1
 THREADS_DEFAULT_POSTGRES = 4
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+# keys create --expires-at: RFC 3339's date-time, as the API takes expires_at
+# (pods/schemas.py's RFC3339; not imported, which would load marshmallow for every command).
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+# keys create --expires-in: a number and a unit.
+DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _org_name(ctx, param, value):
@@ -159,8 +173,22 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
             storage.close()
 
 
+def _show_version(ctx, param, value):
+    """``--version``: this pods' version and the database schema versions it writes
+    (SQLite and PostgreSQL count their versions apart), read without psycopg."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.resources import files
+
+    postgres_version = len(version_history(files("pods.storage") / "postgres_migrations"))
+    click.echo(f"pods, version {__version__} (database schema version {SQLITE_SCHEMA_VERSION} on SQLite,"
+               f" {postgres_version} on PostgreSQL)")
+    ctx.exit()
+
+
 @click.group(invoke_without_command=True)
-@click.version_option(__version__, prog_name="pods")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and the database schema versions, and exit.")
 @click.option("--host", envvar="PODS_HOST", default="127.0.0.1", show_default=True,
               help="Interface to listen on (env PODS_HOST).")
 @click.option("--port", envvar="PODS_PORT", default=8080, show_default=True,
@@ -278,6 +306,8 @@ def configure_logging(level: str) -> None:
 
 def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str, limits: dict) -> None:
     configure_logging(log_level)
+    if workers > 1:
+        logstream.name_worker(0)  # the parent; each worker names itself 1..N
     if _unknown_variables():
         log.warning(_unknown_variables_message())
     env_token = os.environ.get(API_KEY_VARIABLE)
@@ -304,7 +334,8 @@ def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: 
     if app is not None:
         _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(app))
         return
-    code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
+    code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits, number)
+                               for number, sock in enumerate(sockets, start=1)])
     for sock in sockets:
         sock.close()
     # Once, after every worker is gone: a worker checkpointing while its siblings
@@ -334,11 +365,30 @@ def _fit_connection_limit(wanted: int) -> int:
 
 
 def _prepare_database(db: str, env_token: str | None) -> None:
+    # A first start that cannot show its first key leaves no database behind (init
+    # could not make one after it): with stdout closed it makes none; when the token
+    # could not be written, the file it just made is removed.
+    new = not is_url(db) and not os.path.lexists(db)
+    if new and not env_token:
+        _require_stdout()
     with _database(db) as storage:
-        _bootstrap_key(storage, env_token)
+        try:
+            _bootstrap_key(storage, env_token)
+        except BaseException:
+            if new:
+                _discard_unused(storage)
+            raise
 
 
-def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
+def _discard_unused(storage) -> None:
+    """Remove a database made by this start, if it still holds no key and no pod."""
+    with contextlib.suppress(Exception):  # unsure what it holds: leave it
+        if storage.count_api_keys() == 0 and storage.count_pods() == 0:
+            storage.discard_new()
+
+
+def _serve_worker(config: dict, sock, threads: int, limits: dict, number: int) -> None:
+    logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
     try:
         with _clear_failures(config["DB"]):
             app = create_app(config)
@@ -402,13 +452,25 @@ def _require_stdout() -> None:
 
 
 def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None,
-                first: bool = False) -> None:
-    """Store a new key for ``org`` (scoped to ``pod_id``, if given) and print it:
-    once, as the last line. ``first``: only if the database has no key yet (another
-    server starting at the same moment may have made it).
+                first: bool = False, permissions: frozenset | None = None, expires_at: str | None = None,
+                new_organization: bool = False) -> None:
+    """Store a new key for ``org`` (scoped to ``pod_id``, if given; with
+    ``permissions``, None for every one, and ``expires_at``) and print its token on
+    stdout, once, as the last line. ``first``: only if the database has no key yet
+    (another server starting at the same moment may have made it).
+    ``new_organization``: the key starts ``org`` (it had no key and no pod): stderr
+    says so too, so that a mistyped --org is seen.
 
-    Storing and showing are one step: the key is committed only once its token has
-    been written and flushed to stdout, so no key is ever stored unseen.
+    The token is shown and the key stored, never one without the other:
+    - The token is stdout's only line, written and flushed inside the transaction
+      that stores the key, which commits only once that write succeeded. A stdout
+      that cannot take it (closed, full, a pipe whose reader left) rolls the key back:
+      "nothing was stored", and nothing on stdout claimed otherwise.
+    - Only after the commit does stderr say "Created API key ID ..." (the log, when
+      serving): nothing announces a key that is not stored. A reader that keeps only
+      the first line (``| head -1``) keeps the token itself.
+    - Should the commit fail after the token was written (a full disk), the error
+      says that the token printed is void.
     """
     _require_stdout()
     token = new_token()
@@ -416,18 +478,17 @@ def _create_key(storage, org: str, pod_id: str | None = None, name: str | None =
     shown = []
 
     def show(key) -> None:
-        scope = f'pod {pod_id} of organization "{org}"' if pod_id else f'organization "{org}"'
         try:
-            click.echo(f"Created API key {key['key_id']} for {scope}. It is shown only once:")
             click.echo(token)
             sys.stdout.flush()
         except (OSError, ValueError) as e:  # ValueError: written to a closed file
             raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
-        shown.append(True)
+        shown.append(key)
 
     try:
-        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show,
-                               only_if_first=first)
+        stored = storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id,
+                                        stored_permissions(permissions), expires_at, before_commit=show,
+                                        only_if_first=first)
     except driver_errors() as e:
         if not shown:
             raise
@@ -442,6 +503,21 @@ def _create_key(storage, org: str, pod_id: str | None = None, name: str | None =
         raise click.ClickException(
             f"cannot write a new API key to stdout ({e}); nothing was stored"
         ) from None
+    if stored is None:  # first: another server made the first key meanwhile; nothing was shown
+        return
+    scope = f'pod {pod_id} of organization "{_shown(org)}"' if pod_id else f'organization "{_shown(org)}"'
+    if first:  # serving: the log is stderr, one entry a line
+        log.info("created API key %s for %s; its token, printed on stdout, is shown only once", stored["key_id"], scope)
+        return
+    grants = "every permission" if permissions is None else (
+        "permissions " + (", ".join(p for p in PERMISSIONS if p in permissions) or "none"))
+    until = f"expires {expires_at}" if expires_at else "no expiry"
+    with contextlib.suppress(OSError, ValueError):  # stored and shown already: the note is a courtesy
+        if new_organization:
+            click.echo(f'Started a new organization "{_shown(org)}": it had no key and no pod (if you meant an '
+                       f"existing one, `{_command_line('orgs', 'list')}` lists them).", err=True)
+        click.echo(f"Created API key {stored['key_id']} for {scope} ({grants}; {until}). "
+                   f"Its token, on stdout, is shown only once.", err=True)
 
 
 def _discard_stdout() -> None:
@@ -512,29 +588,117 @@ def keys():
     """Create, list and revoke API keys."""
 
 
+def _permission_names(ctx, param, values):
+    """--permission NAME, repeated: the set of names (None when not given: every
+    permission), each one the API takes."""
+    for value in values:
+        if value in PERMISSIONS:
+            continue
+        if "," in value or " " in value:
+            hint = "; give --permission once per name"
+        else:
+            close = difflib.get_close_matches(value, PERMISSIONS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        raise click.BadParameter(f"{value!r} is not a permission name{hint}; the names the API takes are "
+                                 f"{', '.join(PERMISSIONS)}")
+    return frozenset(values) if values else None
+
+
+def _expires_in(ctx, param, value):
+    """--expires-in 30d: the expiry that long from now, as stored."""
+    if value is None:
+        return None
+    m = DURATION.fullmatch(value)
+    if m is None or int(m.group(1)) == 0:
+        raise click.BadParameter(f"{value!r} is not a duration: a whole number above 0 and a unit, "
+                                 f"s, m, h, d or w (30d, 12h, 90m)")
+    try:
+        return utc_text(datetime.now(UTC) + timedelta(seconds=int(m.group(1)) * DURATION_UNITS[m.group(2)]))
+    except OverflowError:
+        raise click.BadParameter(f"{value!r} ends after the year 9999") from None
+
+
+def _expires_at(ctx, param, value):
+    """--expires-at 2027-01-01T00:00:00Z: an RFC 3339 time in the future, as stored."""
+    if value is None:
+        return None
+    try:
+        if not RFC3339.fullmatch(value):
+            raise ValueError
+        moment = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an RFC 3339 time with an offset, "
+                                 f"e.g. 2030-01-01T00:00:00Z") from None
+    if moment <= datetime.now(UTC):
+        raise click.BadParameter(f"{value} is not in the future")
+    try:
+        return utc_text(moment)
+    except OverflowError:  # in UTC, past 9999-12-31
+        raise click.BadParameter(f"{value} is after the year 9999 in UTC") from None
+
+
 @keys.command("create")
 @click.option("--org", required=True, callback=_org_name, help="Organization the key belongs to.")
 @click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: all of it).")
 @click.option("--name", callback=_key_name, help="Name of the key (default: the start of its token).")
+@click.option("--permission", "permissions", multiple=True, metavar="NAME", callback=_permission_names,
+              help="Grant this permission; repeat for each (default: every permission). Names as the API's: "
+                   "pod_read, pod_create, pod_delete, api_key_read, api_key_create, api_key_update, "
+                   "api_key_delete, and the SDK's others.")
+@click.option("--expires-in", metavar="DURATION", callback=_expires_in,
+              help="The key stops working this long from now: 30d, 12h, 90m (units s, m, h, d, w).")
+@click.option("--expires-at", metavar="TIME", callback=_expires_at,
+              help="The key stops working at this RFC 3339 time, e.g. 2030-01-01T00:00:00Z.")
 @db_option(None)
 @click.pass_context
-def keys_create(ctx, org, pod_id, name, db):
-    """Create a key with every permission; its token is printed once, as the last line."""
+def keys_create(ctx, org, pod_id, name, permissions, expires_in, expires_at, db):
+    """Create a key; its token is printed on stdout, once, as the last line, and
+    stderr says which key it is once it is stored. A key for an organization that
+    has no key and no pod yet starts that organization: stderr says so."""
+    if expires_in is not None and expires_at is not None:
+        raise click.UsageError("--expires-in and --expires-at are mutually exclusive: give one")
     with _existing_database(_db_path(ctx, db)) as storage:
-        _create_key(storage, org, pod_id, name)
+        new_organization = pod_id is None and storage.is_new_organization(org)
+        _create_key(storage, org, pod_id, name, permissions=permissions, expires_at=expires_in or expires_at,
+                    new_organization=new_organization)
+
+
+def _permissions_column(stored: str | None) -> str:
+    """keys list's permissions column: "all" (every permission, as stored without a
+    set), "none", or the names, comma-separated."""
+    if stored is None:
+        return "all"
+    return ",".join(name for name in PERMISSIONS if name in permissions_from(stored)) or "none"
 
 
 @keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key and line, for scripts.")
 @db_option(None)
 @click.pass_context
-def keys_list(ctx, db):
-    """One key per line, tab-separated: key id, organization, created, revoked (or
-    -), name, scope (org, or the pod's id)."""
+def keys_list(ctx, as_json, db):
+    """One key per line, tab-separated, oldest first: key id, organization, created,
+    revoked (or -), name, scope (org, or the pod's id), expires (or -), permissions
+    (all, or the names, comma-separated). Never a token. Columns are only ever added
+    at the end. --json: one object per line with these and prefix, used_at, expired."""
     with _existing_database(_db_path(ctx, db), read_only=True) as storage:
         rows = storage.list_api_keys()
+    now = utc_text(datetime.now(UTC))
     for row in rows:
+        if as_json:
+            permissions = row["permissions"]
+            click.echo(json.dumps({
+                "key_id": row["key_id"], "organization": row["org_name"], "created_at": row["created_at"],
+                "revoked_at": row["revoked_at"], "name": row["name"], "pod_id": row["pod_id"],
+                "expires_at": row["expires_at"],
+                "permissions": None if permissions is None else [p for p in PERMISSIONS
+                                                                 if p in permissions_from(permissions)],
+                "prefix": row["prefix"], "used_at": row["used_at"],
+                "expired": row["expires_at"] is not None and row["expires_at"] <= now,
+            }))
+            continue
         columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
-                   row["name"], row["pod_id"] or "org"]
+                   row["name"], row["pod_id"] or "org", row["expires_at"] or "-",
+                   _permissions_column(row["permissions"])]
         click.echo("\t".join(_shown(column) for column in columns))
 
 
@@ -549,6 +713,29 @@ def keys_revoke(ctx, key_id, db):
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked API key {key_id} at {revoked_at}.")
+
+
+@cli.group()
+def orgs():
+    """List organizations."""
+
+
+@orgs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per organization and line, for scripts.")
+@db_option(None)
+@click.pass_context
+def orgs_list(ctx, as_json, db):
+    """One organization per line, tab-separated, oldest first: name, keys (not
+    revoked; expired ones included, as the API lists them), pods, created. Columns
+    are only ever added at the end."""
+    with _existing_database(_db_path(ctx, db), read_only=True) as storage:
+        rows = storage.list_organizations()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps({"name": row["name"], "keys": row["keys"], "pods": row["pods"],
+                                   "created_at": row["created_at"]}))
+        else:
+            click.echo("\t".join([_shown(row["name"]), str(row["keys"]), str(row["pods"]), row["created_at"]]))
 
 
 @cli.command("backup")
