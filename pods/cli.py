@@ -597,7 +597,7 @@ def _permission_names(ctx, param, values):
         if "," in value or " " in value:
             hint = "; give --permission once per name"
         else:
-            close = difflib.get_close_matches(value, PERMISSIONS, n=1)
+            close = [value.lower()] if value.lower() in PERMISSIONS else difflib.get_close_matches(value, PERMISSIONS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
         raise click.BadParameter(f"{value!r} is not a permission name{hint}; the names the API takes are "
                                  f"{', '.join(PERMISSIONS)}")
