@@ -88,10 +88,10 @@ def floor(app, by_id, pod_id: str) -> list:
     """Patch pods' GET step by step; returns (what is left, cost) after each patch."""
     from flask import Response
 
-    from pods import auth
-    from pods.schemas import pod_schema
-    from pods.storage import EXTENSION_KEY
-    from pods.storage.base import path_pod
+    from pods.api import auth
+    from pods.api.schemas import pod_schema
+    from pods.api.application import STORAGE_EXTENSION as EXTENSION_KEY
+    from pods.storage.interface import path_pod
     from pods.storage.sqlite import SQLiteStorage
 
     storage = app.extensions[EXTENSION_KEY]

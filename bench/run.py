@@ -39,7 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from pods.storage import sqlite  # noqa: E402
-from pods.auth import hash_key  # noqa: E402
+from pods.api.auth import hash_key  # noqa: E402
 
 KEY = "bench-key"
 

@@ -2,44 +2,47 @@
 
 import contextlib
 import difflib
-import functools
 import json
 import logging
-import re
 import os
-import shlex
-import sys
-from contextlib import contextmanager
+import re
 from datetime import UTC, datetime, timedelta
 
 import click
-from click.core import ParameterSource
 
-from . import __version__, accesslog, close_app, create_app, logstream, server
-from .access import PERMISSIONS, permissions_from, stored_permissions
-from .auth import hash_key, new_token, token_prefix
-from .schemafiles import version_history
-from .storage import (
-    NotEmpty,
-    UnusableDatabase,
-    describe,
-    driver_errors,
-    error_text,
-    is_url,
-    open_storage,
-    same_database,
+from . import __version__
+from .api import logstream
+from .api.auth import hash_key, token_prefix
+from .api.permissions import PERMISSIONS, permissions_from
+from .cli_options import (
+    command_line,
+    database_target,
+    db_option,
+    db_path,
+    existing_database,
+    key_name,
+    org_name,
+    trusted_proxies,
 )
-from .storage.base import utc_text
+from .serving import server
+from .serving.console import (
+    API_KEY_VARIABLE,
+    DEFAULT_ORG,
+    check_env_token,
+    clear_failures,
+    create_key,
+    require_stdout,
+    shown,
+)
+from .serving.serve import Settings, configure_logging, serve
+from .serving.server import Deadlines
+from .storage import NotEmpty, describe, is_url, open_storage, same_database, utc_text
+from .storage.migrations import version_history
 from .storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .storage.sqlite import backup, companions, database_file_suffix
-from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
 
-DEFAULT_ORG = "default"
-API_KEY_VARIABLE = "PODS_API_KEY"
-API_KEY_MIN_LENGTH = 32
-MAKE_A_TOKEN = "python3 -c \"import secrets; print('pods_' + secrets.token_urlsafe(32))\""
 # Request threads per process, unless --threads says. SQLite: one (the GIL makes more
 # slower). PostgreSQL: four, so that requests overlap their waits on the server and
 # its commits group (measured: creates at 8 connections 1.4x those of one thread,
@@ -48,129 +51,13 @@ THREADS_DEFAULT = 1
 THREADS_DEFAULT_POSTGRES = 4
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 # keys create --expires-at: RFC 3339's date-time, as the API takes expires_at
-# (pods/schemas.py's RFC3339; not imported, which would load marshmallow for every command).
+# (pods/api/schemas.py's RFC3339; not imported, which would load marshmallow for every command).
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
 # keys create --expires-in: a number and a unit.
 DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _org_name(ctx, param, value):
-    if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
-        raise click.BadParameter("must be 1 to 255 printable characters")
-    return value
-
-
-def db_option(default):
-    """--db for the group (with its variable and default) or for a command (neither:
-    a command's --db counts only when given on its command line)."""
-    return click.option(
-        "--db",
-        envvar="PODS_DB" if default is not None else None,
-        default=default,
-        show_default=default is not None,
-        callback=_database_target,
-        help="SQLite database file or postgresql:// URL (env PODS_DB)." if default is not None
-        else "SQLite database file or postgresql:// URL (env PODS_DB; default pods.db).",
-    )
-
-
-def _database_target(ctx, param, value):
-    # SQLite would take "" and ":memory:" for a database that vanishes with the process.
-    if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
-        raise click.BadParameter("must name a database file or a postgresql:// URL")
-    if value is not None and os.path.isdir(value):  # SQLite would say "disk I/O error"
-        example = os.path.join(value, "pods.db")
-        raise click.BadParameter(f"{value} is a directory; name a database file in it, e.g. {example}")
-    # " postgresql://..." or "host=db password=..." would be a SQLite file of that name, shown in messages.
-    if value is not None and not is_url(value) and looks_like_connection_string(value):
-        raise click.BadParameter(
-            "names a database server, not as pods reads one: write a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
-        )
-    return value
-
-
-def _shown(text: str) -> str:
-    """``text`` for a terminal: as it is when printable, else escaped whole (a name
-    set over the API may hold, say, a C1 control character a terminal obeys)."""
-    return text if text.isprintable() else accesslog.escape_text(text)
-
-
-def _key_name(ctx, param, value):
-    if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
-        raise click.BadParameter("must be 1 to 255 printable characters")
-    return value
-
-
-def _trusted_proxies(ctx, param, value):
-    try:
-        return accesslog.parse_trusted_proxies(value or "")
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _db_path(ctx: click.Context, db: str | None) -> str:
-    """The database a command works on: --db on the command line (after the command
-    name or before it), else PODS_DB, else pods.db. Two different explicit values
-    are a usage error, never a silent choice."""
-    root = ctx.find_root()
-    before = root.params["db"]
-    if db is None:
-        return before
-    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and not same_database(before, db):
-        raise click.UsageError(
-            f"--db given twice: {describe(before)} before the command name and {describe(db)} after it"
-        )
-    return db
-
-
-def _command_line(*args: str) -> str:
-    """How the operator runs this program with ``args``, for messages that say what to run."""
-    name = click.get_current_context().find_root().info_name or "pods"
-    program = f"python {name}" if name.endswith(".py") else name
-    return " ".join([program, *map(shlex.quote, args)])
-
-
-@contextmanager
-def _database(target: str):
-    """The storage at ``target``, created or brought to the current schema as
-    serving does, with expected failures reported in one line."""
-    with _clear_failures(target):
-        storage = open_storage(target)
-        try:
-            storage.prepare()
-            yield storage
-        finally:
-            storage.close()
-
-
-@contextmanager
-def _existing_database(target: str, current: bool = True, read_only: bool = False):
-    """The pods database at ``target``, which must exist; with ``current``, it must
-    have this version's schema. Nothing is changed on the way: only serving, init,
-    migrate and copy create or upgrade a database; ``read_only`` commands change
-    nothing at all."""
-    with _clear_failures(target):
-        storage = open_storage(target, read_only=read_only)
-        try:
-            if not storage.exists():
-                if is_url(target):
-                    hint = f"create it, then `{_command_line('init', '--db', describe(target))}` sets it up"
-                else:
-                    hint = f"`{_command_line('init', '--db', target)}` creates a new one"
-                raise click.ClickException(
-                    f"database {storage.description} does not exist (check --db or PODS_DB; {hint})"
-                )
-            version = storage.schema_version()
-            if current and version < storage.target_version:
-                raise click.ClickException(
-                    f"database {storage.description} has schema version {version}, older than this pods' "
-                    f"{storage.target_version}: run `{_command_line('migrate', '--db', describe(target))}` "
-                    f"(or start the server) first"
-                )
-            yield storage
-        finally:
-            storage.close()
 
 
 def _show_version(ctx, param, value):
@@ -202,7 +89,7 @@ def _show_version(ctx, param, value):
 @click.option("--log-level", envvar="PODS_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="info logs one line per request (env PODS_LOG_LEVEL).")
-@click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=_trusted_proxies,
+@click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=trusted_proxies,
               help="Address(es) or network(s), comma-separated, of a reverse proxy whose X-Forwarded-For "
                    "gives the client address for the log; nobody else's is used (env PODS_TRUSTED_PROXY).")
 @click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=server.HEADER_TIMEOUT,
@@ -221,7 +108,8 @@ def _show_version(ctx, param, value):
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
 @click.pass_context
-def cli(ctx, host, port, db, threads, workers, log_level, **limits):
+def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
+        send_timeout, connection_limit):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -231,8 +119,22 @@ def cli(ctx, host, port, db, threads, workers, log_level, **limits):
     """
     _plug_closed_standard_streams()
     if ctx.invoked_subcommand is None:
-        threads = threads or (THREADS_DEFAULT_POSTGRES if is_url(db) else THREADS_DEFAULT)
-        serve(host, port, db, threads, workers, log_level, limits)
+        configure_logging(log_level)
+        if workers > 1:
+            logstream.name_worker(0)  # the parent: its lines too end with worker=0, this warning's included
+        if _unknown_variables():
+            log.warning(_unknown_variables_message())
+        serve(Settings(
+            db=db,
+            host=host,
+            port=port,
+            threads=threads or (THREADS_DEFAULT_POSTGRES if is_url(db) else THREADS_DEFAULT),
+            workers=workers,
+            trusted_proxies=trusted_proxy,
+            deadlines=Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout),
+            connection_limit=connection_limit,
+            api_key=os.environ.get(API_KEY_VARIABLE),
+        ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
 
@@ -277,258 +179,6 @@ def _unknown_variables_message() -> str:
     )
 
 
-def _check_env_token(token: str | None) -> None:
-    """Refuse a PODS_API_KEY that could never authenticate or is easy to guess.
-
-    A client sends the token in a header: HTTP trims blanks around it and reads
-    non-ASCII as Latin-1, so only visible ASCII can match, and a short one is guessable.
-    """
-    if not token:
-        return
-    if len(token) < API_KEY_MIN_LENGTH:
-        problem = f"is {len(token)} character(s) long"
-    elif not all("!" <= c <= "~" for c in token):
-        problem = "holds a space, a control character or a non-ASCII character"
-    else:
-        return
-    raise click.ClickException(
-        f"{API_KEY_VARIABLE} {problem}; it must be at least {API_KEY_MIN_LENGTH} visible ASCII "
-        f"characters. Make one with: {MAKE_A_TOKEN}"
-    )
-
-
-def configure_logging(level: str) -> None:
-    """Every log line to stderr, through the log stream (never blocking)."""
-    root = logging.getLogger()
-    root.handlers[:] = [logstream.LogStreamHandler(logstream.stderr)]
-    root.setLevel(level.upper())
-
-
-def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str, limits: dict) -> None:
-    configure_logging(log_level)
-    if workers > 1:
-        logstream.name_worker(0)  # the parent; each worker names itself 1..N
-    if _unknown_variables():
-        log.warning(_unknown_variables_message())
-    env_token = os.environ.get(API_KEY_VARIABLE)
-    _check_env_token(env_token)
-    limits["trusted_proxies"] = limits.pop("trusted_proxy")
-    limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
-    # The port first: a server refused there must not have made a database and shown its first key.
-    sockets = _listen(host, port, workers)
-    _prepare_database(db, env_token)
-    config = {"DB": db, "THREADS": threads, "TRUSTED_PROXIES": limits["trusted_proxies"]}
-    with _clear_failures(db):
-        # One process builds its app now, so a failure shows before "serving on";
-        # worker processes build their own after the fork (SQLite connections
-        # must not cross one).
-        app = create_app(config) if workers == 1 else None
-
-    url_host = f"[{host}]" if ":" in host else host
-    serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
-               f" (database {describe(db)}, {workers} worker(s), {threads} thread(s) each)")
-    try:
-        click.echo(serving)
-    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
-        log.warning("%s; stdout could not be written", serving)
-    if app is not None:
-        _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(app))
-        return
-    code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits, number)
-                               for number, sock in enumerate(sockets, start=1)])
-    for sock in sockets:
-        sock.close()
-    # Once, after every worker is gone: a worker checkpointing while its siblings
-    # still serve would find the WAL in use.
-    with _clear_failures(db):
-        open_storage(db).checkpoint()
-    if code:
-        sys.exit(code)
-
-
-def _listen(host: str, port: int, workers: int):
-    """The listening sockets, one per worker, sharing the port; one server per
-    address and port, whatever --workers says (``server.listening_sockets``)."""
-    try:
-        return server.listening_sockets(host, port, workers)
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-
-
-def _fit_connection_limit(wanted: int) -> int:
-    fits = server.raise_open_file_limit(wanted)
-    if fits < wanted:
-        logging.getLogger("pods.server").warning(
-            "connection limit lowered from %d to %d: the open-file limit (ulimit -n) allows no more", wanted, fits
-        )
-    return fits
-
-
-def _prepare_database(db: str, env_token: str | None) -> None:
-    # A first start that cannot show its first key leaves no database behind (init
-    # could not make one after it): with stdout closed it makes none; when the token
-    # could not be written, the file it just made is removed.
-    new = not is_url(db) and not os.path.lexists(db)
-    if new and not env_token:
-        _require_stdout()
-    with _database(db) as storage:
-        try:
-            _bootstrap_key(storage, env_token)
-        except BaseException:
-            if new:
-                _discard_unused(storage)
-            raise
-
-
-def _discard_unused(storage) -> None:
-    """Remove a database made by this start, if it still holds no key and no pod."""
-    with contextlib.suppress(Exception):  # unsure what it holds: leave it
-        if storage.count_api_keys() == 0 and storage.count_pods() == 0:
-            storage.discard_new()
-
-
-def _serve_worker(config: dict, sock, threads: int, limits: dict, number: int) -> None:
-    logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
-    try:
-        with _clear_failures(config["DB"]):
-            app = create_app(config)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    _serve_app(app, sock, threads, limits, on_exit=lambda: close_app(app))
-
-
-def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
-    waitress_server = server.make_server(app, sock, threads, **limits)
-    server.run_until_signalled(waitress_server, on_exit=on_exit)
-
-
-def _close_database(app) -> None:
-    close_app(app)
-    from .storage import EXTENSION_KEY
-
-    app.extensions[EXTENSION_KEY].checkpoint()
-
-
-@contextmanager
-def _clear_failures(target: str):
-    """Expected failures (unreadable or foreign database, locked, disk full, server
-    unreachable, too new a schema) become one line on stderr and exit status 1, not
-    a traceback. A URL's password never appears."""
-    try:
-        yield
-    except UnusableDatabase as e:
-        raise click.ClickException(str(e)) from None
-    except driver_errors() as e:
-        raise click.ClickException(f"database {describe(target)}: {error_text(e, target)}") from None
-    except OSError as e:
-        raise click.ClickException(f"database {describe(target)}: {e.strerror}") from None
-
-
-def _bootstrap_key(storage, env_token: str | None) -> None:
-    """Make PODS_API_KEY a key of "default", or give a new database its first key."""
-    if env_token:
-        key_hash = hash_key(env_token)
-        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))  # unless stored already
-        caller = storage.caller_for_key_hash(key_hash)
-        if caller is None:
-            click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
-        elif caller["org_name"] != DEFAULT_ORG or caller["pod_id"] is not None:
-            scope = f"pod {caller['pod_id']} of " if caller["pod_id"] is not None else ""
-            click.echo(f'warning: PODS_API_KEY is already a key of {scope}organization "{_shown(caller["org_name"])}",'
-                       f' not of "{DEFAULT_ORG}"; it stays as it is', err=True)
-    elif storage.count_api_keys() == 0:
-        _create_key(storage, DEFAULT_ORG, first=True)
-
-
-class _StdoutUnwritable(Exception):
-    """Writing a new key's token to stdout failed."""
-
-
-def _require_stdout() -> None:
-    """Refuse early when stdout is closed (started with ``>&-``): a new key could not be shown."""
-    if sys.stdout is None:
-        raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
-
-
-def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None,
-                first: bool = False, permissions: frozenset | None = None, expires_at: str | None = None,
-                new_organization: bool = False) -> None:
-    """Store a new key for ``org`` (scoped to ``pod_id``, if given; with
-    ``permissions``, None for every one, and ``expires_at``) and print its token on
-    stdout, once, as the last line. ``first``: only if the database has no key yet
-    (another server starting at the same moment may have made it).
-    ``new_organization``: the key starts ``org`` (it had no key and no pod): stderr
-    says so too, so that a mistyped --org is seen.
-
-    The token is shown and the key stored, never one without the other:
-    - The token is stdout's only line, written and flushed inside the transaction
-      that stores the key, which commits only once that write succeeded. A stdout
-      that cannot take it (closed, full, a pipe whose reader left) rolls the key back:
-      "nothing was stored", and nothing on stdout claimed otherwise.
-    - Only after the commit does stderr say "Created API key ID ..." (the log, when
-      serving): nothing announces a key that is not stored. A reader that keeps only
-      the first line (``| head -1``) keeps the token itself.
-    - Should the commit fail after the token was written (a full disk), the error
-      says that the token printed is void.
-    """
-    _require_stdout()
-    token = new_token()
-
-    shown = []
-
-    def show(key) -> None:
-        try:
-            click.echo(token)
-            sys.stdout.flush()
-        except (OSError, ValueError) as e:  # ValueError: written to a closed file
-            raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
-        shown.append(key)
-
-    try:
-        stored = storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id,
-                                        stored_permissions(permissions), expires_at, before_commit=show,
-                                        only_if_first=first)
-    except driver_errors() as e:
-        if not shown:
-            raise
-        # Shown, then the commit failed (a full disk, say): the token printed is void.
-        raise click.ClickException(
-            f"database {storage.description}: {e}; the key printed above was NOT stored and will not work"
-        ) from None
-    except LookupError:
-        raise click.ClickException(f'organization "{org}" has no pod {pod_id}') from None
-    except _StdoutUnwritable as e:
-        _discard_stdout()
-        raise click.ClickException(
-            f"cannot write a new API key to stdout ({e}); nothing was stored"
-        ) from None
-    if stored is None:  # first: another server made the first key meanwhile; nothing was shown
-        return
-    scope = f'pod {pod_id} of organization "{_shown(org)}"' if pod_id else f'organization "{_shown(org)}"'
-    if first:  # serving: the log is stderr, one entry a line
-        log.info("created API key %s for %s; its token, printed on stdout, is shown only once", stored["key_id"], scope)
-        return
-    grants = "every permission" if permissions is None else (
-        "permissions " + (", ".join(p for p in PERMISSIONS if p in permissions) or "none"))
-    until = f"expires {expires_at}" if expires_at else "no expiry"
-    with contextlib.suppress(OSError, ValueError):  # stored and shown already: the note is a courtesy
-        if new_organization:
-            click.echo(f'Started a new organization "{_shown(org)}": it had no key and no pod (if you meant an '
-                       f"existing one, `{_command_line('orgs', 'list')}` lists them).", err=True)
-        click.echo(f"Created API key {stored['key_id']} for {scope} ({grants}; {until}). "
-                   f"Its token, on stdout, is shown only once.", err=True)
-
-
-def _discard_stdout() -> None:
-    """Point a stdout that failed at /dev/null, so that the interpreter's last flush
-    of what is still buffered (the unstored token) fails nowhere and prints nothing."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
 @cli.command("init")
 @db_option(None)
 @click.pass_context
@@ -537,12 +187,12 @@ def init_command(ctx, db):
     tables in an empty PostgreSQL database) and a key for the organization
     "default": PODS_API_KEY if set, else a new one, whose token is printed once, as
     the last line."""
-    target = _db_path(ctx, db)
+    target = db_path(ctx, db)
     env_token = os.environ.get(API_KEY_VARIABLE)
-    _check_env_token(env_token)
+    check_env_token(env_token)
     if not env_token:
-        _require_stdout()
-    with _clear_failures(target):
+        require_stdout()
+    with clear_failures(target):
         storage = open_storage(target)
         try:
             storage.create()
@@ -554,7 +204,7 @@ def init_command(ctx, db):
             if env_token:
                 key = storage.insert_api_key(DEFAULT_ORG, hash_key(env_token), token_prefix(env_token))
             else:
-                _create_key(storage, DEFAULT_ORG)
+                create_key(storage, DEFAULT_ORG)
         except BaseException:
             storage.discard_new()  # made just now: nothing of anyone's is lost
             raise
@@ -571,14 +221,14 @@ def init_command(ctx, db):
 def migrate_command(ctx, db):
     """Bring a database made by an older pods to the current schema (serving does
     the same at start); logs one line per step."""
-    target = _db_path(ctx, db)
-    with _existing_database(target, current=False) as storage:
+    target = db_path(ctx, db)
+    with existing_database(target, current=False) as storage:
         before, current = storage.schema_version(), storage.target_version
         if before == current:
             click.echo(f"{storage.description}: schema version {before} is current; nothing to do.")
             return
         configure_logging("info")  # the steps' lines
-        with _clear_failures(target):
+        with clear_failures(target):
             storage.migrate()
     click.echo(f"Migrated {storage.description} from schema version {before} to {current}.")
 
@@ -597,7 +247,8 @@ def _permission_names(ctx, param, values):
         if "," in value or " " in value:
             hint = "; give --permission once per name"
         else:
-            close = [value.lower()] if value.lower() in PERMISSIONS else difflib.get_close_matches(value, PERMISSIONS, n=1)
+            close = ([value.lower()] if value.lower() in PERMISSIONS
+                     else difflib.get_close_matches(value, PERMISSIONS, n=1))
             hint = f" (did you mean {close[0]}?)" if close else ""
         raise click.BadParameter(f"{value!r} is not a permission name{hint}; the names the API takes are "
                                  f"{', '.join(PERMISSIONS)}")
@@ -638,9 +289,9 @@ def _expires_at(ctx, param, value):
 
 
 @keys.command("create")
-@click.option("--org", required=True, callback=_org_name, help="Organization the key belongs to.")
+@click.option("--org", required=True, callback=org_name, help="Organization the key belongs to.")
 @click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: all of it).")
-@click.option("--name", callback=_key_name, help="Name of the key (default: the start of its token).")
+@click.option("--name", callback=key_name, help="Name of the key (default: the start of its token).")
 @click.option("--permission", "permissions", multiple=True, metavar="NAME", callback=_permission_names,
               help="Grant this permission; repeat for each (default: every permission). Names as the API's: "
                    "pod_read, pod_create, pod_delete, api_key_read, api_key_create, api_key_update, "
@@ -657,10 +308,13 @@ def keys_create(ctx, org, pod_id, name, permissions, expires_in, expires_at, db)
     has no key and no pod yet starts that organization: stderr says so."""
     if expires_in is not None and expires_at is not None:
         raise click.UsageError("--expires-in and --expires-at are mutually exclusive: give one")
-    with _existing_database(_db_path(ctx, db)) as storage:
-        new_organization = pod_id is None and storage.is_new_organization(org)
-        _create_key(storage, org, pod_id, name, permissions=permissions, expires_at=expires_in or expires_at,
-                    new_organization=new_organization)
+    with existing_database(db_path(ctx, db)) as storage:
+        notice = None
+        if pod_id is None and storage.is_new_organization(org):  # said once the key is stored
+            notice = (f'Started a new organization "{shown(org)}": it had no key and no pod (if you meant an '
+                      f"existing one, `{command_line('orgs', 'list')}` lists them).")
+        create_key(storage, org, pod_id, name, permissions=permissions, expires_at=expires_in or expires_at,
+                   notice=notice)
 
 
 def _permissions_column(stored: str | None) -> str:
@@ -680,7 +334,7 @@ def keys_list(ctx, as_json, db):
     revoked (or -), name, scope (org, or the pod's id), expires (or -), permissions
     (all, or the names, comma-separated). Never a token. Columns are only ever added
     at the end. --json: one object per line with these and prefix, used_at, expired."""
-    with _existing_database(_db_path(ctx, db), read_only=True) as storage:
+    with existing_database(db_path(ctx, db), read_only=True) as storage:
         rows = storage.list_api_keys()
     now = utc_text(datetime.now(UTC))
     for row in rows:
@@ -699,7 +353,7 @@ def keys_list(ctx, as_json, db):
         columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
                    row["name"], row["pod_id"] or "org", row["expires_at"] or "-",
                    _permissions_column(row["permissions"])]
-        click.echo("\t".join(_shown(column) for column in columns))
+        click.echo("\t".join(shown(column) for column in columns))
 
 
 @keys.command("revoke")
@@ -708,7 +362,7 @@ def keys_list(ctx, as_json, db):
 @click.pass_context
 def keys_revoke(ctx, key_id, db):
     """Revoke a key; it fails from the next request on."""
-    with _existing_database(_db_path(ctx, db)) as storage:
+    with existing_database(db_path(ctx, db)) as storage:
         revoked_at = storage.revoke_api_key(key_id)
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
@@ -728,14 +382,14 @@ def orgs_list(ctx, as_json, db):
     """One organization per line, tab-separated, oldest first: name, keys (not
     revoked; expired ones included, as the API lists them), pods, created. Columns
     are only ever added at the end."""
-    with _existing_database(_db_path(ctx, db), read_only=True) as storage:
+    with existing_database(db_path(ctx, db), read_only=True) as storage:
         rows = storage.list_organizations()
     for row in rows:
         if as_json:
             click.echo(json.dumps({"name": row["name"], "keys": row["keys"], "pods": row["pods"],
                                    "created_at": row["created_at"]}))
         else:
-            click.echo("\t".join([_shown(row["name"]), str(row["keys"]), str(row["pods"]), row["created_at"]]))
+            click.echo("\t".join([shown(row["name"]), str(row["keys"]), str(row["pods"]), row["created_at"]]))
 
 
 @cli.command("backup")
@@ -749,13 +403,13 @@ def backup_command(ctx, path, force, db):
     Refuses PATH when it is the database or one of its -wal, -shm, -journal files,
     however spelled, and when it exists, unless --force.
     """
-    source = _db_path(ctx, db)
+    source = db_path(ctx, db)
     if is_url(source):
         raise click.ClickException(
-            f"backup copies a SQLite database; for PostgreSQL, `{_command_line('copy', describe(source), path)}`"
+            f"backup copies a SQLite database; for PostgreSQL, `{command_line('copy', describe(source), path)}`"
             " makes a SQLite copy of it (or use PostgreSQL's own tools)"
         )
-    with _existing_database(source, current=False, read_only=True) as storage:
+    with existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
             backup(storage.connection(), path)
@@ -765,7 +419,7 @@ def backup_command(ctx, path, force, db):
             ) from None
         except OSError as e:
             raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
-    with _existing_database(path, current=False, read_only=True) as storage:
+    with existing_database(path, current=False, read_only=True) as storage:
         pods = storage.count_pods()
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
 
@@ -798,8 +452,8 @@ def _check_backup_destination(path: str, source: str, force: bool) -> None:
 def check_command(ctx, db):
     """Check that the database is a pods database of a known schema version, then
     (SQLite) its integrity and foreign keys; exits 1 on any problem. Changes nothing."""
-    target = _db_path(ctx, db)
-    with _existing_database(target, current=False, read_only=True) as storage:
+    target = db_path(ctx, db)
+    with existing_database(target, current=False, read_only=True) as storage:
         version, current = storage.schema_version(), storage.target_version
         problems = storage.problems()
         name = storage.description
@@ -810,15 +464,15 @@ def check_command(ctx, db):
     if version < current:
         click.echo(
             f"{name}: ok (schema version {version}, older than this pods' {current}: "
-            f"`{_command_line('migrate', '--db', describe(target))}` upgrades it)"
+            f"`{command_line('migrate', '--db', describe(target))}` upgrades it)"
         )
     else:
         click.echo(f"{name}: ok")
 
 
 @cli.command("copy")
-@click.argument("source", callback=_database_target)
-@click.argument("dest", callback=_database_target)
+@click.argument("source", callback=database_target)
+@click.argument("dest", callback=database_target)
 def copy_command(source, dest):
     """Copy everything (organizations, keys, pods, settings) from SOURCE to DEST,
     each a SQLite file or a postgresql:// URL, in one consistent read of SOURCE
@@ -828,8 +482,8 @@ def copy_command(source, dest):
     keep working against DEST."""
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
-    with _existing_database(source, read_only=True) as origin:
-        with _clear_failures(dest):
+    with existing_database(source, read_only=True) as origin:
+        with clear_failures(dest):
             target = open_storage(dest)
             created = not target.exists()
             if created and is_url(dest):

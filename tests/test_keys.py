@@ -16,9 +16,10 @@ from click.testing import CliRunner
 
 from conftest import new_database, storage_of
 from dbtools import query
-from pods import close_app, create_app, keyuse
-from pods.access import stored_permissions
-from pods.auth import hash_key, new_token, token_prefix
+from pods import close_app, create_app
+from pods.api import keyuse
+from pods.api.permissions import stored_permissions
+from pods.api.auth import hash_key, new_token, token_prefix
 from pods.cli import cli
 from pods.storage import open_storage
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from live import APP, Server
 
-from pods import accesslog, logstream
-from pods.accesslog import client_address, escape, escape_text, parse_trusted_proxies
+from pods.api import accesslog, logstream
+from pods.api.accesslog import client_address, escape, escape_text, parse_trusted_proxies
 
 URL = "/agent/v0/pods"
 KEY = "pods_log-test-key-0123456789abcdefghijklmnopqrstuvwxyz"

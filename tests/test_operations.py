@@ -25,11 +25,11 @@ from live import APP, Server, run_app
 
 from pods import close_app, create_app
 from pods.storage import sqlite as db
-from pods.accesslog import new_request_id
-from pods.auth import hash_key
+from pods.api.accesslog import new_request_id
+from pods.api.auth import hash_key
 from pods.storage import is_url
 from pods.cli import cli
-from pods.server import QueueDepthSummary
+from pods.serving.server import QueueDepthSummary
 
 URL = "/agent/v0/pods"
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from live import APP, Server
 
 from pods import close_app, create_app
-from pods.auth import hash_key, new_token, token_prefix
+from pods.api.auth import hash_key, new_token, token_prefix
 from pods.cli import cli
 from pods.storage import open_storage
 

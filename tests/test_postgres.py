@@ -19,8 +19,8 @@ from live import Server, run_app
 from tcpproxy import TcpProxy
 
 from pods import close_app, create_app
-from pods.auth import hash_key, token_prefix
-from pods.storage import base, postgres, same_database, sqlite
+from pods.api.auth import hash_key, token_prefix
+from pods.storage import interface as base, postgres, same_database, sqlite
 
 URL = "/agent/v0/pods"
 KEY = "pods_postgres-test-key-0123456789abcdefghijklmn"
@@ -155,7 +155,7 @@ def test_created_at_comes_from_the_database_servers_clock(pg, monkeypatch):
     try:
         c = app.test_client()
         from conftest import storage_of
-        from pods.auth import hash_key, token_prefix
+        from pods.api.auth import hash_key, token_prefix
 
         storage_of(app).insert_api_key("acme", hash_key(KEY), token_prefix(KEY))
         pod = c.post(URL, json={"name": "when"}, headers=AUTH).json

@@ -2,7 +2,7 @@
 
 from importlib.resources import files
 
-from pods.schemafiles import version_history
+from pods.storage.migrations import version_history
 
 
 def test_another_backend_points_the_lookup_at_its_own_package_folder(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ def quick_app(tmp_path, monkeypatch):
 
 @pytest.fixture
 def key(quick_app):
-    from pods.auth import hash_key
+    from pods.api.auth import hash_key
 
     with quick_app.app_context():
         storage_of(quick_app).insert_api_key("acme", hash_key("k"), "k")

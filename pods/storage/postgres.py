@@ -33,8 +33,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from ..schemafiles import version_history
-from .base import (
+from .migrations import version_history
+from .interface import (
     COPY_COLUMNS,
     TIME_COLUMNS,
     NotPodsDatabase,

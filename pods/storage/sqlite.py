@@ -22,8 +22,8 @@ import uuid
 from contextlib import contextmanager
 from importlib.resources import files
 
-from ..schemafiles import version_history
-from .base import (
+from .migrations import version_history
+from .interface import (
     COPY_COLUMNS,
     NotPodsDatabase,
     SchemaTooNew,

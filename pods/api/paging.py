@@ -3,8 +3,8 @@ organization, the keys of an organization or of a pod."""
 
 from flask import current_app, request
 
-from . import pagetoken
-from .access import Caller
+from . import pagetokens
+from .permissions import Caller
 from .schemas import PageTokenContext
 
 
@@ -21,7 +21,7 @@ def keyset_page(caller: Caller, list_id: str, args_schema, fetch, id_column: str
     page = {"count": min(len(rows), limit), "limit": limit}
     if len(rows) > limit:
         last = rows[limit - 1]
-        page["next_page_token"] = pagetoken.encode(
+        page["next_page_token"] = pagetokens.encode(
             secret, caller.org_id, list_id, args["ascending"], last["created_at"], last[id_column]
         )
     return page, rows[:limit]

@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 
-from .storage import Storage
-from .storage.base import utc_text_of
+from ..storage import Storage
+from ..storage.interface import utc_text_of
 
 EXTENSION_KEY = "pods.key_use"  # where an app keeps its recorder
 RECORD_AFTER = 30.0

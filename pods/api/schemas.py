@@ -17,9 +17,9 @@ from marshmallow import (
 )
 from marshmallow.experimental.context import Context
 
-from . import pagetoken
-from .access import PERMISSIONS, permissions_from
-from .storage import utc_text
+from . import pagetokens
+from .permissions import PERMISSIONS, permissions_from
+from ..storage import utc_text
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -131,7 +131,7 @@ class PageToken(fields.String):
         token = super()._deserialize(value, attr, data, **kwargs)
         ctx = PageTokenContext.get()
         try:
-            return pagetoken.decode(ctx["secret"], ctx["org_id"], ctx["list_id"], token)
+            return pagetokens.decode(ctx["secret"], ctx["org_id"], ctx["list_id"], token)
         except ValueError:  # garbled, truncated, edited, another organization's or another list's
             raise ValidationError("Invalid page token.") from None
 

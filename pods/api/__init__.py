@@ -1,0 +1,52 @@
+"""The Flask side of pods: the application, its blueprints, and the WSGI
+middleware around it (HTTP rules, access log)."""
+
+import secrets
+
+from flask import Flask
+
+from . import accesslog, errors, httprules, keyuse
+from .application import STORAGE_EXTENSION, PodsFlask
+from ..storage import open_storage
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app and bring its database to the current schema.
+
+    Config comes from defaults, then ``config``, and from nowhere else: the CLI
+    resolves flags and their documented variables, so no other ``PODS_*``
+    variable can change a limit, and no token lands in ``app.config``.
+    """
+    app = PodsFlask("pods")
+    app.config.from_mapping(
+        DB="pods.db",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        KEY_USE_FLUSH_SECONDS=keyuse.FLUSH_SECONDS,
+        THREADS=1,  # request threads per process (the serve flag --threads)
+    )
+    if config is not None:
+        app.config.from_mapping(config)
+
+    storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"])
+    storage.prepare()
+    # Shared by every process on this database, so any worker accepts any token.
+    app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
+    storage.end_thread()  # this thread serves no request: what it used goes back (a pool's connection)
+
+    app.extensions[keyuse.EXTENSION_KEY] = keyuse.KeyUseRecorder(storage, app.config["KEY_USE_FLUSH_SECONDS"])
+    app.teardown_appcontext(lambda _exc: storage.end_request())
+    errors.register(app, storage.unavailable)
+    app.wsgi_app = httprules.HttpRules(app.wsgi_app)
+    app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
+
+    from . import keys, meta, pods
+
+    app.register_blueprint(pods.bp)
+    app.register_blueprint(keys.bp)
+    app.register_blueprint(meta.bp)
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """At shutdown: record the key uses still pending, release the database."""
+    app.extensions[keyuse.EXTENSION_KEY].flush()
+    app.extensions[STORAGE_EXTENSION].close()
