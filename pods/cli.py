@@ -24,7 +24,7 @@ from .cli_options import (
     org_name,
     trusted_proxies,
 )
-from .serving import server
+from .serving import channel, server
 from .serving.console import (
     API_KEY_VARIABLE,
     DEFAULT_ORG,
@@ -35,7 +35,7 @@ from .serving.console import (
     shown,
 )
 from .serving.serve import Settings, configure_logging, serve
-from .serving.server import Deadlines
+from .serving.channel import Deadlines
 from .storage import NotEmpty, describe, is_url, open_storage, same_database, utc_text
 from .storage.migrations import version_history
 from .storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -92,14 +92,14 @@ def _show_version(ctx, param, value):
 @click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=trusted_proxies,
               help="Address(es) or network(s), comma-separated, of a reverse proxy whose X-Forwarded-For "
                    "gives the client address for the log; nobody else's is used (env PODS_TRUSTED_PROXY).")
-@click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=server.HEADER_TIMEOUT,
+@click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=channel.HEADER_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request's head may take to arrive, from its first byte (from the "
                    "connection's opening, for the first request) (env PODS_HEADER_TIMEOUT).")
-@click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=server.KEEPALIVE_TIMEOUT,
+@click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=channel.KEEPALIVE_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds an idle kept-alive connection stays open (env PODS_KEEPALIVE_TIMEOUT).")
-@click.option("--send-timeout", envvar="PODS_SEND_TIMEOUT", default=server.SEND_TIMEOUT,
+@click.option("--send-timeout", envvar="PODS_SEND_TIMEOUT", default=channel.SEND_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds an answer may go unread: a connection whose answer makes no progress for "
                    "that long is closed (env PODS_SEND_TIMEOUT).")

@@ -15,6 +15,7 @@ from ..api.auth import hash_key, token_prefix
 from ..api.application import STORAGE_EXTENSION
 from ..storage import describe, is_url, open_storage
 from . import server, shutdown, workers
+from .channel import Deadlines
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
 
 log = logging.getLogger("pods.server")
@@ -30,7 +31,7 @@ class Settings:
     threads: int = 1
     workers: int = 1
     trusted_proxies: tuple = ()
-    deadlines: server.Deadlines = server.Deadlines()
+    deadlines: Deadlines = Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
 
