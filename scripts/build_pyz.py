@@ -5,7 +5,7 @@
 
 pods.pyz serves SQLite only: PostgreSQL's driver (psycopg) is compiled code, which a
 zip cannot carry. For PostgreSQL, install pods as a package from a clone instead:
-python3 -m venv /opt/pods && /opt/pods/bin/pip install '.[postgres]' (in the clone).
+/usr/bin/python3 -m venv /opt/pods && /opt/pods/bin/pip install '.[postgres]' (in the clone).
 
 The file is a standard-library zipapp: Python imports everything straight from
 the zip, so nothing is extracted and nothing is written except the database.

@@ -131,7 +131,7 @@ def test_verify_fails_without_the_program_so_it_checks_the_path(system_root, tmp
 
 def test_the_units_run_the_command_the_install_steps_create():
     steps = code_blocks(section(DEPLOYMENT.read_text(), "1. Install"))[0]
-    venv = re.search(r"^python3 -m venv (\S+)$", steps, re.MULTILINE).group(1)
+    venv = re.search(r"^/usr/bin/python3 -m venv (\S+)$", steps, re.MULTILINE).group(1)
     assert re.search(rf"^{re.escape(venv)}/bin/pip install '\.\[postgres\]'$", steps, re.MULTILINE)
     command = f"{venv}/bin/pods"
     assert dict(directives(UNITS / "pods.service"))["ExecStart"] == command

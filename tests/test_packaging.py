@@ -334,7 +334,9 @@ def test_the_pyz_says_it_serves_sqlite_only_and_its_install_command_works(pyz, d
     clone = next((tmp_path / "clone").iterdir())
     prefix = tmp_path / "root"
     env = {**offline(dist.wheelhouse), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    run(["bash", "-ec", command.replace("/opt/pods", f"{prefix}/opt/pods")], cwd=clone, env=env)
+    # As written, but under a temporary root, and with this test's Python for the system's.
+    as_written = command.replace("/opt/pods", f"{prefix}/opt/pods").replace("/usr/bin/python3", sys.executable)
+    run(["bash", "-ec", as_written], cwd=clone, env=env)
     installed = prefix / program.lstrip("/")
     assert run([installed, "--version"], cwd=tmp_path).stdout == VERSION_LINE
     assert run([installed, "init", "--db", url], cwd=tmp_path).stdout.startswith("pods_")

@@ -42,8 +42,9 @@ def postgres_missing_message() -> str:
     if running_from_zip():
         return (
             "pods.pyz serves SQLite only: a zip cannot carry PostgreSQL's driver (psycopg, compiled code). For"
-            " PostgreSQL, install pods as a package from a clone of its repository: python3 -m venv /opt/pods &&"
-            " /opt/pods/bin/pip install '.[postgres]' (in the clone), then run /opt/pods/bin/pods"
+            " PostgreSQL, install pods as a package from a clone of its repository:"
+            " /usr/bin/python3 -m venv /opt/pods && /opt/pods/bin/pip install '.[postgres]' (in the clone),"
+            " then run /opt/pods/bin/pods"
         )
     import shlex
 
