@@ -24,7 +24,7 @@ class BackendMissing(UnusableDatabase):
     """The backend a URL asks for is not installed."""
 
 
-# What the postgres extra of pyproject.toml installs (tests/test_operator_kit.py keeps
+# What the postgres extra of pyproject.toml installs (tests/cli/test_packaging.py keeps
 # the two alike), for the one-line hint of a pods installed without it.
 POSTGRES_REQUIREMENTS = ("psycopg[binary]>=3.2,<4", "psycopg-pool>=3.2,<4")
 

@@ -31,7 +31,7 @@ from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
 from live import APP, Server, run_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 UNITS = ROOT / "contrib" / "systemd"
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 TOO_LARGE_BODY = {"name": "PayloadTooLargeError", "message": "Request body is larger than 64 KiB.",
