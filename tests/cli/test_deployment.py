@@ -41,15 +41,19 @@ BODY_LIMIT = 64 * 1024
 pytestmark = pytest.mark.live
 
 
+def missing(reason: str):
+    """Skip for want of a program or library, saying which; under CI=true, fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def tool(name: str, package: str) -> str:
     """The path of program ``name``, or skip (fail under CI=true) saying which
     Debian package has it."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        reason = f"{name} is not installed (Debian: apt-get install {package}; .ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        missing(f"{name} is not installed (Debian: apt-get install {package}; .ci/run installs it)")
     return path
 
 
@@ -236,10 +240,10 @@ def test_pods_serves_under_the_units_system_call_filter_families_and_w_xor_x(tmp
     tool("systemd-analyze", "systemd")
     libseccomp = ctypes.util.find_library("seccomp")
     if libseccomp is None:
-        pytest.skip("libseccomp is not installed (Debian: libseccomp2, which systemd depends on)")
+        missing("libseccomp is not installed (Debian: apt-get install libseccomp2; .ci/run installs it)")
     probe = subprocess.run([sys.executable, "-c", "import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))"],
                            capture_output=True, text=True)  # PR_GET_MDWE: -1 where the kernel lacks it
-    if probe.stdout.strip() == "-1":
+    if probe.stdout.strip() == "-1":  # the kernel's, not a package: skipped under CI=true too
         pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3 or later) to stand in for MemoryDenyWriteExecute")
     values = [value for key, value in directives(UNITS / "pods.service") if key == "SystemCallFilter"]
     assert values == ["@system-service", "~@privileged"]
