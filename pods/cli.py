@@ -18,6 +18,8 @@ from .api.auth import hash_key, new_token, token_prefix
 from .storage import (
     NotEmpty,
     UnusableDatabase,
+    companions,
+    database_file_suffix,
     describe,
     driver_errors,
     error_text,
@@ -25,7 +27,6 @@ from .storage import (
     open_storage,
     same_database,
 )
-from .storage.sqlite import backup, companions, database_file_suffix
 from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
@@ -573,7 +574,7 @@ def backup_command(ctx, path, force, db):
     with _existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
-            backup(storage.connection(), path)
+            storage.backup(path)
         except FileExistsError:
             raise click.ClickException(
                 f"{path}.partial exists, left by an interrupted backup; remove it and run again"

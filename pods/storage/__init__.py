@@ -1,8 +1,11 @@
 """Where pods keeps its data: ``--db`` names a SQLite file (the default) or a
 PostgreSQL database (a ``postgresql://`` URL).
 
-The views, authentication and the CLI use a ``Storage`` (``base.py``) and never a
-database driver; each backend module holds every statement it runs.
+The views and authentication use a ``Storage``, the CLI an ``OperatorStorage``
+(``interface.py``), and never a database driver or a backend module: what the CLI
+needs of SQLite files as such (``companions``, ``database_file_suffix``) is here.
+Each backend module holds every statement it runs; ``common.py`` those the two
+share.
 """
 
 import os
@@ -10,13 +13,22 @@ import sys
 
 from flask import current_app
 
-from .interface import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
+from .interface import (
+    NotEmpty,
+    NotPodsDatabase,
+    OperatorStorage,
+    SchemaTooNew,
+    Storage,
+    UnusableDatabase,
+    utc_now,
+    utc_text,
+)
 from .url import redact, scrub
 
 __all__ = [
-    "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "same_database", "utc_now",
-    "utc_text",
+    "BackendMissing", "NotEmpty", "NotPodsDatabase", "OperatorStorage", "SchemaTooNew", "Storage",
+    "UnusableDatabase", "companions", "database_file_suffix", "describe", "driver_errors", "error_text",
+    "get_storage", "is_url", "open_storage", "same_database", "utc_now", "utc_text",
 ]
 
 EXTENSION_KEY = "pods.storage"
@@ -58,7 +70,7 @@ def same_database(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> Storage:
+def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> OperatorStorage:
     """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
     Opens nothing yet: connections come on first use. ``read_only``: for commands
     that only read, so that they change nothing at all in a SQLite file.
@@ -105,4 +117,22 @@ def driver_errors() -> tuple[type[BaseException], ...]:
 
 def get_storage() -> Storage:
     """The current app's storage."""
-    return current_app.extensions[EXTENSION_KEY]
+    storage: Storage = current_app.extensions[EXTENSION_KEY]
+    return storage
+
+
+def companions(path: str) -> list[str]:
+    """The files beside the SQLite database ``path`` that hold part of it while it
+    is in use (its write-ahead log, shared-memory index, rollback journal)."""
+    from .sqlite import companions
+
+    return companions(path)
+
+
+def database_file_suffix(dest: str, source: str) -> str | None:
+    """Which file of the SQLite database ``source`` the path ``dest`` names, however
+    spelled: "" for the database file, "-wal", "-shm" or "-journal" for a
+    companion, None for none of them."""
+    from .sqlite import database_file_suffix
+
+    return database_file_suffix(dest, source)
