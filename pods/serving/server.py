@@ -94,6 +94,7 @@ class PodsRequestParser(HTTPRequestParser):
 
     too_large = False
     version_refused = False
+    error: Error | None  # waitress's, declared for the type checker
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
@@ -159,6 +160,8 @@ class CoalescingTask(WSGITask):
       wherever a view reads the body; its connection closes after the answer.
       During shutdown, every answer closes its connection too.
     """
+
+    wrote_header: bool  # waitress's, declared for the type checker
 
     def start(self):
         super().start()
@@ -233,6 +236,7 @@ class PodsChannel(HTTPChannel):
     # The next pipelined request waits for the answer before it to be sent.
     # Changed only under outbuf_lock, like the output it waits for.
     next_request_waiting = False
+    close_when_flushed: bool  # waitress's, declared for the type checker
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)
@@ -392,6 +396,7 @@ class PodsServer(TcpWSGIServer):
 
     channel_class = PodsChannel
     stopping = False  # set at shutdown: every answer from then on closes its connection
+    next_channel_cleanup: float  # waitress's, declared for the type checker
 
     def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies):
         self.deadlines = deadlines
