@@ -44,10 +44,13 @@ def libpq_parameters() -> tuple[frozenset[str], frozenset[str]]:
     with the lists above added; the lists alone without psycopg or a libpq."""
     try:
         from psycopg import pq
-
-        options = pq.Conninfo.get_defaults()
-    except Exception:  # ImportError (no postgres extra), or no libpq psycopg can load
+    except ImportError:  # no postgres extra, or no libpq psycopg can load
         options = []
+    else:
+        try:
+            options = pq.Conninfo.get_defaults()
+        except Exception:  # libpq could not say (out of memory): the lists alone
+            options = []
     keywords = {option.keyword.decode() for option in options}
     secrets = {option.keyword.decode() for option in options if option.dispchar == b"*"}
     return LIBPQ_KEYWORDS | keywords, SECRET_PARAMETERS | secrets
