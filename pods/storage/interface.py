@@ -113,16 +113,13 @@ class Storage(Protocol):
     def end_request(self) -> None:
         """After each request: roll back anything it left open and release the
         locks it held; the thread may keep its connection for its next request."""
-        ...
 
     def end_thread(self) -> None:
         """This thread is done with the database: release all it holds (its
         connection goes back to the pool, or is closed)."""
-        ...
 
     def close(self) -> None:
         """Release this process's hold on the database (at shutdown)."""
-        ...
 
     def ping(self) -> None:
         """Return only when the database answers and can be read now; after a
@@ -131,13 +128,11 @@ class Storage(Protocol):
 
         :raise: one of ``unavailable``, when it does not.
         """
-        ...
 
     def setting(self, key: str, make_value: Callable[[], bytes]) -> bytes:
         """The stored value of ``key``; stores ``make_value()`` first if there is
         none. Of several processes starting at once, the first to store wins, and
         all of them return its value."""
-        ...
 
     # -- keys -----------------------------------------------------------------------
 
@@ -148,7 +143,6 @@ class Storage(Protocol):
         used_at. With ``pod_id`` (the pod a request's path names), the same
         statement also reads that pod of the key's organization, if any
         (``path_pod``): a request on one pod costs one round trip, not two."""
-        ...
 
     @overload
     def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
@@ -181,13 +175,11 @@ class Storage(Protocol):
 
         :raise LookupError: ``pod_id`` names no pod of the organization.
         """
-        ...
 
     def find_key(self, org_id: int, key_id: str) -> Row | None:
         """The organization's key with this id, unless revoked or deleted (expired
         keys are found), or None. Its row: key_id, prefix, name, pod_id,
         permissions, created_at, updated_at, expires_at, used_at."""
-        ...
 
     def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after: After | None,
                   limit: int) -> list[Row]:
@@ -195,7 +187,6 @@ class Storage(Protocol):
         ``pod_id``, if given) in (created_at, key_id) order, after ``after``, as
         ``page_pods`` pages pods. Revoked and deleted keys are left out; expired
         ones are not. Rows as ``find_key``'s."""
-        ...
 
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None,
                    set_permissions: bool, check: Callable[[Row], None] | None = None) -> Row | None:
@@ -208,18 +199,15 @@ class Storage(Protocol):
         until the change is committed, may raise to refuse the change, which is
         then not made (the exception propagates).
         """
-        ...
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
         """Delete a key: every process refuses it from the next request on, and the
         API sees it no more (the operator still sees it, revoked, in
         ``list_api_keys``). Returns False when the organization has no such key."""
-        ...
 
     def record_key_use(self, used: dict[str, str]) -> None:
         """Note when keys were used: {key_id: time}, in one transaction. Never moves
         a key's ``used_at`` backwards; ids of keys that are gone are ignored."""
-        ...
 
     # -- pods -----------------------------------------------------------------------
 
@@ -232,12 +220,10 @@ class Storage(Protocol):
         pod, and all of them return it. Returns the pod's row: pod_id, name,
         client_id, created_at.
         """
-        ...
 
     def find_pod(self, org_id: int, pod_id: str) -> Row | None:
         """The organization's pod with this id, or None (whatever the id's shape:
         any text is a valid question)."""
-        ...
 
     def page_pods(self, org_id: int, ascending: bool, after: After | None, limit: int,
                   pod_id: str | None = None) -> list[Row]:
@@ -251,13 +237,11 @@ class Storage(Protocol):
         pod that exists throughout it exactly once, whatever is created or deleted
         meanwhile.
         """
-        ...
 
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
         """Delete the organization's pod and the keys scoped to it, in one
         transaction (a key being created for it at that moment is either deleted
         with it or not created). Returns False when there was no such pod."""
-        ...
 
 
 class OperatorStorage(Storage, Protocol):
@@ -278,7 +262,6 @@ class OperatorStorage(Storage, Protocol):
 
         :raise: one of ``unavailable``: it cannot be told (a server not answering).
         """
-        ...
 
     def schema_version(self, empty_ok: bool = False) -> int:
         """The schema version of the pods database here, read without changing
@@ -288,7 +271,6 @@ class OperatorStorage(Storage, Protocol):
         :raise NotPodsDatabase: the database holds something else, or nothing.
         :raise SchemaTooNew: a newer pods wrote it.
         """
-        ...
 
     def prepare(self) -> None:
         """Serving's start, and ``copy``'s destination: create the database if the
@@ -300,12 +282,10 @@ class OperatorStorage(Storage, Protocol):
         :raise SchemaTooNew: a newer pods wrote it.
         :raise UnusableDatabase: pods cannot use it (a PostgreSQL database not in UTF8).
         """
-        ...
 
     def migrate(self) -> None:
         """Bring an existing database to ``target_version`` (``migrate``), one logged
         step at a time, each in its own transaction; raises as ``prepare``."""
-        ...
 
     def create(self) -> None:
         """``init``: a new database at ``target_version`` (a new SQLite file,
@@ -313,12 +293,10 @@ class OperatorStorage(Storage, Protocol):
 
         :raise FileExistsError: there is a database there already.
         """
-        ...
 
     def discard_new(self) -> None:
         """Undo ``create`` or ``prepare`` of a new database (only right after it,
         when the command could not finish): nothing of anyone's is lost."""
-        ...
 
     def problems(self) -> list[str]:
         """``check``: what is wrong with the database beyond its schema (SQLite:
@@ -327,13 +305,11 @@ class OperatorStorage(Storage, Protocol):
 
         :raise NotPodsDatabase, SchemaTooNew: as ``schema_version``.
         """
-        ...
 
     def checkpoint(self) -> None:
         """At shutdown, once no request runs: leave the database in as few files as
         it can (SQLite folds its write-ahead log back, never waiting on a reader);
         nothing to do where the server owns its log."""
-        ...
 
     def backup(self, dest: str) -> None:
         """``backup``: write a consistent copy of the database to the file ``dest``
@@ -345,40 +321,33 @@ class OperatorStorage(Storage, Protocol):
         :raise NotImplementedError: the backend has no file to copy (PostgreSQL:
             ``copy`` to a SQLite file, or PostgreSQL's own tools).
         """
-        ...
 
     def is_same_database_as(self, other: "OperatorStorage") -> bool:
         """Whether ``other`` is this very database, however differently it is
         named (a host and its address, a path and a symlink to it)."""
-        ...
 
     # -- counts and keys, for the operator ----------------------------------------------
 
     def count_pods(self) -> int:
         """How many pods exist, in every organization."""
-        ...
 
     def count_api_keys(self) -> int:
         """How many keys exist, revoked and deleted ones included."""
-        ...
 
     def list_api_keys(self) -> list[Row]:
         """Every key of every organization, revoked and deleted ones included,
         oldest first: key_id, org_name, created_at, revoked_at, name, pod_id."""
-        ...
 
     def revoke_api_key(self, key_id: str) -> str | None:
         """Revoke a key (refused from the next request on, at every process).
         Returns its revocation time (the earlier one if it was already revoked), or
         None when no key has this id."""
-        ...
 
     # -- copy ---------------------------------------------------------------------------
 
     def snapshot(self) -> AbstractContextManager[RowsOf]:
         """``copy``'s source: one consistent read of the whole database (writers
         may go on meanwhile), as a context that yields ``rows(table)``."""
-        ...
 
     def require_empty(self) -> None:
         """``copy``'s destination, before ``prepare`` (which would migrate an older
@@ -386,7 +355,6 @@ class OperatorStorage(Storage, Protocol):
 
         :raise NotEmpty: it does; the message says which tables hold rows.
         """
-        ...
 
     def import_all(self, rows_of: RowsOf) -> dict[str, int]:
         """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
@@ -397,5 +365,4 @@ class OperatorStorage(Storage, Protocol):
         :raise NotEmpty: it holds pods data; nothing is written.
         :raise CopyMismatch: the counts differ; nothing is written.
         """
-        ...
 
