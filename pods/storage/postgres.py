@@ -25,7 +25,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import _GeneratorContextManager, contextmanager  # the first: psycopg's own return type
 from importlib.resources import files
 from typing import Any
 
@@ -148,8 +148,8 @@ class WatchedConnection(psycopg.Connection[DictRow]):
             self.watchdog.busy(self)
         return super().execute(*args, **kwargs)
 
-    def transaction(self, *args: Any, **kwargs: Any) -> Any:  # its BEGIN waits on the server too
-        if self.watchdog is not None:
+    def transaction(self, *args: Any, **kwargs: Any) -> _GeneratorContextManager[psycopg.Transaction]:
+        if self.watchdog is not None:  # its BEGIN waits on the server too
             self.watchdog.busy(self)
         return super().transaction(*args, **kwargs)
 
