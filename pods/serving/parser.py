@@ -59,6 +59,7 @@ class PodsRequestParser(HTTPRequestParser):
     rate_headers = ()  # RateLimit-* for its answer, under a configured limit
     refusal = None  # admission.Refusal: answered so, the app not run
     head_done = None  # time.time() when its head was in: its body is due within --header-timeout
+    error: Error | None  # waitress's, declared for the type checker
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)

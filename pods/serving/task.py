@@ -35,6 +35,8 @@ class CoalescingTask(WSGITask):
     - The tenant map learns whose a token is from the key that authenticated it.
     """
 
+    wrote_header: bool  # waitress's, declared for the type checker
+
     def start(self):
         super().start()
         if self.request.withheld or self.channel.server.stopping:
