@@ -74,7 +74,9 @@ PINNED = [
         ("body_rcv", "cleared with an oversized body"),
         ("content_length", "what an oversized body announced"),
         ("body_bytes_received", "what came of an oversized body"),
-        ("headers_finished", "PodsChannel.received: the head is complete, its deadline stops"),
+        ("headers_finished", "PodsChannel.received: the head is complete, its deadline stops; "
+                             "PodsRequestParser.received: the moment Admission.at_head decides"),
+        ("completed", "set with a body withheld (refused, or answered without it)"),
         ("command", "JsonErrorTask logs the method of a refused request"),
         ("path", "JsonErrorTask logs the path of a refused request"),
     ]),
@@ -118,6 +120,29 @@ PINNED = [
         "stops the worker threads at shutdown", ("cancel_pending", "timeout")),
     Pin(f"{W}.task:ThreadedTaskDispatcher.add_task", "method", "PodsServer.add_task",
         "hands a channel's next request to a thread"),
+    Pin(f"{W}.task:WSGITask.execute", "override", "CoalescingTask.execute",
+        "a request refused before it ran (429, shed 503) is answered without the app"),
+    Pin(f"{W}.task:Task.build_response_header", "override", "CoalescingTask.build_response_header",
+        "RateLimit-* and Retry-After added; the tenant map learns a token before the answer goes out"),
+    *(Pin(f"{W}.task:WSGITask.{name}", "attribute", "CoalescingTask.build_response_header", why)
+      for name, why in [("environ", "the caller authentication left in it"), ("status", "401: a token forgotten")]),
+    # -- waitress: the worker threads (FairDispatcher) ------------------------------------------
+    *(Pin(f"{W}.task:ThreadedTaskDispatcher.{name}", "override", f"FairDispatcher.{name}", why) for name, why in [
+        ("add_task", "queues fairly (FairQueue) instead of first come, first served"),
+        ("handler_thread", "takes the next request in turn; sheds one that waited too long"),
+        ("shutdown", "cancels what FairQueue holds"),
+    ]),
+    Pin(f"{W}.task:ThreadedTaskDispatcher.set_thread_count", "method", "PodsServer.__init__",
+        "starts the worker threads, which run FairDispatcher.handler_thread"),
+    *(Pin(f"{W}.task:ThreadedTaskDispatcher.{name}", "attribute", "FairDispatcher", why) for name, why in [
+        ("lock", "guards the queue, as waitress's does"),
+        ("queue_cv", "an idle thread waits on it"),
+        ("thread_exit_cv", "a stopping thread says so"),
+        ("threads", "the threads running"),
+        ("stop_count", "threads asked to stop"),
+        ("active_count", "threads not waiting: whether to wake one"),
+        ("logger", "an exception escaping a task"),
+    ]),
     # -- waitress: the channel (PodsChannel) ---------------------------------------------------
     *(Pin(f"{W}.channel:HTTPChannel.{name}", "override", f"PodsChannel.{name}", why) for name, why in [
         ("writable", "not while a task thread sends its own output (the event loop would spin)"),
@@ -126,6 +151,12 @@ PINNED = [
         ("handle_read", "reads and drops an oversized body"),
         ("handle_write", "lingers after the answer; hands over a pipelined request once it is sent"),
     ]),
+    Pin(f"{W}.channel:HTTPChannel.send_continue", "method", "PodsChannel.key_checked",
+        "100 Continue, held back while the key of the request is looked up, sent once it is live"),
+    Pin(f"{W}.channel:HTTPChannel.service", "method", "PodsServer.maintenance",
+        "answers (503) a request shed from the event loop"),
+    Pin(f"{W}.trigger:_triggerbase.pull_trigger", "method", "KeyCheck.service",
+        "runs the verdict on a key in the event loop (a thunk)"),
     Pin(f"{W}.channel:HTTPChannel", "call", "PodsChannel.__init__", "subclassed with the same constructor",
         ("server", "sock", "addr", "adj", "map")),
     *(Pin(f"{W}.channel:HTTPChannel.{name}", "attribute", "PodsChannel", why) for name, why in [
@@ -145,6 +176,8 @@ PINNED = [
         ("server", "stopping, trusted_proxies, task_dispatcher"),
         ("addr", "the client's address, for the log"),
         ("socket", "peeked for unread input; shut for writing when lingering"),
+        ("requests_lock", "held while a request answered without its body joins the requests"),
+        ("sent_continue", "whether 100 Continue went out already"),
     ]),
     Pin(f"{W}.channel:HTTPChannel._flush_some", "method", "PodsChannel.handle_write",
         "sends the rest of the answer before lingering"),
@@ -161,7 +194,8 @@ PINNED = [
         ("maintenance", "enforces every connection's deadlines"),
     ]),
     Pin(f"{W}.server:TcpWSGIServer", "call", "PodsServer.__init__",
-        "a server on a socket bound beforehand (one per worker)", ("map", "_sock", "adj", "bind_socket", "sockinfo")),
+        "a server on a socket bound beforehand (one per worker), with FairDispatcher's threads",
+        ("map", "_sock", "adj", "bind_socket", "sockinfo", "dispatcher")),
     *(Pin(f"{W}.server:TcpWSGIServer.{name}", "attribute", "PodsServer", why) for name, why in [
         ("channel_class", "set to PodsChannel"),
         ("_map", "the event loop's sockets: run, and shutdown's channels"),
@@ -266,6 +300,7 @@ def instances():
         f"{W}.task:ErrorTask": ErrorTask(channel, refused),
         f"{W}.channel:HTTPChannel": channel,
         f"{W}.server:TcpWSGIServer": server,
+        f"{W}.task:ThreadedTaskDispatcher": server.task_dispatcher,
     }
     app = Flask("pinned")  # the provider holds it weakly
     made["flask.json.provider:DefaultJSONProvider"] = DefaultJSONProvider(app)

@@ -11,6 +11,7 @@ from waitress.channel import HTTPChannel
 
 from .admission import KeyCheck
 from .parser import PodsRequestParser
+from .scheduler import Tenant
 from .task import CoalescingTask, JsonErrorTask
 
 # What is left of an oversized body is read and dropped, up to these bounds (nginx's
@@ -54,6 +55,7 @@ class PodsChannel(HTTPChannel):
     # Changed only under outbuf_lock, like the output it waits for.
     next_request_waiting = False
     close_when_flushed: bool  # waitress's, declared for the type checker
+    request: PodsRequestParser | None  # waitress's: the request being read, declared for the type checker
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)
@@ -162,7 +164,7 @@ class PodsChannel(HTTPChannel):
 
     # -- a key to look up before a body is read --------------------------------------
 
-    def hold(self, request, rest: bytes) -> None:
+    def hold(self, request: PodsRequestParser, rest: bytes) -> None:
         """Stop reading ``request`` (whose head is in, its body not) until a worker
         has looked up its key (``admission.KeyCheck``); ``rest`` came after its head."""
         self.holding = True
@@ -170,7 +172,7 @@ class PodsChannel(HTTPChannel):
         request.held_expect, request.expect_continue = request.expect_continue, False
         self.server.task_dispatcher.add_task(KeyCheck(self, request), sheddable=False)
 
-    def key_checked(self, request, tenant) -> None:
+    def key_checked(self, request: PodsRequestParser, tenant: "Tenant | None") -> None:
         """In the event loop: the key of the request held is live (``tenant``: read
         its body) or not (None: answered without it, the body dropped)."""
         if not self.holding or request is not self.request or not self.connected:

@@ -7,7 +7,8 @@ import time
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.utilities import Error, RequestEntityTooLarge
 
-from .admission import CHECK_KEY, PROCEED
+from .admission import CHECK_KEY, PROCEED, Refusal
+from .scheduler import Tenant
 
 # The minor version of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
 LATER_MINOR_VERSIONS = frozenset("23456789")
@@ -54,11 +55,11 @@ class PodsRequestParser(HTTPRequestParser):
     version_refused = False
     # Set as the head is in (admission.Admission.at_head):
     withheld = False  # answered without its body, which is dropped as it comes
-    tenant = None  # whose it is (scheduler.Tenant)
-    key_hash = None  # of its bearer token, if it has one
-    rate_headers = ()  # RateLimit-* for its answer, under a configured limit
-    refusal = None  # admission.Refusal: answered so, the app not run
-    head_done = None  # time.time() when its head was in: its body is due within --header-timeout
+    tenant: Tenant | None = None  # whose it is
+    key_hash: str | None = None  # of its bearer token, if it has one
+    rate_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-* for its answer, under a configured limit
+    refusal: Refusal | None = None  # answered so, the app not run (429, or 503 once shed)
+    head_done: float | None = None  # time.time() when its head was in: its body is due within --header-timeout
     error: Error | None  # waitress's, declared for the type checker
 
     def __init__(self, adj, channel=None):

@@ -116,7 +116,7 @@ class SharedBuckets:
         """The slot of bucket ``ident``, refilled to ``now``; a new bucket starts full."""
         slots, size = self._slots, self.size
         start = ident % size
-        victim, victim_score = None, -1.0
+        victim, victim_score = slots[start], -1.0
         for i in range(PROBE):
             slot = slots[(start + i) % size]
             if slot.ident == ident:

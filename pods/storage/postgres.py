@@ -540,11 +540,12 @@ class PostgresStorage(SQLStorage):
 
     def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
         rows = self._query(
-            f"SELECT k.key_hash, k.org_id, o.name, k.key_id FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            f"SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            f" JOIN organization o ON o.org_id = k.org_id"
             f" WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
             f" ORDER BY k.created_at DESC LIMIT %s", (self._now(), limit),
         )
-        return [(row["key_hash"], row["org_id"], row["name"], row["key_id"]) for row in rows]
+        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,

@@ -513,11 +513,12 @@ class SQLiteStorage(SQLStorage):
 
     def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
         rows = self._query(
-            "SELECT k.key_hash, k.org_id, o.name, k.key_id FROM api_key k JOIN organization o ON o.org_id = k.org_id"
+            "SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            " JOIN organization o ON o.org_id = k.org_id"
             " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
             " ORDER BY k.created_at DESC LIMIT ?", (self._now(), limit),
         )
-        return [(row[0], row[1], row[2], row[3]) for row in rows]
+        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,
