@@ -10,6 +10,8 @@ from conftest import new_database
 from dbtools import BACKENDS, query
 from live import Server
 
+from pods.api.errors import error_body
+
 URL = "/agent/v0/pods"
 KEY = "hostile-test-key-with-at-least-32-characters"
 SQL_INJECTIONS = [
@@ -59,6 +61,7 @@ def assert_json_error(status, body, *allowed):
     assert isinstance(error["name"], str) and error["name"].endswith("Error")
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["code"], str)
+    assert isinstance(error["fix"], str) and error["fix"]
     if status == 400:
         assert isinstance(error["errors"], dict) and error["errors"]
 
@@ -264,7 +267,7 @@ def test_no_redirects_and_one_spelling_per_route(server, unchanged, target):
     for method in (b"GET", b"POST", b"DELETE"):
         status, head, body = raw_answer(server, request_bytes(target, b"Host: evil.example", method=method))
         assert status == 404, (method, target, body)
-        assert json.loads(body) == {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
+        assert json.loads(body) == error_body("not_found")
         assert b"location:" not in head.lower()
 
 
@@ -305,7 +308,8 @@ def test_an_http_version_other_than_1_is_505(server, unchanged, version):
     status, head, body = raw_answer(server, request_bytes(URL.encode(), b"Host: x", version=version))
     assert status == 505
     assert json.loads(body) == {"name": "HttpVersionNotSupportedError", "message": "HTTP Version Not Supported.",
-                                "code": "http_version_not_supported"}
+                                "code": "http_version_not_supported",
+                                "fix": "Send the request as HTTP/1.1 (or HTTP/1.0), in plain text."}
     assert b"\r\nConnection: close" in head
 
 

@@ -1,10 +1,11 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-from flask import Blueprint, Response, abort, g
+from flask import Blueprint, Response, g
 
 from .permissions import Caller, require_organization_scope
 from .auth import auth, current_caller
 from .bodies import json_body
+from .errors import fail
 from .pagetokens import ORGANIZATION_PODS
 from .paging import keyset_page
 from .schemas import list_args_schema, pod_create_schema, pod_list_schema, pod_schema
@@ -50,7 +51,7 @@ def get_pod(pod_id):
 def delete_pod(pod_id):
     caller = current_caller()
     if not caller.sees_pod(pod_id) or not get_storage().delete_pod(caller.org_id, pod_id):
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     return empty_ok()
 
 
@@ -61,12 +62,12 @@ def visible_pod(caller: Caller, pod_id: str):
         (answered alike: another pod's existence is not revealed).
     """
     if not caller.sees_pod(pod_id):
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     read_id, pod = g.get("path_pod", (None, None))  # read with the caller's key (auth.verify_token)
     if read_id != pod_id:
         pod = get_storage().find_pod(caller.org_id, pod_id)
     if pod is None:
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     return pod
 
 
