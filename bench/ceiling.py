@@ -51,11 +51,11 @@ def main() -> None:
 
         serve(app, host="127.0.0.1", port=port, threads=threads, ident="pods")
         return
-    from pods.serving import server
+    from pods.serving import server, shutdown, workers
 
-    [sock] = server.listening_sockets("127.0.0.1", port, 1)
+    [sock] = workers.listening_sockets("127.0.0.1", port, 1)
     waitress_server = server.make_server(app, sock, threads)
-    server.run_until_signalled(waitress_server, on_exit=lambda: None)
+    shutdown.run_until_signalled(waitress_server, on_exit=lambda: None)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ LAUNCH = """
 import sys
 sys.path.insert(0, {root!r})
 variant, port, db = sys.argv[1:4]
-from pods.serving import server
+from pods.serving import workers
 if variant == "inherited":
-    one_per_worker = server.listening_sockets
-    server.listening_sockets = lambda host, port, count: one_per_worker(host, port, 1) * count
+    one_per_worker = workers.listening_sockets
+    workers.listening_sockets = lambda host, port, count: one_per_worker(host, port, 1) * count
 sys.argv = ["app.py", "--port", port, "--db", db, "--workers", "2", "--log-level", "warning"]
 from pods.cli import cli
 cli()

@@ -1,39 +1,35 @@
 """The operator's command line: ``python app.py [serve options] [COMMAND]``."""
 
 import contextlib
-import functools
 import logging
 import os
 import shlex
-import sys
 from contextlib import contextmanager
 
 import click
 from click.core import ParameterSource
 
 from . import __version__
-from .api import accesslog, close_app, create_app, logstream
+from .api import accesslog
+from .api.auth import hash_key, token_prefix
 from .serving import server
-from .api.auth import hash_key, new_token, token_prefix
-from .storage import (
-    NotEmpty,
-    UnusableDatabase,
-    describe,
-    driver_errors,
-    error_text,
-    is_url,
-    open_storage,
-    same_database,
+from .serving.console import (
+    API_KEY_VARIABLE,
+    DEFAULT_ORG,
+    check_env_token,
+    clear_failures,
+    create_key,
+    require_stdout,
+    shown,
 )
+from .serving.serve import Settings, configure_logging, serve
+from .serving.server import Deadlines
+from .storage import NotEmpty, describe, is_url, open_storage, same_database
 from .storage.sqlite import backup, companions, database_file_suffix
 from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
 
-DEFAULT_ORG = "default"
-API_KEY_VARIABLE = "PODS_API_KEY"
-API_KEY_MIN_LENGTH = 32
-MAKE_A_TOKEN = "python3 -c \"import secrets; print('pods_' + secrets.token_urlsafe(32))\""
 # Request threads per process, unless --threads says. SQLite: one (the GIL makes more
 # slower). PostgreSQL: four, so that requests overlap their waits on the server and
 # its commits group (measured: creates at 8 connections 1.4x those of one thread,
@@ -78,12 +74,6 @@ def _database_target(ctx, param, value):
     return value
 
 
-def _shown(text: str) -> str:
-    """``text`` for a terminal: as it is when printable, else escaped whole (a name
-    set over the API may hold, say, a C1 control character a terminal obeys)."""
-    return text if text.isprintable() else accesslog.escape_text(text)
-
-
 def _key_name(ctx, param, value):
     if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
         raise click.BadParameter("must be 1 to 255 printable characters")
@@ -120,25 +110,12 @@ def _command_line(*args: str) -> str:
 
 
 @contextmanager
-def _database(target: str):
-    """The storage at ``target``, created or brought to the current schema as
-    serving does, with expected failures reported in one line."""
-    with _clear_failures(target):
-        storage = open_storage(target)
-        try:
-            storage.prepare()
-            yield storage
-        finally:
-            storage.close()
-
-
-@contextmanager
 def _existing_database(target: str, current: bool = True, read_only: bool = False):
     """The pods database at ``target``, which must exist; with ``current``, it must
     have this version's schema. Nothing is changed on the way: only serving, init,
     migrate and copy create or upgrade a database; ``read_only`` commands change
     nothing at all."""
-    with _clear_failures(target):
+    with clear_failures(target):
         storage = open_storage(target, read_only=read_only)
         try:
             if not storage.exists():
@@ -195,7 +172,8 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
 @click.pass_context
-def cli(ctx, host, port, db, threads, workers, log_level, **limits):
+def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
+        send_timeout, connection_limit):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -205,8 +183,20 @@ def cli(ctx, host, port, db, threads, workers, log_level, **limits):
     """
     _plug_closed_standard_streams()
     if ctx.invoked_subcommand is None:
-        threads = threads or (THREADS_DEFAULT_POSTGRES if is_url(db) else THREADS_DEFAULT)
-        serve(host, port, db, threads, workers, log_level, limits)
+        configure_logging(log_level)
+        if _unknown_variables():
+            log.warning(_unknown_variables_message())
+        serve(Settings(
+            db=db,
+            host=host,
+            port=port,
+            threads=threads or (THREADS_DEFAULT_POSTGRES if is_url(db) else THREADS_DEFAULT),
+            workers=workers,
+            trusted_proxies=trusted_proxy,
+            deadlines=Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout),
+            connection_limit=connection_limit,
+            api_key=os.environ.get(API_KEY_VARIABLE),
+        ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
 
@@ -251,210 +241,6 @@ def _unknown_variables_message() -> str:
     )
 
 
-def _check_env_token(token: str | None) -> None:
-    """Refuse a PODS_API_KEY that could never authenticate or is easy to guess.
-
-    A client sends the token in a header: HTTP trims blanks around it and reads
-    non-ASCII as Latin-1, so only visible ASCII can match, and a short one is guessable.
-    """
-    if not token:
-        return
-    if len(token) < API_KEY_MIN_LENGTH:
-        problem = f"is {len(token)} character(s) long"
-    elif not all("!" <= c <= "~" for c in token):
-        problem = "holds a space, a control character or a non-ASCII character"
-    else:
-        return
-    raise click.ClickException(
-        f"{API_KEY_VARIABLE} {problem}; it must be at least {API_KEY_MIN_LENGTH} visible ASCII "
-        f"characters. Make one with: {MAKE_A_TOKEN}"
-    )
-
-
-def configure_logging(level: str) -> None:
-    """Every log line to stderr, through the log stream (never blocking)."""
-    root = logging.getLogger()
-    root.handlers[:] = [logstream.LogStreamHandler(logstream.stderr)]
-    root.setLevel(level.upper())
-
-
-def serve(host: str, port: int, db: str, threads: int, workers: int, log_level: str, limits: dict) -> None:
-    configure_logging(log_level)
-    if _unknown_variables():
-        log.warning(_unknown_variables_message())
-    env_token = os.environ.get(API_KEY_VARIABLE)
-    _check_env_token(env_token)
-    limits["trusted_proxies"] = limits.pop("trusted_proxy")
-    limits["connection_limit"] = _fit_connection_limit(limits["connection_limit"])
-    # The port first: a server refused there must not have made a database and shown its first key.
-    sockets = _listen(host, port, workers)
-    _prepare_database(db, env_token)
-    config = {"DB": db, "THREADS": threads, "TRUSTED_PROXIES": limits["trusted_proxies"]}
-    with _clear_failures(db):
-        # One process builds its app now, so a failure shows before "serving on";
-        # worker processes build their own after the fork (SQLite connections
-        # must not cross one).
-        app = create_app(config) if workers == 1 else None
-
-    url_host = f"[{host}]" if ":" in host else host
-    serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
-               f" (database {describe(db)}, {workers} worker(s), {threads} thread(s) each)")
-    try:
-        click.echo(serving)
-    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
-        log.warning("%s; stdout could not be written", serving)
-    if app is not None:
-        _serve_app(app, sockets[0], threads, limits, on_exit=lambda: _close_database(app))
-        return
-    code = server.run_workers([functools.partial(_serve_worker, config, sock, threads, limits) for sock in sockets])
-    for sock in sockets:
-        sock.close()
-    # Once, after every worker is gone: a worker checkpointing while its siblings
-    # still serve would find the WAL in use.
-    with _clear_failures(db):
-        open_storage(db).checkpoint()
-    if code:
-        sys.exit(code)
-
-
-def _listen(host: str, port: int, workers: int):
-    """The listening sockets, one per worker, sharing the port; one server per
-    address and port, whatever --workers says (``server.listening_sockets``)."""
-    try:
-        return server.listening_sockets(host, port, workers)
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-
-
-def _fit_connection_limit(wanted: int) -> int:
-    fits = server.raise_open_file_limit(wanted)
-    if fits < wanted:
-        logging.getLogger("pods.server").warning(
-            "connection limit lowered from %d to %d: the open-file limit (ulimit -n) allows no more", wanted, fits
-        )
-    return fits
-
-
-def _prepare_database(db: str, env_token: str | None) -> None:
-    with _database(db) as storage:
-        _bootstrap_key(storage, env_token)
-
-
-def _serve_worker(config: dict, sock, threads: int, limits: dict) -> None:
-    try:
-        with _clear_failures(config["DB"]):
-            app = create_app(config)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    _serve_app(app, sock, threads, limits, on_exit=lambda: close_app(app))
-
-
-def _serve_app(app, sock, threads: int, limits: dict, on_exit) -> None:
-    waitress_server = server.make_server(app, sock, threads, **limits)
-    server.run_until_signalled(waitress_server, on_exit=on_exit)
-
-
-def _close_database(app) -> None:
-    close_app(app)
-    from .storage import EXTENSION_KEY
-
-    app.extensions[EXTENSION_KEY].checkpoint()
-
-
-@contextmanager
-def _clear_failures(target: str):
-    """Expected failures (unreadable or foreign database, locked, disk full, server
-    unreachable, too new a schema) become one line on stderr and exit status 1, not
-    a traceback. A URL's password never appears."""
-    try:
-        yield
-    except UnusableDatabase as e:
-        raise click.ClickException(str(e)) from None
-    except driver_errors() as e:
-        raise click.ClickException(f"database {describe(target)}: {error_text(e, target)}") from None
-    except OSError as e:
-        raise click.ClickException(f"database {describe(target)}: {e.strerror}") from None
-
-
-def _bootstrap_key(storage, env_token: str | None) -> None:
-    """Make PODS_API_KEY a key of "default", or give a new database its first key."""
-    if env_token:
-        key_hash = hash_key(env_token)
-        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))  # unless stored already
-        caller = storage.caller_for_key_hash(key_hash)
-        if caller is None:
-            click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
-        elif caller["org_name"] != DEFAULT_ORG or caller["pod_id"] is not None:
-            scope = f"pod {caller['pod_id']} of " if caller["pod_id"] is not None else ""
-            click.echo(f'warning: PODS_API_KEY is already a key of {scope}organization "{_shown(caller["org_name"])}",'
-                       f' not of "{DEFAULT_ORG}"; it stays as it is', err=True)
-    elif storage.count_api_keys() == 0:
-        _create_key(storage, DEFAULT_ORG, first=True)
-
-
-class _StdoutUnwritable(Exception):
-    """Writing a new key's token to stdout failed."""
-
-
-def _require_stdout() -> None:
-    """Refuse early when stdout is closed (started with ``>&-``): a new key could not be shown."""
-    if sys.stdout is None:
-        raise click.ClickException("stdout is closed, so a new API key could not be shown; nothing was stored")
-
-
-def _create_key(storage, org: str, pod_id: str | None = None, name: str | None = None,
-                first: bool = False) -> None:
-    """Store a new key for ``org`` (scoped to ``pod_id``, if given) and print it:
-    once, as the last line. ``first``: only if the database has no key yet (another
-    server starting at the same moment may have made it).
-
-    Storing and showing are one step: the key is committed only once its token has
-    been written and flushed to stdout, so no key is ever stored unseen.
-    """
-    _require_stdout()
-    token = new_token()
-
-    shown = []
-
-    def show(key) -> None:
-        scope = f'pod {pod_id} of organization "{org}"' if pod_id else f'organization "{org}"'
-        try:
-            click.echo(f"Created API key {key['key_id']} for {scope}. It is shown only once:")
-            click.echo(token)
-            sys.stdout.flush()
-        except (OSError, ValueError) as e:  # ValueError: written to a closed file
-            raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
-        shown.append(True)
-
-    try:
-        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show,
-                               only_if_first=first)
-    except driver_errors() as e:
-        if not shown:
-            raise
-        # Shown, then the commit failed (a full disk, say): the token printed is void.
-        raise click.ClickException(
-            f"database {storage.description}: {e}; the key printed above was NOT stored and will not work"
-        ) from None
-    except LookupError:
-        raise click.ClickException(f'organization "{org}" has no pod {pod_id}') from None
-    except _StdoutUnwritable as e:
-        _discard_stdout()
-        raise click.ClickException(
-            f"cannot write a new API key to stdout ({e}); nothing was stored"
-        ) from None
-
-
-def _discard_stdout() -> None:
-    """Point a stdout that failed at /dev/null, so that the interpreter's last flush
-    of what is still buffered (the unstored token) fails nowhere and prints nothing."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
 @cli.command("init")
 @db_option(None)
 @click.pass_context
@@ -465,10 +251,10 @@ def init_command(ctx, db):
     the last line."""
     target = _db_path(ctx, db)
     env_token = os.environ.get(API_KEY_VARIABLE)
-    _check_env_token(env_token)
+    check_env_token(env_token)
     if not env_token:
-        _require_stdout()
-    with _clear_failures(target):
+        require_stdout()
+    with clear_failures(target):
         storage = open_storage(target)
         try:
             storage.create()
@@ -480,7 +266,7 @@ def init_command(ctx, db):
             if env_token:
                 key = storage.insert_api_key(DEFAULT_ORG, hash_key(env_token), token_prefix(env_token))
             else:
-                _create_key(storage, DEFAULT_ORG)
+                create_key(storage, DEFAULT_ORG)
         except BaseException:
             storage.discard_new()  # made just now: nothing of anyone's is lost
             raise
@@ -504,7 +290,7 @@ def migrate_command(ctx, db):
             click.echo(f"{storage.description}: schema version {before} is current; nothing to do.")
             return
         configure_logging("info")  # the steps' lines
-        with _clear_failures(target):
+        with clear_failures(target):
             storage.migrate()
     click.echo(f"Migrated {storage.description} from schema version {before} to {current}.")
 
@@ -523,7 +309,7 @@ def keys():
 def keys_create(ctx, org, pod_id, name, db):
     """Create a key with every permission; its token is printed once, as the last line."""
     with _existing_database(_db_path(ctx, db)) as storage:
-        _create_key(storage, org, pod_id, name)
+        create_key(storage, org, pod_id, name)
 
 
 @keys.command("list")
@@ -537,7 +323,7 @@ def keys_list(ctx, db):
     for row in rows:
         columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
                    row["name"], row["pod_id"] or "org"]
-        click.echo("\t".join(_shown(column) for column in columns))
+        click.echo("\t".join(shown(column) for column in columns))
 
 
 @keys.command("revoke")
@@ -644,7 +430,7 @@ def copy_command(source, dest):
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
     with _existing_database(source, read_only=True) as origin:
-        with _clear_failures(dest):
+        with clear_failures(dest):
             target = open_storage(dest)
             created = not target.exists()
             if created and is_url(dest):

@@ -19,7 +19,8 @@ from conftest import storage_of
 from pods import create_app
 from pods.storage import sqlite as db
 from pods.api.auth import hash_key, token_prefix
-from pods.cli import _bootstrap_key, cli, documented_variables
+from pods.cli import cli, documented_variables
+from pods.serving.serve import bootstrap_key as _bootstrap_key
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 

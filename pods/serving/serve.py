@@ -1,0 +1,133 @@
+"""Serving, start to stop: listen, prepare the database (its first key), build the
+app, serve until signalled with one process or several, and close the database."""
+
+import dataclasses
+import functools
+import logging
+import sys
+
+import click
+
+from ..api import close_app, create_app, logstream
+from ..api.auth import hash_key, token_prefix
+from ..storage import EXTENSION_KEY, describe, open_storage
+from . import server, shutdown, workers
+from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
+
+log = logging.getLogger("pods.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to serve, as the serve flags (and their variables) set it."""
+
+    db: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 1
+    workers: int = 1
+    trusted_proxies: tuple = ()
+    deadlines: server.Deadlines = server.Deadlines()
+    connection_limit: int = server.CONNECTION_LIMIT
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
+
+    def app_config(self) -> dict:
+        return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies}
+
+
+def configure_logging(level: str) -> None:
+    """Every log line to stderr, through the log stream (never blocking)."""
+    root = logging.getLogger()
+    root.handlers[:] = [logstream.LogStreamHandler(logstream.stderr)]
+    root.setLevel(level.upper())
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT; exit status 1 if a worker failed."""
+    check_env_token(settings.api_key)
+    settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
+    # The port first: a server refused there must not have made a database and shown its first key.
+    sockets = _listen(settings.host, settings.port, settings.workers)
+    with open_database(settings.db) as storage:
+        bootstrap_key(storage, settings.api_key)
+    with clear_failures(settings.db):
+        # One process builds its app now, so a failure shows before "serving on";
+        # worker processes build their own after the fork (SQLite connections
+        # must not cross one).
+        app = create_app(settings.app_config()) if settings.workers == 1 else None
+
+    url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
+               f" (database {describe(settings.db)}, {settings.workers} worker(s),"
+               f" {settings.threads} thread(s) each)")
+    try:
+        click.echo(serving)
+    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
+        log.warning("%s; stdout could not be written", serving)
+    if app is not None:
+        _serve_app(app, sockets[0], settings, on_exit=lambda: _close_database(app))
+        return
+    code = workers.run_workers([functools.partial(_serve_worker, settings, sock) for sock in sockets])
+    for sock in sockets:
+        sock.close()
+    # Once, after every worker is gone: a worker checkpointing while its siblings
+    # still serve would find the WAL in use.
+    with clear_failures(settings.db):
+        open_storage(settings.db).checkpoint()
+    if code:
+        sys.exit(code)
+
+
+def _listen(host: str, port: int, count: int):
+    """The listening sockets, one per worker, sharing the port; one server per
+    address and port, whatever --workers says (``workers.listening_sockets``)."""
+    try:
+        return workers.listening_sockets(host, port, count)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def _fit_connection_limit(wanted: int) -> int:
+    fits = workers.raise_open_file_limit(wanted)
+    if fits < wanted:
+        log.warning("connection limit lowered from %d to %d: the open-file limit (ulimit -n) allows no more",
+                    wanted, fits)
+    return fits
+
+
+def _serve_worker(settings: Settings, sock) -> None:
+    try:
+        with clear_failures(settings.db):
+            app = create_app(settings.app_config())
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    _serve_app(app, sock, settings, on_exit=lambda: close_app(app))
+
+
+def _serve_app(app, sock, settings: Settings, on_exit) -> None:
+    waitress_server = server.make_server(
+        app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies
+    )
+    shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
+
+
+def _close_database(app) -> None:
+    close_app(app)
+    app.extensions[EXTENSION_KEY].checkpoint()
+
+
+def bootstrap_key(storage, env_token: str | None) -> None:
+    """Make PODS_API_KEY a key of "default", or give a new database its first key."""
+    if env_token:
+        key_hash = hash_key(env_token)
+        storage.insert_api_key(DEFAULT_ORG, key_hash, token_prefix(env_token))  # unless stored already
+        caller = storage.caller_for_key_hash(key_hash)
+        if caller is None:
+            click.echo("warning: PODS_API_KEY is a revoked key; it will not authenticate", err=True)
+        elif caller["org_name"] != DEFAULT_ORG or caller["pod_id"] is not None:
+            scope = f"pod {caller['pod_id']} of " if caller["pod_id"] is not None else ""
+            click.echo(f'warning: PODS_API_KEY is already a key of {scope}organization "{shown(caller["org_name"])}",'
+                       f' not of "{DEFAULT_ORG}"; it stays as it is', err=True)
+    elif storage.count_api_keys() == 0:
+        create_key(storage, DEFAULT_ORG, first=True)
