@@ -25,7 +25,7 @@ from .serving.console import (
 from .serving.serve import Settings, configure_logging, serve
 from .serving.server import Deadlines
 from .storage import NotEmpty, describe, is_url, open_storage, same_database
-from .storage.sqlite import backup, companions, database_file_suffix
+from .storage.sqlite import COMPANION_SUFFIXES, backup, companions, database_file_suffix
 from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
@@ -393,6 +393,28 @@ def _check_backup_destination(path: str, source: str, force: bool) -> None:
         )
 
 
+def _check_copy_destination(path: str) -> None:
+    """A SQLite DEST of copy is no database's -wal, -shm or -journal file (SQLite
+    would take the copy for that database's journal, and delete it), and has none
+    of its own beside it (a new file beside another database's WAL would have that
+    WAL replayed into it): as backup refuses them."""
+    for spelling in dict.fromkeys([path, os.path.realpath(path)]):
+        for suffix in COMPANION_SUFFIXES:
+            if spelling.lower().endswith(suffix):  # any case: some file systems ignore it
+                base = spelling[: -len(suffix)]
+                whose = "the database" if os.path.lexists(base) else "a database"
+                raise click.ClickException(
+                    f"copy destination {path} is the {suffix} file of {whose} {base}: SQLite would take the"
+                    " copy for that database's own file and delete it; choose another path"
+                )
+    in_use = [name for name in companions(path) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
+            f"{in_use[0]}, then run again"
+        )
+
+
 @cli.command("check")
 @db_option(None)
 @click.pass_context
@@ -429,6 +451,8 @@ def copy_command(source, dest):
     keep working against DEST."""
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
+    if not is_url(dest):
+        _check_copy_destination(dest)
     with _existing_database(source, read_only=True) as origin:
         with clear_failures(dest):
             target = open_storage(dest)
