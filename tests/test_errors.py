@@ -246,6 +246,9 @@ def test_403_missing_permission_names_it_and_how_to_get_a_key_that_has_it(app, c
                " that has pod_create and api_key_create (POST /agent/v0/api-keys).",
     }
     assert "WWW-Authenticate" not in r.headers
+    maker = key_of(app, permissions=["pod_read"])
+    body = assert_error(client.post(KEYS, json={}, headers=auth(maker)), 403, "ForbiddenError", "missing_permission")
+    assert body["fix"].endswith("or make one with a key that has api_key_create (POST /agent/v0/api-keys).")
 
 
 def test_403_permission_escalation_names_what_to_leave_out(app, client):
@@ -292,7 +295,7 @@ def test_400_fix_names_each_field_to_correct_and_what_it_accepts(client, headers
 
     r = client.post(URL, data=b"[1]", content_type="application/json", headers=headers)
     body = assert_error(r, 400, "ValidationError", "validation_error")
-    assert body["fix"] == "Correct what errors names: the body: one JSON object in UTF-8, each name once."
+    assert body["fix"] == "Correct what errors names: the body must be one JSON object in UTF-8, each name once."
 
     r = client.post(KEYS, json={"permissions": {"pod_read": "yes", "colour": True}, "expires_at": "tomorrow"},
                     headers=headers)

@@ -73,7 +73,7 @@ SITUATIONS = {
         403, "missing_permission", "This API key does not have the {permission} permission.",
         "Use a key with the {permission} permission: one whose permissions object sets \"{permission}\": true,"
         " or has none (every permission). Ask for one from whoever gave you this key, or make one with a key"
-        " that has {permission} and api_key_create (POST /agent/v0/api-keys).",
+        " that has {makers} (POST /agent/v0/api-keys).",
     ),
     "permission_escalation": Situation(
         403, "permission_escalation",
@@ -213,10 +213,11 @@ ACCEPTS = {
         " that contradicts it (start again without it if in doubt)"
     ),
     "type": "bearer or public_key, given once",
-    "_schema": "the body: one JSON object in UTF-8, each name once",
+    # The body as a whole, the HTTP request itself: the whole phrase.
+    "_schema": "the body must be one JSON object in UTF-8, each name once",
     "_request": (
-        "the request: well-formed HTTP/1.1, e.g. `GET /agent/v0/pods HTTP/1.1`, with exactly one Host header,"
-        " unfolded header lines, and a valid Content-Length or chunked body"
+        "the request must be well-formed HTTP/1.1, e.g. `GET /agent/v0/pods HTTP/1.1`, with exactly one Host"
+        " header, unfolded header lines, and a valid Content-Length or chunked body"
     ),
 }
 UNKNOWN_FIELD = "Unknown field."
@@ -269,12 +270,21 @@ def name_of(status: int) -> str:
 DEFAULT_PARAMS = {"limit": "32 KiB"}
 
 
+def _derived(params: dict) -> dict:
+    """Parameters some fixes word from others."""
+    permission = params.get("permission")
+    if permission is None:
+        return {}
+    # The keys that can make a key with the permission: they need it, and to make keys.
+    return {"makers": permission if permission == "api_key_create" else f"{permission} and api_key_create"}
+
+
 def error_body(which: int | str, message: str | None = None, errors: dict | None = None, **params) -> dict:
     """The error document of a situation (by name) or of a status's default one;
     ``params`` fill the situation's message and fix. ``message`` replaces the
     situation's own (for an error whose words come from elsewhere, e.g. werkzeug's)."""
     situation = _situation(which)
-    values = {**DEFAULT_PARAMS, **params}
+    values = {**DEFAULT_PARAMS, **params, **_derived(params)}
     body = {
         "name": name_of(situation.status),
         "message": message or situation.message.format(**values),
