@@ -67,7 +67,8 @@ def test_every_situation_has_a_name_a_snake_case_code_a_message_and_a_fix_of_one
         assert error_body(status)["fix"], status
     assert set(BY_STATUS) == set(NAMES)
     # A status the table does not know still gets a code and a fix.
-    assert error_body(416) == {"name": "RequestedRangeNotSatisfiableError", "message": "Requested Range Not Satisfiable.",
+    assert error_body(416) == {"name": "RequestedRangeNotSatisfiableError",
+                               "message": "Requested Range Not Satisfiable.",
                                "code": "requested_range_not_satisfiable",
                                "fix": "Change the request as the message says, then send it again."}
 

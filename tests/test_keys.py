@@ -510,7 +510,8 @@ def test_a_key_cannot_patch_in_a_permission_it_lacks(client, world, new_key, sta
     key = new_key("acme", world.A if scope == "pod" else None, LIMITED)
     path = world.path(route)
     before = state()
-    assert_forbidden(call(client, "PATCH", path, key, {"permissions": {"pod_delete": True}}), "pod_delete", code=ESCALATION)
+    assert_forbidden(call(client, "PATCH", path, key, {"permissions": {"pod_delete": True}}), "pod_delete",
+                     code=ESCALATION)
     assert_forbidden(call(client, "PATCH", path, key, {"name": "x", "permissions": {"pod_create": True}}),
                      "pod_create", code=ESCALATION)
     assert state() == before
@@ -610,7 +611,8 @@ def test_a_key_that_never_expires_may_grant_any_future_expiry(client, world):
 def test_a_pod_key_cannot_create_an_organization_key(client, world, state):
     before = state()
     for body in ({}, {"permissions": {"pod_read": True}}):
-        assert_forbidden(call(client, "POST", "/api-keys", world.pod_key, body), f"scoped to pod {world.A}", code="forbidden")
+        assert_forbidden(call(client, "POST", "/api-keys", world.pod_key, body), f"scoped to pod {world.A}",
+                         code="forbidden")
     assert state() == before
 
 
