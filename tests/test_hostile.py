@@ -2,6 +2,7 @@
 error, nothing changed, and normal service afterwards."""
 
 import json
+import re
 import socket
 
 import httpx
@@ -363,6 +364,7 @@ def test_content_length_with_transfer_encoding_is_400_and_ends_the_connection(se
         while chunk := s.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400 ")
-    assert answer.count(b"HTTP/1.") == 1  # the request after it is not answered
+    # The request after it is not answered: one status line (a fix may quote "HTTP/1.1").
+    assert len(re.findall(rb"(?:^|\r\n)HTTP/1\.[01] \d{3} ", answer)) == 1, answer
     body = answer.partition(b"\r\n\r\n")[2]
     assert error_of(body) == ["A request may not have both Content-Length and Transfer-Encoding."]
