@@ -448,7 +448,8 @@ def copy_command(source, dest):
     (safe while a server writes to it). DEST must hold no pods data: a new file, an
     empty database, or the schema with no rows; it is created or set up as needed.
     Prints the counts copied, verified on DEST. Page tokens and keys issued before
-    keep working against DEST."""
+    keep working against DEST. Refuses a DEST that is a database's -wal, -shm or
+    -journal file, or has such files beside it."""
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
     if not is_url(dest):
