@@ -3,16 +3,22 @@
 import contextlib
 import logging
 import os
-import shlex
-from contextlib import contextmanager
 
 import click
-from click.core import ParameterSource
 
 from . import __version__
-from .api import accesslog
 from .api.auth import hash_key, token_prefix
-from .serving import server
+from .cli_options import (
+    command_line,
+    database_target,
+    db_option,
+    db_path,
+    existing_database,
+    key_name,
+    org_name,
+    trusted_proxies,
+)
+from .serving import channel, server
 from .serving.console import (
     API_KEY_VARIABLE,
     DEFAULT_ORG,
@@ -23,10 +29,9 @@ from .serving.console import (
     shown,
 )
 from .serving.serve import Settings, configure_logging, serve
-from .serving.server import Deadlines
+from .serving.channel import Deadlines
 from .storage import NotEmpty, describe, is_url, open_storage, same_database
 from .storage.sqlite import COMPANION_SUFFIXES, backup, companions, database_file_suffix
-from .storage.url import looks_like_connection_string
 
 log = logging.getLogger("pods.cli")
 
@@ -39,103 +44,6 @@ THREADS_DEFAULT_POSTGRES = 4
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _org_name(ctx, param, value):
-    if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
-        raise click.BadParameter("must be 1 to 255 printable characters")
-    return value
-
-
-def db_option(default):
-    """--db for the group (with its variable and default) or for a command (neither:
-    a command's --db counts only when given on its command line)."""
-    return click.option(
-        "--db",
-        envvar="PODS_DB" if default is not None else None,
-        default=default,
-        show_default=default is not None,
-        callback=_database_target,
-        help="SQLite database file or postgresql:// URL (env PODS_DB)." if default is not None
-        else "SQLite database file or postgresql:// URL (env PODS_DB; default pods.db).",
-    )
-
-
-def _database_target(ctx, param, value):
-    # SQLite would take "" and ":memory:" for a database that vanishes with the process.
-    if value is not None and (value.strip() in ("", ":memory:") or value.startswith("file:")):
-        raise click.BadParameter("must name a database file or a postgresql:// URL")
-    if value is not None and os.path.isdir(value):  # SQLite would say "disk I/O error"
-        example = os.path.join(value, "pods.db")
-        raise click.BadParameter(f"{value} is a directory; name a database file in it, e.g. {example}")
-    # " postgresql://..." or "host=db password=..." would be a SQLite file of that name, shown in messages.
-    if value is not None and not is_url(value) and looks_like_connection_string(value):
-        raise click.BadParameter(
-            "names a database server, not as pods reads one: write a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
-        )
-    return value
-
-
-def _key_name(ctx, param, value):
-    if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
-        raise click.BadParameter("must be 1 to 255 printable characters")
-    return value
-
-
-def _trusted_proxies(ctx, param, value):
-    try:
-        return accesslog.parse_trusted_proxies(value or "")
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _db_path(ctx: click.Context, db: str | None) -> str:
-    """The database a command works on: --db on the command line (after the command
-    name or before it), else PODS_DB, else pods.db. Two different explicit values
-    are a usage error, never a silent choice."""
-    root = ctx.find_root()
-    before = root.params["db"]
-    if db is None:
-        return before
-    if root.get_parameter_source("db") is ParameterSource.COMMANDLINE and not same_database(before, db):
-        raise click.UsageError(
-            f"--db given twice: {describe(before)} before the command name and {describe(db)} after it"
-        )
-    return db
-
-
-def _command_line(*args: str) -> str:
-    """How the operator runs this program with ``args``, for messages that say what to run."""
-    name = click.get_current_context().find_root().info_name or "pods"
-    program = f"python {name}" if name.endswith(".py") else name
-    return " ".join([program, *map(shlex.quote, args)])
-
-
-@contextmanager
-def _existing_database(target: str, current: bool = True, read_only: bool = False):
-    """The pods database at ``target``, which must exist; with ``current``, it must
-    have this version's schema. Nothing is changed on the way: only serving, init,
-    migrate and copy create or upgrade a database; ``read_only`` commands change
-    nothing at all."""
-    with clear_failures(target):
-        storage = open_storage(target, read_only=read_only)
-        try:
-            if not storage.exists():
-                if is_url(target):
-                    hint = f"create it, then `{_command_line('init', '--db', describe(target))}` sets it up"
-                else:
-                    hint = f"`{_command_line('init', '--db', target)}` creates a new one"
-                raise click.ClickException(
-                    f"database {storage.description} does not exist (check --db or PODS_DB; {hint})"
-                )
-            version = storage.schema_version()
-            if current and version < storage.target_version:
-                raise click.ClickException(
-                    f"database {storage.description} has schema version {version}, older than this pods' "
-                    f"{storage.target_version}: run `{_command_line('migrate', '--db', describe(target))}` "
-                    f"(or start the server) first"
-                )
-            yield storage
-        finally:
-            storage.close()
 
 
 @click.group(invoke_without_command=True)
@@ -153,17 +61,17 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
 @click.option("--log-level", envvar="PODS_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="info logs one line per request (env PODS_LOG_LEVEL).")
-@click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=_trusted_proxies,
+@click.option("--trusted-proxy", envvar="PODS_TRUSTED_PROXY", default="", callback=trusted_proxies,
               help="Address(es) or network(s), comma-separated, of a reverse proxy whose X-Forwarded-For "
                    "gives the client address for the log; nobody else's is used (env PODS_TRUSTED_PROXY).")
-@click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=server.HEADER_TIMEOUT,
+@click.option("--header-timeout", envvar="PODS_HEADER_TIMEOUT", default=channel.HEADER_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request's head may take to arrive, from its first byte (from the "
                    "connection's opening, for the first request) (env PODS_HEADER_TIMEOUT).")
-@click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=server.KEEPALIVE_TIMEOUT,
+@click.option("--keepalive-timeout", envvar="PODS_KEEPALIVE_TIMEOUT", default=channel.KEEPALIVE_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds an idle kept-alive connection stays open (env PODS_KEEPALIVE_TIMEOUT).")
-@click.option("--send-timeout", envvar="PODS_SEND_TIMEOUT", default=server.SEND_TIMEOUT,
+@click.option("--send-timeout", envvar="PODS_SEND_TIMEOUT", default=channel.SEND_TIMEOUT,
               show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds an answer may go unread: a connection whose answer makes no progress for "
                    "that long is closed (env PODS_SEND_TIMEOUT).")
@@ -249,7 +157,7 @@ def init_command(ctx, db):
     tables in an empty PostgreSQL database) and a key for the organization
     "default": PODS_API_KEY if set, else a new one, whose token is printed once, as
     the last line."""
-    target = _db_path(ctx, db)
+    target = db_path(ctx, db)
     env_token = os.environ.get(API_KEY_VARIABLE)
     check_env_token(env_token)
     if not env_token:
@@ -283,8 +191,8 @@ def init_command(ctx, db):
 def migrate_command(ctx, db):
     """Bring a database made by an older pods to the current schema (serving does
     the same at start); logs one line per step."""
-    target = _db_path(ctx, db)
-    with _existing_database(target, current=False) as storage:
+    target = db_path(ctx, db)
+    with existing_database(target, current=False) as storage:
         before, current = storage.schema_version(), storage.target_version
         if before == current:
             click.echo(f"{storage.description}: schema version {before} is current; nothing to do.")
@@ -301,14 +209,14 @@ def keys():
 
 
 @keys.command("create")
-@click.option("--org", required=True, callback=_org_name, help="Organization the key belongs to.")
+@click.option("--org", required=True, callback=org_name, help="Organization the key belongs to.")
 @click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: all of it).")
-@click.option("--name", callback=_key_name, help="Name of the key (default: the start of its token).")
+@click.option("--name", callback=key_name, help="Name of the key (default: the start of its token).")
 @db_option(None)
 @click.pass_context
 def keys_create(ctx, org, pod_id, name, db):
     """Create a key with every permission; its token is printed once, as the last line."""
-    with _existing_database(_db_path(ctx, db)) as storage:
+    with existing_database(db_path(ctx, db)) as storage:
         create_key(storage, org, pod_id, name)
 
 
@@ -318,7 +226,7 @@ def keys_create(ctx, org, pod_id, name, db):
 def keys_list(ctx, db):
     """One key per line, tab-separated: key id, organization, created, revoked (or
     -), name, scope (org, or the pod's id)."""
-    with _existing_database(_db_path(ctx, db), read_only=True) as storage:
+    with existing_database(db_path(ctx, db), read_only=True) as storage:
         rows = storage.list_api_keys()
     for row in rows:
         columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
@@ -332,7 +240,7 @@ def keys_list(ctx, db):
 @click.pass_context
 def keys_revoke(ctx, key_id, db):
     """Revoke a key; it fails from the next request on."""
-    with _existing_database(_db_path(ctx, db)) as storage:
+    with existing_database(db_path(ctx, db)) as storage:
         revoked_at = storage.revoke_api_key(key_id)
     if revoked_at is None:
         raise click.ClickException(f"no key with id {key_id}")
@@ -350,13 +258,13 @@ def backup_command(ctx, path, force, db):
     Refuses PATH when it is the database or one of its -wal, -shm, -journal files,
     however spelled, and when it exists, unless --force.
     """
-    source = _db_path(ctx, db)
+    source = db_path(ctx, db)
     if is_url(source):
         raise click.ClickException(
-            f"backup copies a SQLite database; for PostgreSQL, `{_command_line('copy', describe(source), path)}`"
+            f"backup copies a SQLite database; for PostgreSQL, `{command_line('copy', describe(source), path)}`"
             " makes a SQLite copy of it (or use PostgreSQL's own tools)"
         )
-    with _existing_database(source, current=False, read_only=True) as storage:
+    with existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
             backup(storage.connection(), path)
@@ -366,7 +274,7 @@ def backup_command(ctx, path, force, db):
             ) from None
         except OSError as e:
             raise click.ClickException(f"cannot write {e.filename}: {e.strerror}") from None
-    with _existing_database(path, current=False, read_only=True) as storage:
+    with existing_database(path, current=False, read_only=True) as storage:
         pods = storage.count_pods()
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
 
@@ -421,8 +329,8 @@ def _check_copy_destination(path: str) -> None:
 def check_command(ctx, db):
     """Check that the database is a pods database of a known schema version, then
     (SQLite) its integrity and foreign keys; exits 1 on any problem. Changes nothing."""
-    target = _db_path(ctx, db)
-    with _existing_database(target, current=False, read_only=True) as storage:
+    target = db_path(ctx, db)
+    with existing_database(target, current=False, read_only=True) as storage:
         version, current = storage.schema_version(), storage.target_version
         problems = storage.problems()
         name = storage.description
@@ -433,15 +341,15 @@ def check_command(ctx, db):
     if version < current:
         click.echo(
             f"{name}: ok (schema version {version}, older than this pods' {current}: "
-            f"`{_command_line('migrate', '--db', describe(target))}` upgrades it)"
+            f"`{command_line('migrate', '--db', describe(target))}` upgrades it)"
         )
     else:
         click.echo(f"{name}: ok")
 
 
 @cli.command("copy")
-@click.argument("source", callback=_database_target)
-@click.argument("dest", callback=_database_target)
+@click.argument("source", callback=database_target)
+@click.argument("dest", callback=database_target)
 def copy_command(source, dest):
     """Copy everything (organizations, keys, pods, settings) from SOURCE to DEST,
     each a SQLite file or a postgresql:// URL, in one consistent read of SOURCE
@@ -454,7 +362,7 @@ def copy_command(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
     if not is_url(dest):
         _check_copy_destination(dest)
-    with _existing_database(source, read_only=True) as origin:
+    with existing_database(source, read_only=True) as origin:
         with clear_failures(dest):
             target = open_storage(dest)
             created = not target.exists()

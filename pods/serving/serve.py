@@ -10,8 +10,10 @@ import click
 
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
-from ..storage import EXTENSION_KEY, describe, open_storage
+from ..api.application import STORAGE_EXTENSION
+from ..storage import describe, open_storage
 from . import server, shutdown, workers
+from .channel import Deadlines
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
 
 log = logging.getLogger("pods.server")
@@ -27,7 +29,7 @@ class Settings:
     threads: int = 1
     workers: int = 1
     trusted_proxies: tuple = ()
-    deadlines: server.Deadlines = server.Deadlines()
+    deadlines: Deadlines = Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
 
@@ -114,7 +116,7 @@ def _serve_app(app, sock, settings: Settings, on_exit) -> None:
 
 def _close_database(app) -> None:
     close_app(app)
-    app.extensions[EXTENSION_KEY].checkpoint()
+    app.extensions[STORAGE_EXTENSION].checkpoint()
 
 
 def bootstrap_key(storage, env_token: str | None) -> None:

@@ -8,19 +8,14 @@ database driver; each backend module holds every statement it runs.
 import os
 import sys
 
-from flask import current_app
-
 from .interface import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
 from .url import redact, scrub
 
 __all__ = [
     "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "same_database", "utc_now",
+    "describe", "driver_errors", "error_text", "is_url", "open_storage", "same_database", "utc_now",
     "utc_text",
 ]
-
-EXTENSION_KEY = "pods.storage"
-
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -102,7 +97,3 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     psycopg = sys.modules.get("psycopg")
     return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
-
-def get_storage() -> Storage:
-    """The current app's storage."""
-    return current_app.extensions[EXTENSION_KEY]
