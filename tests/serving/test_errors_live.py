@@ -31,7 +31,7 @@ from pods.api.errors import error_body
 
 pytestmark = pytest.mark.live
 
-FAULT_SERVER = str(Path(__file__).resolve().parent / "faultserver.py")
+FAULT_SERVER = str(Path(__file__).resolve().parent.parent / "faultserver.py")
 ROOT = "pods_errors-live-root-key-0123456789abcdefghij"
 API = "/agent/v0"
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import click
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 README = ROOT / "README.md"
 API = ROOT / "docs" / "api.md"
 OPERATIONS = ROOT / "docs" / "operations.md"

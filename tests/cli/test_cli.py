@@ -22,7 +22,7 @@ from pods.api.auth import hash_key, token_prefix
 from pods.cli import cli, documented_variables
 from pods.serving.serve import bootstrap_key as _bootstrap_key
 
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURE_V1 = Path(__file__).parent.parent / "fixtures" / "v1.db"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from packaging.version import Version
 import pods
 from pods.storage import sqlite as db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 # Every .sql file under pods/: the schema, and each backend's migrations.
 SQL_FILES = sorted(str(p.relative_to(ROOT / "pods")) for p in (ROOT / "pods").rglob("*.sql"))
 # pyproject.toml holds these to the minor version the tests ran against (why: there).

@@ -32,7 +32,7 @@ from pods.cli import cli
 from pods.serving.server import QueueDepthSummary
 
 URL = "/agent/v0/pods"
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURE_V1 = Path(__file__).parent.parent / "fixtures" / "v1.db"
 
 
 def pods_in(database):
