@@ -36,10 +36,17 @@ from .serving.console import (
 )
 from .serving.serve import Settings, configure_logging, serve
 from .serving.channel import Deadlines
-from .storage import NotEmpty, describe, is_url, open_storage, same_database, utc_text
-from .storage.migrations import version_history
-from .storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from .storage.sqlite import COMPANION_SUFFIXES, backup, companions, database_file_suffix
+from .storage import (
+    NotEmpty,
+    companions,
+    database_file_suffix,
+    describe,
+    is_url,
+    open_storage,
+    same_database,
+    utc_text,
+)
+from .storage.migrations import schema_versions
 
 log = logging.getLogger("pods.cli")
 
@@ -65,11 +72,9 @@ def _show_version(ctx, param, value):
     (SQLite and PostgreSQL count their versions apart), read without psycopg."""
     if not value or ctx.resilient_parsing:
         return
-    from importlib.resources import files
-
-    postgres_version = len(version_history(files("pods.storage") / "postgres_migrations"))
-    click.echo(f"pods, version {__version__} (database schema version {SQLITE_SCHEMA_VERSION} on SQLite,"
-               f" {postgres_version} on PostgreSQL)")
+    versions = schema_versions()
+    click.echo(f"pods, version {__version__} (database schema version {versions['SQLite']} on SQLite,"
+               f" {versions['PostgreSQL']} on PostgreSQL)")
     ctx.exit()
 
 
@@ -412,7 +417,7 @@ def backup_command(ctx, path, force, db):
     with existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
-            backup(storage.connection(), path)
+            storage.backup(path)
         except FileExistsError:
             raise click.ClickException(
                 f"{path}.partial exists, left by an interrupted backup; remove it and run again"
@@ -452,7 +457,7 @@ def _check_copy_destination(path: str) -> None:
     of its own beside it (a new file beside another database's WAL would have that
     WAL replayed into it): as backup refuses them."""
     for spelling in dict.fromkeys([path, os.path.realpath(path)]):
-        for suffix in COMPANION_SUFFIXES:
+        for suffix in companions(""):  # "-wal", "-shm", "-journal"
             if spelling.lower().endswith(suffix):  # any case: some file systems ignore it
                 base = spelling[: -len(suffix)]
                 whose = "the database" if os.path.lexists(base) else "a database"

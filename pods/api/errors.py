@@ -10,7 +10,7 @@ field to correct and what that field accepts (``ACCEPTS``).
 
 import logging
 from http import HTTPStatus
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from flask import Flask, current_app, json, request
 from marshmallow import ValidationError
@@ -227,7 +227,7 @@ MAX_FIELDS_IN_FIX = 5
 
 def validation_fix(errors: dict | None) -> str:
     """The fix of a 400: each field of ``errors`` with what it accepts."""
-    parts = []
+    parts: list[str] = []
     for field, messages in (errors or {}).items():
         if len(parts) == MAX_FIELDS_IN_FIX:
             parts.append("and the others that errors names")
@@ -285,7 +285,7 @@ def error_body(which: int | str, message: str | None = None, errors: dict | None
     situation's own (for an error whose words come from elsewhere, e.g. werkzeug's)."""
     situation = _situation(which)
     values = {**DEFAULT_PARAMS, **params, **_derived(params)}
-    body = {
+    body: dict[str, Any] = {
         "name": name_of(situation.status),
         "message": message or situation.message.format(**values),
         "code": situation.code,
@@ -336,7 +336,7 @@ def _http_error(e: HTTPException):
     else:
         # werkzeug's stock HTML-ish prose is replaced by the contract's short default.
         message = e.description if e.description != type(e).description else None
-        body = error_body(e.code, message)
+        body = error_body(response.status_code, message)
     response.set_data(json.dumps(body, separators=(",", ":")))
     response.content_type = "application/json"
     return response
@@ -386,7 +386,7 @@ def register(app: Flask, unavailable: tuple) -> None:
     # No handler for Exception: Flask then logs an unhandled error (with the
     # method below, set on this app) and passes an InternalServerError to the
     # HTTPException handler, so 500s are JSON and logged.
-    app.log_exception = _log_unhandled
+    app.log_exception = _log_unhandled  # type: ignore[method-assign]  # this app's own, as Flask allows
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ValidationError, _validation_error)
     for exception in unavailable:
