@@ -177,9 +177,10 @@ def test_401_is_one_body_for_unknown_deleted_revoked_expired_and_near_miss_token
         assert c.delete(f"/api-keys/{deleted['api_key_id']}").status_code == 200
         soon = datetime.now(UTC) + timedelta(seconds=1)
         expired = c.post("/api-keys", json={"expires_at": soon.isoformat()}).json()
-    made = run_app("keys", "create", "--org", "default", "--db", server.db).stdout
-    revoked = made.splitlines()[-1]
-    assert run_app("keys", "revoke", made.split("Created API key ")[1].split()[0], "--db", server.db).returncode == 0
+    made = run_app("keys", "create", "--org", "default", "--db", server.db)
+    revoked = made.stdout.splitlines()[-1]  # the token; "Created API key ID ..." is on stderr
+    key_id = made.stderr.split("Created API key ")[1].split()[0]
+    assert run_app("keys", "revoke", key_id, "--db", server.db).returncode == 0
     time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
     tokens = {
         "unknown": "pods_" + "x" * 43, "deleted": deleted["api_key"], "revoked": revoked, "expired": expired["api_key"],
