@@ -18,7 +18,7 @@ def healthz():
     try:
         storage.ping()  # after a request found it unavailable, also whether it takes writes again
     except storage.unavailable:
-        return error_response(503, "Database is not answering.")
+        return error_response("database_unavailable", "Database is not answering.")
     return {"status": "ok"}
 
 

@@ -161,26 +161,14 @@ def _json(body: dict) -> bytes:
 
 
 def too_many_requests(decision: ratelimit.Decision) -> Refusal:
-    headers = dict(decision.headers)
-    wait_ms = headers["Retry-After-Ms"]
-    body = error_body(429, "Rate limit exceeded: too many requests.")
-    body.update(
-        name="RateLimitError",
-        code="rate_limit_exceeded",
-        fix=f"Wait {wait_ms} ms (the Retry-After-Ms header; Retry-After in whole seconds) before the next request, "
-            f"and keep to the rate the RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset headers describe.",
-    )
-    return Refusal("429 Too Many Requests", decision.headers, _json(body))
+    return Refusal("429 Too Many Requests", decision.headers, _json(error_body("rate_limit_exceeded")))
 
 
 def overloaded(waited: float, queue_timeout: float) -> Refusal:
     retry = max(1, math.ceil(queue_timeout))
-    body = error_body(503, f"The server is overloaded: the request waited {waited:.1f} s for a worker and was "
-                           f"not executed.")
-    body.update(
-        code="service_unavailable",
-        fix=f"Retry after {retry} s (the Retry-After header); the request was not executed, so it is safe to send again.",
-    )
+    message = (f"The server is overloaded: the request waited {waited:.1f} s for a worker and was not executed;"
+               f" try again shortly.")
+    body = error_body("service_unavailable", message)
     return Refusal("503 Service Unavailable", (("Retry-After", str(retry)),), _json(body))
 
 
