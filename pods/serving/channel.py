@@ -4,6 +4,7 @@ at a time."""
 import contextlib
 import dataclasses
 import functools
+import select
 import socket
 import time
 
@@ -14,6 +15,7 @@ from .parser import PodsRequestParser
 from .scheduler import Tenant
 from .task import CoalescingTask, JsonErrorTask
 
+READ_FLAGS = select.POLLIN | select.POLLPRI  # what wasyncore.poll2 asks of a readable socket
 # What is left of an oversized body is read and dropped, up to these bounds (nginx's
 # lingering close), so that a client that writes its whole body before it reads
 # (Python's http.client, curl --data-binary) still reads its 413.
@@ -161,6 +163,20 @@ class PodsChannel(HTTPChannel):
             return True
         return not (self.holding or self.will_close or self.close_when_flushed or self.total_outbufs_len
                     or len(self.requests) > self.adj.channel_request_lookahead)
+
+    def poll_flags(self) -> int:
+        """What the event loop polls this connection for: readable() and writable()
+        in one call (PodsServer._poll), as wasyncore.poll2 turns them into flags."""
+        closing = self.will_close or self.close_when_flushed
+        if self.discarding:
+            flags = READ_FLAGS
+        elif closing or self.holding or self.total_outbufs_len or len(self.requests) > self.adj.channel_request_lookahead:
+            flags = 0
+        else:
+            flags = READ_FLAGS
+        if closing or (self.total_outbufs_len and not (self.requests and not self.next_request_waiting)):
+            flags |= select.POLLOUT
+        return flags
 
     # -- a key to look up before a body is read --------------------------------------
 

@@ -2,9 +2,11 @@
 and the one that answers waitress's own refusals in the contract's JSON shape."""
 
 import io
+import operator
 import time
 
 from waitress.task import ErrorTask, WSGITask
+from waitress.utilities import build_http_date
 
 from ..api import accesslog
 from ..api.errors import error_json
@@ -13,6 +15,30 @@ from .scheduler import ANONYMOUS
 
 # A 503 or 429 the app gave without Retry-After (the database not answering) gets this.
 RETRY_AFTER_SECONDS = "1"
+# Header names as they go out: waitress writes each Capitalized-Like-This, which costs a
+# split and a join per header per answer; here once per name. The RateLimit-* names are
+# spelled as the IETF draft spells them.
+_HEADER_NAMES = {name.lower(): name for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")}
+_by_name = operator.itemgetter(0)
+_date: tuple[int | None, str] = (None, "")  # (whole second, its HTTP date): the Date header, once a second
+
+
+def _header_name(name: str) -> str:
+    spelled = _HEADER_NAMES.get(name)
+    if spelled is None:
+        spelled = _HEADER_NAMES.get(name.lower()) or "-".join([part.capitalize() for part in name.split("-")])
+        if len(_HEADER_NAMES) < 1024:  # the app's names are few; a client's never get here
+            _HEADER_NAMES[name] = spelled
+    return spelled
+
+
+def _http_date(when: float) -> str:
+    global _date
+    second, text = _date
+    if second != int(when):
+        second, text = int(when), build_http_date(when)
+        _date = (second, text)
+    return text
 
 
 class CoalescingTask(WSGITask):
@@ -36,6 +62,7 @@ class CoalescingTask(WSGITask):
     """
 
     wrote_header: bool  # waitress's, declared for the type checker
+    response_headers: list[tuple[str, str]]  # waitress's, declared for the type checker
 
     def start(self):
         super().start()
@@ -80,15 +107,61 @@ class CoalescingTask(WSGITask):
             # goes out, so that the client's next request finds it so.
             self.channel.server.admission.learn(request, self.environ.get(accesslog.CALLER_ENVIRON_KEY), self.status)
         headers = self.response_headers
-        if self.request.rate_headers:
-            headers.extend(self.request.rate_headers)
+        if request.rate_headers:
+            headers.extend(request.rate_headers)
         if self.status[:3] in ("503", "429") and not any(name.lower() == "retry-after" for name, _ in headers):
             headers.append(("Retry-After", RETRY_AFTER_SECONDS))
-        head = super().build_response_header()
-        if self.request.rate_headers or self.request.refusal is not None:
-            # waitress writes every header name Capitalized-Like-This; the draft spells RateLimit-*.
-            head = head.replace(b"\r\nRatelimit-", b"\r\nRateLimit-")
-        return head
+        return self._head()
+
+    def _head(self) -> bytes:
+        """waitress's Task.build_response_header, line for line in what it sends, with
+        header names spelled once per name and the Date once per second."""
+        has_body = self.has_body
+        response_headers: list[tuple[str, str]] = []
+        content_length_header = date_header = server_header = None
+        for name, value in self.response_headers:
+            name = _header_name(name)
+            if name == "Content-Length":
+                if not has_body:
+                    continue
+                content_length_header = value
+            elif name == "Date":
+                date_header = value
+            elif name == "Server":
+                server_header = value
+            response_headers.append((name, value))
+        self.response_headers = response_headers
+        if content_length_header is None and self.content_length is not None and has_body:
+            content_length_header = str(self.content_length)
+            response_headers.append(("Content-Length", content_length_header))
+        connection = self.request.headers.get("CONNECTION", "").lower()
+        if self.version == "1.0":
+            if connection == "keep-alive" and content_length_header:
+                response_headers.append(("Connection", "Keep-Alive"))
+            else:
+                self.set_close_on_finish()
+        elif self.version == "1.1":
+            if connection == "close":
+                self.set_close_on_finish()
+            if not content_length_header:
+                if has_body:
+                    response_headers.append(("Transfer-Encoding", "chunked"))
+                    self.chunked_response = True
+                if not self.close_on_finish:
+                    self.set_close_on_finish()
+        else:
+            raise AssertionError("neither HTTP/1.0 or HTTP/1.1")
+        ident = self.channel.server.adj.ident
+        if not server_header:
+            if ident:
+                response_headers.append(("Server", ident))
+        else:
+            response_headers.append(("Via", ident or "waitress"))
+        if not date_header:
+            response_headers.append(("Date", _http_date(self.start_time)))
+        lines = [f"HTTP/{self.version} {self.status}"]
+        lines += [f"{name}: {value}" for name, value in sorted(response_headers, key=_by_name)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def write(self, data):
         if self.wrote_header or not data:
