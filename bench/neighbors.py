@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--postgres", default=ADMIN_URL)
     parser.add_argument("--out", default=None, help="JSON results (default: none)")
+    parser.add_argument("--flags", default="", help="more serve flags for both servers, e.g. '--threads 2'")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -158,7 +159,8 @@ def main() -> None:
                     db = args.postgres.rsplit("/", 1)[0] + "/" + name
                 quiet_pod = seed(root, db, spec)
                 server = run.Process(f"{backend}-{side}", [sys.executable, root / "app.py", "--port", "{port}",
-                                                           "--db", db, "--log-level", "warning"], work)
+                                                           "--db", db, "--log-level", "warning",
+                                                           *args.flags.split()], work)
                 procs[(backend, side)] = (server, f"/agent/v0/pods/{quiet_pod}")
         for round_no in range(args.rounds):
             for backend in backends:
