@@ -54,6 +54,18 @@ def assert_429(r: httpx.Response) -> float:
     return ms / 1000
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--rate-limit", "ten a second"], "is not a rate"),
+    (["--key-rate-limit", "5/h"], "is not a rate"),
+    (["--rate-burst", "5"], "--rate-burst needs --rate-limit"),
+    (["--key-rate-burst", "5", "--rate-limit", "5/s"], "--key-rate-burst needs --key-rate-limit"),
+])
+def test_a_rate_that_is_not_one_or_a_burst_without_its_rate_is_refused_at_start(tmp_path, args, says):
+    result = run_app("--db", str(tmp_path / "never.db"), "--port", "0", *args, timeout=30)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert not (tmp_path / "never.db").exists()
+
+
 def test_limits_are_off_by_default(tmp_path):
     s = start(tmp_path)
     try:
