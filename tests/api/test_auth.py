@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from conftest import storage_of
+from helpers import storage_of
 
 POD_ENDPOINTS = [
     ("get", "/agent/v0/pods"),

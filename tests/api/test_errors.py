@@ -2,7 +2,7 @@
 
 
 import pytest
-from conftest import storage_of
+from helpers import storage_of
 
 
 def assert_error(r, status, name, code):

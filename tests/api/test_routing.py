@@ -6,8 +6,8 @@ import json
 
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
+from helpers import URL
 
-URL = "/agent/v0/pods"
 NOT_FOUND = {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
 POD_NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_found"}
 METHOD_NOT_ALLOWED = {"name": "MethodNotAllowedError", "message": "Method not allowed.", "code": "method_not_allowed"}
