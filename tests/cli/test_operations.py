@@ -143,6 +143,7 @@ def test_a_signal_during_a_burst_loses_no_acknowledged_write(database, tmp_path,
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
+    wait_until(lambda: acknowledged, timeout=30)  # under way, however slow the machine
     time.sleep(0.6)
     assert s.stop(sig) == 0
     stop.set()
