@@ -14,7 +14,7 @@ import pytest
 from agentmail.api_keys.types.api_key_permissions import ApiKeyPermissions
 from click.testing import CliRunner
 
-from conftest import new_database, storage_of
+from helpers import new_database, storage_of, wait_until
 from dbtools import query
 from pods import close_app, create_app
 from pods.api import keyuse
@@ -1014,10 +1014,13 @@ def test_used_at_appears_after_a_use(database):
         start = datetime.now(UTC)
         assert "used_at" not in call(client, "GET", f"/api-keys/{used.key_id}", root).json
         assert call(client, "GET", "/pods", used).status_code == 200
-        deadline = time.monotonic() + 30
-        while "used_at" not in (got := call(client, "GET", f"/api-keys/{used.key_id}", root).json):
-            assert time.monotonic() < deadline, "used_at never appeared"
-            time.sleep(0.05)
+
+        def shown_with_used_at():
+            shown = call(client, "GET", f"/api-keys/{used.key_id}", root).json
+            return shown if "used_at" in shown else None
+
+        got = wait_until(shown_with_used_at, timeout=30)
+        assert got, "used_at never appeared"
         used_at = datetime.fromisoformat(got["used_at"])
         assert start <= used_at <= datetime.now(UTC)
         assert got["used_at"].endswith("Z") and len(got["used_at"]) == len(got["created_at"])

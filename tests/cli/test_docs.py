@@ -633,13 +633,10 @@ def run_examples(path: Path, url: str, key: str, home: Path) -> list[str]:
 @pytest.fixture
 def server(tmp_path):
     """A new server on a new SQLite database: (url, its first key)."""
-    from live import Server
+    from helpers import Server
 
-    server = Server(tmp_path / "pods.db")
-    try:
+    with Server(tmp_path / "pods.db") as server:
         yield server.url, server.bootstrap_token
-    finally:
-        assert server.stop() == 0, server.stderr
 
 
 def test_api_md_has_examples_of_every_kind():
