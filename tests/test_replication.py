@@ -488,3 +488,18 @@ def test_pods_replica_splits_on_commas_and_is_documented():
     from pods.cli import documented_variables
 
     assert "PODS_REPLICA" in documented_variables()
+
+
+def test_an_sftp_replica_takes_its_key_and_host_key_as_settings_not_in_its_url(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("not really a key")
+    url = f"sftp://pods@backup.example.net/srv/pods?key-path={key}&host-key=ssh-ed25519%20AAAA+x/y%3D&other=1"
+    assert litestream.replica_config(url) == {
+        "url": "sftp://pods@backup.example.net/srv/pods?other=1",
+        "key-path": str(key),
+        "host-key": "ssh-ed25519 AAAA+x/y=",
+    }
+    assert litestream.replica_config("file:///mnt/usb?x") == {"url": "file:///mnt/usb?x"}
+    assert litestream.check_replica_url(url) == url
+    with pytest.raises(ValueError, match="key-path /nowhere/key is not a file pods can read"):
+        litestream.check_replica_url("sftp://pods@h/x?key-path=/nowhere/key")

@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 
-from ..storage.litestream import child_environment, redact, scrub
+from ..storage.litestream import child_environment, redact, replica_config, scrub
 
 log = logging.getLogger("pods.replica")
 
@@ -230,7 +230,7 @@ class Replication:
             # Its own last sync at SIGTERM: a no-op after pods' own (``_last_sync``); the whole of it
             # when the service's SIGTERM reached it first, and pods follows with -once.
             "shutdown-sync-timeout": f"{STOP_SECONDS / 2:.0f}s",
-            "dbs": [{"path": self.db, "replica": {"url": self.url, "sync-interval": SYNC_INTERVAL}}],
+            "dbs": [{"path": self.db, "replica": {**replica_config(self.url), "sync-interval": SYNC_INTERVAL}}],
         }
         if not once:
             config["socket"] = {"enabled": True, "path": self._socket, "permissions": 0o600}
@@ -285,6 +285,10 @@ class Replication:
             else:
                 if not answered:
                     answered = True
+                    # Read once, at start: gone from the disk while Litestream runs (a
+                    # restart writes it again), so a kill -9 leaves no URL behind.
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(self._dir, "litestream.yml"))
                     log.info("replicating %s to %s (Litestream %d)", self.db, self.shown, self._proc.pid)
                     self._ready.set()
                     self._settled.set()
@@ -362,3 +366,6 @@ class Replication:
             proc.kill()
             proc.wait()
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self._dir, "litestream-once.yml"))

@@ -7,6 +7,7 @@ and log line shows it through ``redact`` or ``scrub``, never as given.
 """
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -105,7 +106,33 @@ def check_replica_url(url: str) -> str:
             raise ValueError(f"replica {shown}: a file:// URL takes no ?query or #fragment")
     elif not rest.split("/", 1)[0].rpartition("@")[2]:
         raise ValueError(f"replica {shown}: no host or bucket after {scheme}://")
+    key_path = replica_config(url).get("key-path")
+    if key_path is not None and not os.access(key_path, os.R_OK):
+        raise ValueError(f"replica {shown}: key-path {key_path} is not a file pods can read")
     return url
+
+
+# sftp:// URLs may say how to authenticate and whom to trust, which Litestream's
+# sftp URLs cannot: pods takes these parameters out of the URL into the replica's
+# configuration. Without host-key, Litestream accepts any host key (and says so).
+SFTP_PARAMETERS = ("key-path", "host-key")
+
+
+def replica_config(url: str) -> dict:
+    """The ``replica`` section of Litestream's configuration for ``url``: its URL,
+    and for sftp:// its key-path and host-key parameters as settings of their own."""
+    if not url.lower().startswith("sftp://") or "?" not in url:
+        return {"url": url}
+    base, _, query = url.partition("?")
+    config, rest = {}, []
+    for parameter in query.split("&"):
+        name, _, value = parameter.partition("=")
+        if urllib.parse.unquote(name) in SFTP_PARAMETERS:
+            # unquote, not unquote_plus: a host key's base64 holds "+", which is no blank
+            config[urllib.parse.unquote(name)] = urllib.parse.unquote(value)
+        elif parameter:
+            rest.append(parameter)
+    return {"url": base + ("?" + "&".join(rest) if rest else ""), **config}
 
 
 def file_replica_path(url: str) -> str | None:
@@ -184,11 +211,19 @@ def restore(binary: str, url: str, dest: str, timestamp: datetime.datetime | Non
         raise RestoreFailed(f"cannot write in {parent}: {e.strerror}") from None
     try:
         restored = os.path.join(workdir, "restored.db")
-        command = [binary, "restore", "-o", restored]
+        # Through a configuration (owner-only, in the private directory), as serving
+        # does, so that an sftp:// replica's key-path and host-key apply too. Its
+        # database path names nothing: only its replica is read.
+        source = os.path.join(workdir, "source.db")
+        config = os.path.join(workdir, "litestream.yml")
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"dbs": [{"path": source, "replica": replica_config(url)}]}, f)
+        command = [binary, "restore", "-no-expand-env", "-config", config, "-o", restored]
         if timestamp is not None:
             command += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
         try:
-            done = subprocess.run([*command, url], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            done = subprocess.run([*command, source], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                   env=child_environment())
         except OSError as e:
             raise RestoreFailed(f"cannot run {binary}: {e.strerror}") from None
