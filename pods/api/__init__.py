@@ -6,9 +6,8 @@ import secrets
 from flask import Flask
 
 from . import accesslog, errors, httprules, keyuse
-from .leanflask import CompactJSONProvider, NoSessions
-from .application import StrictRoutingFlask
-from ..storage import EXTENSION_KEY, open_storage
+from .application import STORAGE_EXTENSION, PodsFlask
+from ..storage import open_storage
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the app and bring its database to the current schema.
@@ -17,9 +16,7 @@ def create_app(config: dict | None = None) -> Flask:
     resolves flags and their documented variables, so no other ``PODS_*``
     variable can change a limit, and no token lands in ``app.config``.
     """
-    app = StrictRoutingFlask("pods")
-    app.json = CompactJSONProvider(app)
-    app.session_interface = NoSessions()
+    app = PodsFlask("pods")
     app.config.from_mapping(
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -29,7 +26,7 @@ def create_app(config: dict | None = None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
-    storage = app.extensions[EXTENSION_KEY] = open_storage(app.config["DB"], threads=app.config["THREADS"])
+    storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"])
     storage.prepare()
     # Shared by every process on this database, so any worker accepts any token.
     app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
@@ -52,4 +49,4 @@ def create_app(config: dict | None = None) -> Flask:
 def close_app(app: Flask) -> None:
     """At shutdown: record the key uses still pending, release the database."""
     app.extensions[keyuse.EXTENSION_KEY].flush()
-    app.extensions[EXTENSION_KEY].close()
+    app.extensions[STORAGE_EXTENSION].close()

@@ -1,21 +1,25 @@
 """Serving, start to stop: listen, prepare the database (its first key), build the
 app, serve until signalled with one process or several, and close the database."""
 
+import contextlib
 import dataclasses
 import functools
 import gc
 import logging
+import os
 import sys
 
 import click
 
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
+from ..api.application import STORAGE_EXTENSION
 from ..api.meta import REPLICA_LAG_KEY
-from ..storage import EXTENSION_KEY, UnusableDatabase, describe, is_url, open_storage
+from ..storage import UnusableDatabase, describe, is_url, open_storage
 from ..storage.litestream import check_replica_url, find_litestream
 from . import server, shutdown, workers
-from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
+from .channel import Deadlines
+from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
 from .replication import Replication
 
 log = logging.getLogger("pods.server")
@@ -31,7 +35,7 @@ class Settings:
     threads: int = 1
     workers: int = 1
     trusted_proxies: tuple = ()
-    deadlines: server.Deadlines = server.Deadlines()
+    deadlines: Deadlines = Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
     replicas: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # --replica URLs: may hold a secret
@@ -49,6 +53,8 @@ def configure_logging(level: str) -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT; exit status 1 if a worker failed."""
+    if settings.workers > 1:
+        logstream.name_worker(0)  # the parent; each worker names itself 1..N in _serve_worker
     check_env_token(settings.api_key)
     litestream = _litestream_for(settings)  # refused in one line before anything is done
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
@@ -61,8 +67,7 @@ def serve(settings: Settings) -> None:
     keeper = _keep_open(settings.db) if litestream else None
     replication = None
     try:
-        with open_database(settings.db) as storage:
-            bootstrap_key(storage, settings.api_key)
+        _prepare_database(settings.db, settings.api_key)
         with clear_failures(settings.db):
             # One process builds its app now, so a failure shows before "serving on";
             # worker processes build their own after the fork (SQLite connections
@@ -91,7 +96,8 @@ def serve(settings: Settings) -> None:
         if app is not None:
             _serve_app(app, sockets[0], settings, on_exit=lambda: _close_database(app, replication))
             return
-        code = workers.run_workers([functools.partial(_serve_worker, settings, sock, lag) for sock in sockets])
+        code = workers.run_workers([functools.partial(_serve_worker, settings, sock, number, lag)
+                                    for number, sock in enumerate(sockets, start=1)])
         for sock in sockets:
             sock.close()
         if replication is not None:
@@ -165,7 +171,33 @@ def _fit_connection_limit(wanted: int) -> int:
     return fits
 
 
-def _serve_worker(settings: Settings, sock, replica_lag=None) -> None:
+def _prepare_database(db: str, env_token: str | None) -> None:
+    """The database made or brought to the current schema, with its first key.
+
+    A first start that cannot show its first key leaves no database behind (``init``
+    could not make one after it): with stdout closed it makes none; when the token
+    could not be written, the file it has just made is removed again."""
+    new = not is_url(db) and not os.path.lexists(db)
+    if new and not env_token:
+        require_stdout()
+    with open_database(db) as storage:
+        try:
+            bootstrap_key(storage, env_token)
+        except BaseException:
+            if new:
+                _discard_unused(storage)
+            raise
+
+
+def _discard_unused(storage) -> None:
+    """Remove a database made by this start, if it still holds no key and no pod."""
+    with contextlib.suppress(Exception):  # unsure what it holds: leave it
+        if storage.count_api_keys() == 0 and storage.count_pods() == 0:
+            storage.discard_new()
+
+
+def _serve_worker(settings: Settings, sock, number: int, replica_lag=None) -> None:
+    logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
     try:
         with clear_failures(settings.db):
             app = create_app(settings.app_config())
@@ -196,7 +228,7 @@ def _close_database(app, replication=None) -> None:
         # No checkpoint after it (see replication.py): the WAL stays, part of the database.
         replication.stop()
     else:
-        app.extensions[EXTENSION_KEY].checkpoint()
+        app.extensions[STORAGE_EXTENSION].checkpoint()
 
 
 def bootstrap_key(storage, env_token: str | None) -> None:
