@@ -206,7 +206,9 @@ class Replication:
                     self._watch()
                     if self._stopping.is_set():
                         break
-                    why = f"Litestream exited with status {self._proc.wait()}"
+                    code = self._proc.wait()
+                    why = ("Litestream stopped on a signal that was not pods' (the service's SIGTERM, say)"
+                           if self._signalled else f"Litestream exited with status {code}")
                 self._settled.set()
                 self._observe(None, None)
                 if time.monotonic() - started > 60:

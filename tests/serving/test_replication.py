@@ -349,6 +349,7 @@ def test_a_sigterm_to_every_process_of_the_service_at_once_still_replicates_the_
 def test_litestream_that_dies_is_restarted_and_with_workers_there_is_one(site, serve):
     server = serve(site["db"], "--replica", site["url"], "--workers", "2", env={"PODS_API_KEY": KEY})
     first = litestream_pid(server)
+    assert healthz(server)["replica_lag_seconds"] < 2  # a worker answers: the lag is shared with it
     assert [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_litestream_of(p, server.proc.pid)] == [first]
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: litestream_pid(server) != first, 15, "Litestream is started again")
