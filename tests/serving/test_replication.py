@@ -396,6 +396,7 @@ def test_an_unreachable_replica_never_fails_a_request_and_its_secret_is_never_sh
 # -- refusals, each in one line -----------------------------------------------------------
 
 
+@pytest.mark.live
 def test_replica_refusals_when_serving_each_in_one_line(tmp_path):
     cases = [
         (["--db", f"postgresql://u:{SECRET}@127.0.0.1:1/x", "--replica", "file:///mnt/usb"],
@@ -428,6 +429,7 @@ def test_without_litestream_replica_and_restore_say_how_to_install_it(tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.live
 def test_restore_refuses_an_existing_file_an_empty_or_missing_replica_and_a_bad_time(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -453,6 +455,7 @@ def test_restore_refuses_an_existing_file_an_empty_or_missing_replica_and_a_bad_
     assert sorted(os.listdir(tmp_path)) == ["dest.db", "empty"]
 
 
+@pytest.mark.live
 def test_restore_refuses_a_replica_that_holds_no_pods_database(tmp_path):
     """A replica of another program's SQLite database: refused after the check, nothing left."""
     import sqlite3
