@@ -279,7 +279,7 @@ def _checked_counts(path: str, url: str) -> dict[str, int]:
             conn.close()
     except (NotPodsDatabase, SchemaTooNew) as e:
         raise RestoreFailed(f"the replica at {redact(url)} holds no database this pods can serve: "
-                            f"{str(e).replace(path, 'it')}") from None
+                            f"{str(e).replace(f'database {path}', 'it')}") from None
     except sqlite3.DatabaseError as e:
         raise RestoreFailed(f"the database restored from {redact(url)} is unreadable: {e}") from None
     if problems:
