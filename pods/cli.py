@@ -37,11 +37,19 @@ from .serving.console import (
 )
 from .serving.serve import Settings, configure_logging, serve
 from .serving.channel import Deadlines
-from .storage import NotEmpty, UnusableDatabase, describe, is_url, open_storage, same_database, utc_text
+from .storage import (
+    NotEmpty,
+    UnusableDatabase,
+    companions,
+    database_file_suffix,
+    describe,
+    is_url,
+    open_storage,
+    same_database,
+    utc_text,
+)
 from .storage import litestream
-from .storage.migrations import version_history
-from .storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from .storage.sqlite import backup, companions, database_file_suffix
+from .storage.migrations import schema_versions
 
 log = logging.getLogger("pods.cli")
 
@@ -67,11 +75,9 @@ def _show_version(ctx, param, value):
     (SQLite and PostgreSQL count their versions apart), read without psycopg."""
     if not value or ctx.resilient_parsing:
         return
-    from importlib.resources import files
-
-    postgres_version = len(version_history(files("pods.storage") / "postgres_migrations"))
-    click.echo(f"pods, version {__version__} (database schema version {SQLITE_SCHEMA_VERSION} on SQLite,"
-               f" {postgres_version} on PostgreSQL)")
+    versions = schema_versions()
+    click.echo(f"pods, version {__version__} (database schema version {versions['SQLite']} on SQLite,"
+               f" {versions['PostgreSQL']} on PostgreSQL)")
     ctx.exit()
 
 
@@ -418,7 +424,7 @@ def backup_command(ctx, path, force, db):
     with existing_database(source, current=False, read_only=True) as storage:
         _check_backup_destination(path, source, force)
         try:
-            backup(storage.connection(), path)
+            storage.backup(path)
         except FileExistsError:
             raise click.ClickException(
                 f"{path}.partial exists, left by an interrupted backup; remove it and run again"

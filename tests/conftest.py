@@ -68,10 +68,9 @@ def storage_of(app):
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    """Freeze the time new pods and keys are given, on either backend (in this
-    process): clock.set(ts) makes every following create use ``ts``."""
-    from pods.storage import postgres, sqlite
+def clock(app):
+    """Freeze the time the app's storage gives new pods and keys and checks expiry
+    against, on either backend: clock.set(ts) makes every following write use ``ts``."""
 
     class Clock:
         now = "2026-01-01T00:00:00.000000Z"
@@ -79,12 +78,11 @@ def clock(monkeypatch):
         def set(self, ts):
             self.now = ts
 
-        def __format__(self, spec):  # how PostgreSQL statements spell their clock
-            return f"'{self.now}'::timestamptz"
+        def __call__(self):
+            return self.now
 
     c = Clock()
-    monkeypatch.setattr(sqlite, "utc_now", lambda: c.now)
-    monkeypatch.setattr(postgres, "NOW", c)
+    storage_of(app).clock = c
     return c
 
 

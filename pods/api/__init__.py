@@ -35,8 +35,11 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions[keyuse.EXTENSION_KEY] = keyuse.KeyUseRecorder(storage, app.config["KEY_USE_FLUSH_SECONDS"])
     app.teardown_appcontext(lambda _exc: storage.end_request())
     errors.register(app, storage.unavailable)
-    app.wsgi_app = httprules.HttpRules(app.wsgi_app)
-    app.wsgi_app = accesslog.AccessLog(app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()))
+    # Middleware, wrapped as Flask's documentation does (to mypy, a method replaced).
+    app.wsgi_app = httprules.HttpRules(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = accesslog.AccessLog(  # type: ignore[method-assign]
+        app.wsgi_app, app.config.get("TRUSTED_PROXIES", ())
+    )
 
     from . import keys, meta, pods
 

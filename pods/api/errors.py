@@ -2,6 +2,7 @@
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from flask import Flask, current_app, json, request
 from marshmallow import ValidationError
@@ -32,7 +33,7 @@ def error_body(status: int, message: str | None = None, errors: dict | None = No
         name = phrase.title().replace(" ", "").replace("-", "") + "Error"
         code = phrase.lower().replace(" ", "_").replace("-", "_")
         default = phrase + "."
-    body = {"name": name, "message": message or default, "code": code}
+    body: dict[str, Any] = {"name": name, "message": message or default, "code": code}
     if errors is not None:
         body["errors"] = errors
     return body
@@ -54,7 +55,7 @@ def _http_error(e: HTTPException):
     # A view's own description ("Pod not found.") is kept; werkzeug's stock HTML-ish
     # prose is replaced by the contract's short default.
     message = e.description if e.description != type(e).description else None
-    response.set_data(error_json(e.code, message))
+    response.set_data(error_json(response.status_code, message))
     response.content_type = "application/json"
     return response
 
@@ -103,7 +104,7 @@ def register(app: Flask, unavailable: tuple) -> None:
     # No handler for Exception: Flask then logs an unhandled error (with the
     # method below, set on this app) and passes an InternalServerError to the
     # HTTPException handler, so 500s are JSON and logged.
-    app.log_exception = _log_unhandled
+    app.log_exception = _log_unhandled  # type: ignore[method-assign]  # this app's own, as Flask allows
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ValidationError, _validation_error)
     for exception in unavailable:

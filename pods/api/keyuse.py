@@ -30,8 +30,9 @@ class KeyUseRecorder:
         self.flush_seconds = flush_seconds
         self._pending: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._thread = None
-        self._threshold = (None, "")  # (whole second, the used_at text older than which a use is noted)
+        self._thread: threading.Thread | None = None
+        # (whole second, the used_at text older than which a use is noted)
+        self._threshold: tuple[int | None, str] = (None, "")
 
     def used(self, key_id: str, used_at: str | None) -> None:
         """A request was authenticated by ``key_id``, whose stored last use is ``used_at``."""

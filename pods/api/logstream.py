@@ -24,7 +24,7 @@ MAX_PENDING = 4096  # lines; about 600 KB of access-log lines
 BATCH_DELAY = 0.01  # seconds a woken writer waits, so that one write carries many lines
 
 
-_second = (None, "")  # (whole second, its text): one tuple, swapped atomically
+_second: tuple[int | None, str] = (None, "")  # (whole second, its text): one tuple, swapped atomically
 
 # With --workers N above 1, " worker=K" ends every line a process writes: K is the
 # worker (1 to N), 0 their parent. Empty with one process, so its lines stay as they were.
@@ -58,13 +58,13 @@ class LogStream:
         os.register_at_fork(after_in_child=self._reset)  # threads do not survive a fork
 
     def _reset(self) -> None:
-        self._pending = collections.deque()
+        self._pending: collections.deque[str] = collections.deque()
         self._dropped = 0
         self._drop_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     def write(self, line: str) -> None:

@@ -4,6 +4,7 @@ documents is what the server does. Only the operations (path, method, the
 schemas of their bodies and answers, their error statuses) are written here."""
 
 import functools
+from typing import Any
 
 from .errors import KNOWN
 
@@ -21,7 +22,7 @@ def _operation(op_id: str, summary: str, ok, errors: tuple, body=None, query=Non
     responses = {"200": {"description": "OK", **({"content": _json(ok)} if ok is not None else {})}}
     for status in sorted(set(errors) | set(ALWAYS)):
         responses[str(status)] = {"description": KNOWN[status][0], "content": _json("Error")}
-    operation = {"operationId": op_id, "summary": summary, "responses": responses}
+    operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
     parameters = [{"in": "path", "name": name, "required": True, "schema": {"type": "string"}} for name in path]
     if query is not None:
         parameters.append({"in": "query", "schema": query})

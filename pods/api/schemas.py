@@ -218,8 +218,8 @@ class Permissions(fields.Nested):
     def __init__(self, **kwargs):
         super().__init__(PermissionsSchema, allow_none=True, **kwargs)
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        loaded = super()._deserialize(value, attr, data, **kwargs)
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        loaded = super()._deserialize(value, attr, data, partial=partial, **kwargs)
         return frozenset(name for name, granted in loaded.items() if granted)
 
     def serialize(self, attr, obj, accessor=None, **kwargs):

@@ -50,6 +50,7 @@ class PodsChannel(HTTPChannel):
     # The next pipelined request waits for the answer before it to be sent.
     # Changed only under outbuf_lock, like the output it waits for.
     next_request_waiting = False
+    close_when_flushed: bool  # waitress's, declared for the type checker
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)

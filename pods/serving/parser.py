@@ -42,6 +42,7 @@ class PodsRequestParser(HTTPRequestParser):
 
     too_large = False
     version_refused = False
+    error: Error | None  # waitress's, declared for the type checker
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)

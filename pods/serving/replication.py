@@ -122,7 +122,7 @@ def _sync(socket_path: str, db: str, wait_seconds: float = 0) -> tuple[int, int]
 
     :raise OSError: Litestream does not answer, or answers an error.
     """
-    body = {"path": db}
+    body: dict[str, object] = {"path": db}
     if wait_seconds:
         body.update(wait=True, timeout=max(1, math.ceil(wait_seconds)))
     conn = _UnixConnection(socket_path, timeout=wait_seconds + 2 if wait_seconds else 2)
@@ -155,13 +155,13 @@ class Replication:
         self._stopping = threading.Event()
         self._ready = threading.Event()  # Litestream answered once
         self._settled = threading.Event()  # ... or its first start failed: start() waits no longer
-        self._thread = None
-        self._proc = None
-        self._dir = None
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._dir = ""  # the private temporary directory, made by start()
         self._signalled = False  # Litestream said it received a signal (not from pods: the unit's, say)
-        self._pending = []  # [transaction id, first seen (monotonic)] not yet on the replica, oldest first
-        self._silent_since = None  # Litestream not answering since (monotonic)
-        self._behind_said = None  # when the log last said the replica is behind (monotonic), or None
+        self._pending: list[tuple[int, float]] = []  # (transaction id, first seen) not on the replica, oldest first
+        self._silent_since: float | None = None  # Litestream not answering since (monotonic)
+        self._behind_said: float | None = None  # when the log last said the replica is behind (monotonic)
 
     # -- the main thread ------------------------------------------------------------
 
@@ -170,8 +170,8 @@ class Replication:
         start (then it is started again, the server serving meanwhile), or after
         ``ready_seconds`` at most."""
         self._dir = tempfile.mkdtemp(prefix="pods-litestream-")  # 0700
-        self._thread = threading.Thread(target=self._run, name="pods-replication", daemon=True)
-        self._thread.start()
+        self._thread = thread = threading.Thread(target=self._run, name="pods-replication", daemon=True)
+        thread.start()
         if not self._settled.wait(ready_seconds):
             log.warning("replication to %s: Litestream has not answered after %.0f s; serving meanwhile",
                         self.shown, ready_seconds)
@@ -184,7 +184,7 @@ class Replication:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=3 * STOP_SECONDS + 10)
-        if self._dir is not None:
+        if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- Litestream's parent thread ----------------------------------------------------
@@ -199,14 +199,14 @@ class Replication:
             while not self._stopping.is_set():
                 started = time.monotonic()
                 try:
-                    self._proc = self._spawn(once=False)
+                    self._proc = proc = self._spawn(once=False)
                 except OSError as e:
                     self._proc, why = None, f"cannot start {self.binary}: {e.strerror}"
                 else:
-                    self._watch()
+                    self._watch(proc)
                     if self._stopping.is_set():
                         break
-                    code = self._proc.wait()
+                    code = proc.wait()
                     why = ("Litestream stopped on a signal that was not pods' (the service's SIGTERM, say)"
                            if self._signalled else f"Litestream exited with status {code}")
                 self._settled.set()
@@ -262,6 +262,7 @@ class Replication:
     def _relay(self, proc: subprocess.Popen) -> None:
         """Litestream's log into pods' log, secrets masked: its warnings and errors as
         warnings, the rest at debug level."""
+        assert proc.stdout is not None  # a pipe: Popen(stdout=PIPE)
         for raw in proc.stdout:
             line = scrub(raw.decode("utf-8", "replace").strip(), [self.url])
             if not line:
@@ -276,10 +277,10 @@ class Replication:
                 log.debug("litestream: %s", line)
         proc.stdout.close()
 
-    def _watch(self) -> None:
+    def _watch(self, proc: subprocess.Popen) -> None:
         """Until Litestream exits or the server stops: how far behind the replica is."""
         answered = False
-        while not self._stopping.is_set() and self._proc.poll() is None:
+        while not self._stopping.is_set() and proc.poll() is None:
             try:
                 txid, replicated = _sync(self._socket, self.db)
             except OSError:
@@ -291,7 +292,7 @@ class Replication:
                     # restart writes it again), so a kill -9 leaves no URL behind.
                     with contextlib.suppress(OSError):
                         os.remove(os.path.join(self._dir, "litestream.yml"))
-                    log.info("replicating %s to %s (Litestream %d)", self.db, self.shown, self._proc.pid)
+                    log.info("replicating %s to %s (Litestream %d)", self.db, self.shown, proc.pid)
                     self._ready.set()
                     self._settled.set()
                 self._observe(txid, replicated)
@@ -302,7 +303,7 @@ class Replication:
         not answering, so behind from now on, unless it was already) and say in
         the log when the replica falls behind and when it catches up."""
         now = time.monotonic()
-        if txid is None:
+        if txid is None or replicated is None:
             self._silent_since = self._silent_since or now
         else:
             self._silent_since = None

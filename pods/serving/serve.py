@@ -16,7 +16,7 @@ from ..api.auth import hash_key, token_prefix
 from ..api.application import STORAGE_EXTENSION
 from ..api.meta import REPLICA_LAG_KEY
 from ..storage import UnusableDatabase, describe, is_url, open_storage
-from ..storage.litestream import check_replica_url, find_litestream
+from ..storage.litestream import check_replica_url, find_litestream, hold_open
 from . import server, shutdown, workers
 from .channel import Deadlines
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
@@ -60,11 +60,8 @@ def serve(settings: Settings) -> None:
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
     # The port first: a server refused there must not have made a database and shown its first key.
     sockets = _listen(settings.host, settings.port, settings.workers)
-    # Replicating, something keeps the database open from now until Litestream has it
-    # open too, so the connections below never close last: the last one to close
-    # checkpoints and deletes the WAL, and Litestream, finding it gone, would start the
-    # replica over with a full snapshot.
-    keeper = _keep_open(settings.db) if litestream else None
+    # Replicating, the database is held open until Litestream has it open too (``hold_open``).
+    keeper = hold_open(settings.db) if litestream else None
     replication = None
     try:
         _prepare_database(settings.db, settings.api_key)
@@ -139,19 +136,6 @@ def _litestream_for(settings: Settings) -> str | None:
     except UnusableDatabase as e:
         raise click.ClickException(str(e)) from None
 
-
-def _keep_open(db: str):
-    """A read-only connection to ``db`` (None if there is no database there yet, or
-    none SQLite can open: serving refuses it below). It changes nothing."""
-    storage = open_storage(db, read_only=True)
-    try:
-        if storage.exists():
-            storage.connection()
-            return storage
-    except Exception:
-        pass
-    storage.close()
-    return None
 
 
 def _listen(host: str, port: int, count: int):

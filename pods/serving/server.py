@@ -41,6 +41,7 @@ class PodsServer(TcpWSGIServer):
 
     channel_class = PodsChannel
     stopping = False  # set at shutdown: every answer from then on closes its connection
+    next_channel_cleanup: float  # waitress's, declared for the type checker
 
     def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies):
         self.deadlines = deadlines

@@ -23,6 +23,8 @@ class CoalescingTask(WSGITask):
       During shutdown, every answer closes its connection too.
     """
 
+    wrote_header: bool  # waitress's, declared for the type checker
+
     def start(self):
         super().start()
         if self.request.too_large or self.channel.server.stopping:

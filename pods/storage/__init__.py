@@ -1,20 +1,32 @@
 """Where pods keeps its data: ``--db`` names a SQLite file (the default) or a
 PostgreSQL database (a ``postgresql://`` URL).
 
-The views, authentication and the CLI use a ``Storage`` (``base.py``) and never a
-database driver; each backend module holds every statement it runs.
+The views and authentication use a ``Storage``, the CLI an ``OperatorStorage``
+(``interface.py``), and never a database driver or a backend module: what the CLI
+needs of SQLite files as such (``companions``, ``database_file_suffix``) is here.
+Each backend module holds every statement it runs; ``common.py`` those the two
+share.
 """
 
 import os
 import sys
 
-from .interface import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
+from .interface import (
+    NotEmpty,
+    NotPodsDatabase,
+    OperatorStorage,
+    SchemaTooNew,
+    Storage,
+    UnusableDatabase,
+    utc_now,
+    utc_text,
+)
 from .url import redact, scrub
 
 __all__ = [
-    "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "error_text", "is_url", "open_storage", "same_database", "utc_now",
-    "utc_text",
+    "BackendMissing", "NotEmpty", "NotPodsDatabase", "OperatorStorage", "SchemaTooNew", "Storage",
+    "UnusableDatabase", "companions", "database_file_suffix", "describe", "driver_errors", "error_text",
+    "is_url", "open_storage", "same_database", "utc_now", "utc_text",
 ]
 
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -26,14 +38,15 @@ class BackendMissing(UnusableDatabase):
 
 # What the postgres extra of pyproject.toml installs (tests/cli/test_packaging.py keeps
 # the two alike), for the one-line hint of a pods installed without it.
-POSTGRES_REQUIREMENTS = ("psycopg[binary]>=3.2,<4", "psycopg-pool>=3.2,<4")
+POSTGRES_REQUIREMENTS = ("psycopg[binary]>=3.2,<4", "psycopg-pool>=3.3,<3.4")
 
 
 def running_from_zip() -> bool:
     """Whether this pods runs from a zip (``pods.pyz``), not from installed files."""
     import zipimport
 
-    return isinstance(sys.modules["pods"].__spec__.loader, zipimport.zipimporter)
+    spec = sys.modules["pods"].__spec__
+    return spec is not None and isinstance(spec.loader, zipimport.zipimporter)
 
 
 def postgres_missing_message() -> str:
@@ -84,7 +97,7 @@ def same_database(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> Storage:
+def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> OperatorStorage:
     """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
     Opens nothing yet: connections come on first use. ``read_only``: for commands
     that only read, so that they change nothing at all in a SQLite file.
@@ -126,3 +139,19 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     psycopg = sys.modules.get("psycopg")
     return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
+
+def companions(path: str) -> list[str]:
+    """The files beside the SQLite database ``path`` that hold part of it while it
+    is in use (its write-ahead log, shared-memory index, rollback journal)."""
+    from .sqlite import companions
+
+    return companions(path)
+
+
+def database_file_suffix(dest: str, source: str) -> str | None:
+    """Which file of the SQLite database ``source`` the path ``dest`` names, however
+    spelled: "" for the database file, "-wal", "-shm" or "-journal" for a
+    companion, None for none of them."""
+    from .sqlite import database_file_suffix
+
+    return database_file_suffix(dest, source)

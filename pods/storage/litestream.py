@@ -17,7 +17,8 @@ import sysconfig
 import tempfile
 import urllib.parse
 
-from .interface import COPY_COLUMNS, NotPodsDatabase, SchemaTooNew, UnusableDatabase
+from .common import COPY_COLUMNS
+from .interface import NotPodsDatabase, SchemaTooNew, UnusableDatabase
 
 # Every scheme Litestream 0.5 has a replica client for.
 SCHEMES = ("file", "s3", "gs", "abs", "sftp", "webdav", "webdavs", "nats", "oss")
@@ -144,6 +145,23 @@ def replica_config(url: str) -> dict:
         elif parameter:
             rest.append(parameter)
     return {"url": base + ("?" + "&".join(rest) if rest else ""), **config}
+
+
+def hold_open(path: str) -> sqlite3.Connection | None:
+    """A read-only connection to the SQLite database at ``path``, holding it open
+    (None if there is none, or none SQLite opens). It changes nothing. Serving with
+    --replica holds one until Litestream has the database open too, so that serving's
+    own connections never close last: the last one to close checkpoints and deletes
+    the WAL, and Litestream, finding it gone, starts the replica over with a full
+    snapshot."""
+    from .sqlite import connect
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        return connect(path, read_only=True)  # reads, so it holds the database's shared lock
+    except sqlite3.Error:
+        return None
 
 
 def file_replica_path(url: str) -> str | None:

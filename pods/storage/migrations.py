@@ -22,3 +22,15 @@ def version_history(migrations: Traversable, baseline: Traversable | None = None
     """
     steps = sorted((p for p in migrations.iterdir() if MIGRATION_NAME.fullmatch(p.name)), key=lambda p: p.name)
     return ([baseline] if baseline is not None else []) + steps
+
+
+def schema_versions() -> dict[str, int]:
+    """The schema version each backend brings a database to, counted from the scripts
+    (no driver is loaded: ``pods --version`` works without psycopg)."""
+    from importlib.resources import files
+
+    here = files(__package__)
+    return {
+        "SQLite": len(version_history(here / "sqlite_migrations", files("pods") / "schema.sql")),
+        "PostgreSQL": len(version_history(here / "postgres_migrations")),
+    }

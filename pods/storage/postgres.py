@@ -24,27 +24,30 @@ import logging
 import secrets
 import threading
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import _GeneratorContextManager, contextmanager  # the first: psycopg's own return type
 from importlib.resources import files
+from typing import Any
 
 import psycopg
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 
-from .migrations import version_history
-from .interface import (
+from .common import (
     COPY_COLUMNS,
     TIME_COLUMNS,
-    NotPodsDatabase,
-    SchemaTooNew,
-    UnusableDatabase,
+    Dialect,
+    SQLStorage,
     counted,
     new_key_id,
+    only_row,
     require_no_rows,
     verified,
 )
+from .interface import NotPodsDatabase, OperatorStorage, Row, RowsOf, SchemaTooNew, UnusableDatabase
+from .migrations import version_history
 from .url import redact
 from .watchdog import StallWatchdog
 
@@ -62,10 +65,6 @@ STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (
 # margin, and short enough that a request cut is answered within the shutdown grace.
 STALL_LIMIT = 8.0
 PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
-CONNECTION_SETTINGS = {
-    "autocommit": True,  # a statement alone commits; several go in conn.transaction()
-    "row_factory": dict_row,
-}
 # libpq settings, unless the URL gives its own.
 LIBPQ_DEFAULTS = {
     "connect_timeout": "5",  # seconds to reach the server
@@ -97,10 +96,12 @@ KEY_COLUMNS = (
     f"key_id, prefix, name, pod_id, permissions, {_text('created_at')}, {_text('updated_at')},"
     f" {_text('expires_at')}, {_text('used_at')}"
 )
-FIND_KEY = f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL"
+DIALECT = Dialect(param="%s", time_param="%s::timestamptz", pod_columns=POD_COLUMNS, key_columns=KEY_COLUMNS)
 # The database server's clock, for every instance alike; one value throughout a
 # statement, so that a row's created_at and updated_at agree to the microsecond.
-NOW = "statement_timestamp()"
+# Its parameter is the storage's ``clock`` time: NULL unless one is set (tests).
+NOW = "coalesce(%s::timestamptz, statement_timestamp())"
+NOW_NAMED = "coalesce(%(now)s::timestamptz, statement_timestamp())"
 _CALLER_LOOKUP = (
     f"SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions,"
     f" {_text('k.expires_at', 'expires_at')}, {_text('k.used_at', 'used_at')}{{pod}}"
@@ -113,12 +114,6 @@ CALLER_AND_POD_LOOKUP = _CALLER_LOOKUP.format(
         f" {_text('p.created_at', 'path_pod_created_at')}",
     join=" LEFT JOIN pod p ON p.pod_id = %s AND p.org_id = k.org_id",
 )
-
-
-def _unstorable(*ids: str) -> bool:
-    """Whether an id from a request (a path) cannot be in the database: PostgreSQL
-    text cannot hold NUL, so no row has one, and the driver refuses to send one."""
-    return any("\x00" in i for i in ids)
 
 
 def _libpq_settings(url: str) -> dict:
@@ -142,26 +137,29 @@ def connects_to(url: str) -> dict:
         raise ValueError(str(e)) from None
 
 
-class WatchedConnection(psycopg.Connection):
+class WatchedConnection(psycopg.Connection[DictRow]):
     """A serving connection: each statement tells the watchdog that it waits on the
     server (a transaction of several statements may take longer than one)."""
 
     watchdog: StallWatchdog | None = None
 
-    def execute(self, *args, **kwargs):
+    def execute(self, *args: Any, **kwargs: Any) -> psycopg.Cursor[DictRow]:
         if self.watchdog is not None:
             self.watchdog.busy(self)
         return super().execute(*args, **kwargs)
 
-    def transaction(self, *args, **kwargs):  # its BEGIN waits on the server too
-        if self.watchdog is not None:
+    def transaction(self, *args: Any, **kwargs: Any) -> _GeneratorContextManager[psycopg.Transaction]:
+        if self.watchdog is not None:  # its BEGIN waits on the server too
             self.watchdog.busy(self)
         return super().transaction(*args, **kwargs)
 
 
-class PostgresStorage:
-    """The pods database at the ``postgresql://`` URL ``url`` (see ``base.Storage``)."""
+class PostgresStorage(SQLStorage):
+    """The pods database at the ``postgresql://`` URL ``url`` (see
+    ``interface.OperatorStorage``). Methods without a docstring of their own have
+    the interface's."""
 
+    dialect = DIALECT
     # ReadOnlySqlTransaction: a standby, or a primary set read-only, until failover ends.
     unavailable = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, psycopg_pool.PoolTimeout)
     target_version = SCHEMA_VERSION
@@ -169,21 +167,24 @@ class PostgresStorage:
     def __init__(self, url: str, max_connections: int | None = None, read_only: bool = False):
         """``max_connections``: serve from a pool of up to that many connections;
         None: one connection, for an operator command."""
+        super().__init__(description=redact(url))
         self.url = url
-        self.description = redact(url)
-        self._settings = {**CONNECTION_SETTINGS, **_libpq_settings(url)}
-        self.write_failed = False  # set when a request found the database unavailable; see ping()
+        self._libpq = _libpq_settings(url)
         self.max_connections = max_connections
-        self._own = None  # the one connection, without a pool
-        self._pool = None
-        self._watchdog = None  # with the pool
+        self._own: psycopg.Connection[DictRow] | None = None  # the one connection, without a pool
+        self._pool: psycopg_pool.ConnectionPool[WatchedConnection] | None = None
+        self._watchdog: StallWatchdog | None = None  # with the pool
         self._closed = False
         self._pool_lock = threading.Lock()
         self._local = threading.local()
 
     # -- connections ---------------------------------------------------------------
 
-    def pool(self) -> psycopg_pool.ConnectionPool:
+    def pool(self) -> psycopg_pool.ConnectionPool[WatchedConnection]:
+        """The serving connections' pool, made on first use in this process.
+
+        :raise psycopg_pool.PoolClosed: ``close`` was called.
+        """
         if self._pool is None:
             with self._pool_lock:
                 if self._closed:
@@ -196,7 +197,8 @@ class PostgresStorage:
                         min_size=1,
                         max_size=self.max_connections,
                         timeout=POOL_WAIT,
-                        kwargs=self._settings,
+                        # autocommit: a statement alone commits; several go in conn.transaction()
+                        kwargs={"autocommit": True, "row_factory": dict_row, **self._libpq},
                         configure=self._configure,
                         name="pods",
                         open=True,
@@ -209,10 +211,11 @@ class PostgresStorage:
         conn.execute(f"SET lock_timeout = '{STATEMENT_TIMEOUT}'")
         conn.watchdog = self._watchdog
 
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, **self._settings)
+    def _connect(self) -> psycopg.Connection[DictRow]:
+        # autocommit: a statement alone commits; several go in conn.transaction()
+        return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, **self._libpq)
 
-    def connection(self) -> psycopg.Connection:
+    def connection(self) -> psycopg.Connection[DictRow]:
         """This thread's connection for the current request, borrowed on first use
         (or the command's own connection)."""
         if self.max_connections is None:
@@ -224,7 +227,7 @@ class PostgresStorage:
             conn = self._local.conn = self.pool().getconn()
         return conn
 
-    def _read(self, statement: str, params=()) -> psycopg.Cursor:
+    def _read(self, statement: str, params: Sequence[Any] = ()) -> psycopg.Cursor[DictRow]:
         """Run a statement that changes nothing, outside a transaction. A connection
         kept from an earlier request, or waiting in the pool, may have been closed by
         the server meanwhile (a restart, a failover, an idle timeout): then the
@@ -236,10 +239,25 @@ class PostgresStorage:
             try:
                 return conn.execute(statement, params)
             except psycopg.OperationalError:
-                if attempt == attempts or not conn.broken or self._watchdog.was_cut(conn):
+                if attempt == attempts or not conn.broken or self._watchdog is None or self._watchdog.was_cut(conn):
                     raise
-                self._local.conn = None
-                self._give_back(conn)  # the pool replaces it
+                self.end_thread()  # the pool replaces it
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(self._read(statement, params).fetchall())
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
+        return self._read(statement, params).fetchone()
+
+    def _storable(self, *ids: str) -> bool:
+        """PostgreSQL text cannot hold NUL, so no row has an id with one, and the
+        driver refuses to send one."""
+        return not any("\x00" in i for i in ids)
+
+    def _now(self) -> str | None:
+        """The parameter of NOW: None, the database server's clock, unless ``clock`` is set."""
+        return self._clock_now()
 
     def end_request(self) -> None:
         """A thread keeps its connection from one request to the next (fetching it
@@ -250,18 +268,19 @@ class PostgresStorage:
         if conn is not None:
             if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
                 self.end_thread()
-            else:
+            elif self._watchdog is not None:
                 self._watchdog.idle()
 
     def end_thread(self) -> None:
         """This thread is done with the database: its connection goes back to the pool."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            self._watchdog.idle()
+            if self._watchdog is not None:
+                self._watchdog.idle()
             self._local.conn = None
             self._give_back(conn)
 
-    def _give_back(self, conn: psycopg.Connection) -> None:
+    def _give_back(self, conn: WatchedConnection) -> None:
         pool = self._pool
         if pool is None:  # closed meanwhile, from another thread
             conn.close()
@@ -269,6 +288,8 @@ class PostgresStorage:
             pool.putconn(conn)
 
     def close(self) -> None:
+        """Give this thread's connection back, close the command's own and the pool
+        (waiting POOL_CLOSE_WAIT at most for its threads), and stop the watchdog."""
         self.end_thread()
         if self._own is not None:
             self._own.close()
@@ -277,13 +298,8 @@ class PostgresStorage:
             if self._pool is not None:
                 self._pool.close(timeout=POOL_CLOSE_WAIT)
                 self._pool = None
-                self._watchdog.stop()
-
-    def _query(self, statement: str, params=()) -> list:
-        return self._read(statement, params).fetchall()
-
-    def _one(self, statement: str, params=()):
-        return self._read(statement, params).fetchone()
+                if self._watchdog is not None:
+                    self._watchdog.stop()
 
     # -- schema ----------------------------------------------------------------------
 
@@ -300,22 +316,23 @@ class PostgresStorage:
             raise
         return True
 
-    @staticmethod
-    def _tables(conn) -> set[str]:
+    def _tables(self, conn: psycopg.Connection[DictRow]) -> set[str]:
         rows = conn.execute(
             "SELECT table_name FROM information_schema.tables"
             " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
         ).fetchall()
         return {row["table_name"] for row in rows}
 
-    def schema_version(self, empty_ok: bool = False, conn=None) -> int:
-        """The schema version of the pods database here, read without changing
-        anything; with ``empty_ok``, a database without tables is version 0.
+    def schema_version(self, empty_ok: bool = False) -> int:
+        return self._schema_version(self.connection(), empty_ok)
+
+    def _schema_version(self, conn: psycopg.Connection[DictRow], empty_ok: bool = False) -> int:
+        """The schema version of the pods database ``conn`` is open on, read without
+        changing anything; with ``empty_ok``, a database without tables is version 0.
 
         :raise NotPodsDatabase: the database holds something else, or nothing.
         :raise SchemaTooNew: a newer pods wrote it.
         """
-        conn = conn or self.connection()
         tables = self._tables(conn)
         if VERSION_TABLE not in tables:
             if not tables and empty_ok:
@@ -328,7 +345,7 @@ class PostgresStorage:
                 f"database {self.description} is not a pods database as this server knows one:"
                 f" {VERSION_TABLE} holds {len(versions)} rows, not 1"
             )
-        version = versions[0]["version"]
+        version: int = versions[0]["version"]
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"database {self.description} has schema version {version}, "
@@ -357,13 +374,15 @@ class PostgresStorage:
 
         Several instances may start at once: each takes the same advisory lock
         first, so the schema is applied exactly once.
+
+        :raise UnusableDatabase: the database is not in UTF8.
         """
         # A connection of its own: at start, an unreachable server is one clear
         # error at once, not a pool retrying in the background.
         with self._connect() as conn, conn.transaction():
             self._require_utf8(conn)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            version = self.schema_version(empty_ok=True, conn=conn)
+            version = self._schema_version(conn, empty_ok=True)
             if version == 0:
                 conn.execute(f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)")
                 conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES (0)")
@@ -373,16 +392,18 @@ class PostgresStorage:
                 conn.execute(script.read_text(encoding="utf-8"))
             conn.execute(f"UPDATE {VERSION_TABLE} SET version = %s", (SCHEMA_VERSION,))
 
-    migrate = prepare
+    def migrate(self) -> None:
+        """As ``prepare``: the database exists (its operator creates it)."""
+        self.prepare()
 
-    def _require_utf8(self, conn) -> None:
+    def _require_utf8(self, conn: psycopg.Connection[DictRow]) -> None:
         """Names are any Unicode text: a database in another encoding would refuse
         some of them, one request at a time (a 500 each), or, in SQL_ASCII, store
         bytes without checking them.
 
         :raise UnusableDatabase: it is not UTF8.
         """
-        encoding = conn.execute("SHOW server_encoding").fetchone()["server_encoding"]
+        encoding = only_row(conn.execute("SHOW server_encoding").fetchone())["server_encoding"]
         if isinstance(encoding, bytes):  # SQL_ASCII: text comes back undecoded
             encoding = encoding.decode("ascii", "replace")
         if encoding != "UTF8":
@@ -401,7 +422,7 @@ class PostgresStorage:
         self.prepare()
 
     def discard_new(self) -> None:
-        """Undo ``create`` (only right after it, when ``init`` could not finish)."""
+        """Drop the tables ``create`` (or ``prepare``) made in the empty database."""
         conn = self.connection()
         with conn.transaction():
             for table in reversed((VERSION_TABLE, *TABLES)):
@@ -417,25 +438,35 @@ class PostgresStorage:
     def checkpoint(self) -> None:
         """Nothing to fold back at shutdown: the server owns its write-ahead log."""
 
-    def is_same_database_as(self, other: "PostgresStorage") -> bool:
+    def backup(self, dest: str) -> None:
+        """Not for PostgreSQL: ``copy`` it to a SQLite file, or use PostgreSQL's own tools.
+
+        :raise NotImplementedError: always.
+        """
+        raise NotImplementedError(f"backup copies a SQLite database, not {self.description}")
+
+    def is_same_database_as(self, other: OperatorStorage) -> bool:
         """Whether ``other`` is this very database and schema, however differently the
         URLs are spelled (a host name and its address, a default port written out):
         a lock taken here with a random key is looked for there (pg_locks shows every
         role's locks)."""
+        if not isinstance(other, PostgresStorage):
+            return False
         conn = self.connection()
         key = (secrets.randbits(31), secrets.randbits(31))
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
-            schema = conn.execute("SELECT current_schema() AS name").fetchone()["name"]
-            return other._one(
+            schema = only_row(conn.execute("SELECT current_schema() AS name").fetchone())["name"]
+            found = only_row(other._one(
                 "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
                 " AND classid::bigint = %s AND objid::bigint = %s"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 " AND current_schema() = %s", (*key, schema),
-            )["n"] > 0
+            ))
+            return found["n"] > 0
 
     @contextmanager
-    def snapshot(self):
+    def snapshot(self) -> Iterator[RowsOf]:
         """One consistent read of the whole database (``copy``'s source), in one
         repeatable-read transaction: yields ``rows(table)``, an iterator of the
         table's rows as COPY_COLUMNS tuples, times as text."""
@@ -443,31 +474,16 @@ class PostgresStorage:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
-            def rows(table):
+            def rows(table: str) -> Iterator[tuple[Any, ...]]:
                 columns = ", ".join(_text(c) if c in TIME_COLUMNS else c for c in COPY_COLUMNS[table])
-                with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+                with conn.cursor(row_factory=tuple_row) as cur:
                     cur.execute(f"SELECT {columns} FROM {table} ORDER BY 1")
                     while batch := cur.fetchmany(1000):
                         yield from ((*row[:-1], bytes(row[-1])) if table == "setting" else row for row in batch)
 
             yield rows
 
-    def _row_counts(self, conn) -> dict[str, int]:
-        tables = self._tables(conn)
-        return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in COPY_COLUMNS if t in tables}
-
-    def require_empty(self) -> None:
-        """As SQLiteStorage.require_empty."""
-        require_no_rows(self._row_counts(self.connection()))
-
-    def import_all(self, rows_of) -> dict[str, int]:
-        """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
-        into this database, which holds no pods data, in one transaction. Returns how
-        many rows each table holds afterwards, checked against how many were written.
-
-        :raise NotEmpty: it holds pods data; nothing is written.
-        :raise CopyMismatch: the counts differ; nothing is written.
-        """
+    def import_all(self, rows_of: RowsOf) -> dict[str, int]:
         copied = dict.fromkeys(COPY_COLUMNS, 0)
         conn = self.connection()
         with conn.transaction():
@@ -481,8 +497,7 @@ class PostgresStorage:
             # Organizations came with their ids; new ones continue after them.
             conn.execute("SELECT setval(pg_get_serial_sequence('organization', 'org_id'),"
                          " coalesce(max(org_id), 0) + 1, false) FROM organization")
-            return verified(copied, {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
-                                     for t in COPY_COLUMNS})
+            return verified(copied, self._row_counts(conn))
 
     def ping(self) -> None:
         """Raise one of ``unavailable`` unless the server answers, and reads the tables
@@ -506,27 +521,28 @@ class PostgresStorage:
         finally:
             self.end_request()
 
-    def setting(self, key: str, make_value) -> bytes:
+    def setting(self, key: str, make_value: Callable[[], bytes]) -> bytes:
         row = self._one("SELECT value FROM setting WHERE key = %s", (key,))
         if row is None:  # the first of several instances starting at once wins
             self.connection().execute(
                 "INSERT INTO setting (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, make_value())
             )
-            row = self._one("SELECT value FROM setting WHERE key = %s", (key,))
+            row = only_row(self._one("SELECT value FROM setting WHERE key = %s", (key,)))
         return bytes(row["value"])
 
     # -- organizations and keys ---------------------------------------------------
 
-    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None):
+    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None) -> Row | None:
         if pod_id is None:
-            return self._one(CALLER_LOOKUP, (key_hash,))
+            return self._one(CALLER_LOOKUP, (key_hash, self._now()))
         # An id that cannot be stored (NUL) names no pod: the join finds none.
-        return self._one(CALLER_AND_POD_LOOKUP, (None if _unstorable(pod_id) else pod_id, key_hash))
+        return self._one(CALLER_AND_POD_LOOKUP, (pod_id if self._storable(pod_id) else None, key_hash, self._now()))
 
-    def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
-                       pod_id: str | None = None, permissions: str | None = None,
-                       expires_at: str | None = None, before_commit=None, only_if_first: bool = False):
+    def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
+                        permissions: str | None, expires_at: str | None,
+                        before_commit: Callable[[Row], None] | None, only_if_first: bool) -> Row | None:
         conn = self.connection()
+        now = self._now()
         with conn.transaction():
             if only_if_first:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (FIRST_KEY_LOCK,))
@@ -534,9 +550,11 @@ class PostgresStorage:
                     return None
             conn.execute(
                 f"INSERT INTO organization (name, created_at) VALUES (%s, {NOW}) ON CONFLICT (name) DO NOTHING",
-                (org_name,),
+                (org_name, now),
             )
-            org_id = conn.execute("SELECT org_id FROM organization WHERE name = %s", (org_name,)).fetchone()["org_id"]
+            org_id = only_row(
+                conn.execute("SELECT org_id FROM organization WHERE name = %s", (org_name,)).fetchone()
+            )["org_id"]
             if pod_id is not None and conn.execute(
                 "SELECT 1 FROM pod WHERE pod_id = %s AND org_id = %s FOR KEY SHARE", (pod_id, org_id)
             ).fetchone() is None:
@@ -547,18 +565,15 @@ class PostgresStorage:
                 f" VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, {NOW}, %s::timestamptz)"
                 f" ON CONFLICT (key_hash) DO UPDATE SET prefix = excluded.prefix WHERE api_key.prefix = ''"
                 f" RETURNING {KEY_COLUMNS}",
-                (new_key_id(), org_id, pod_id, key_hash, prefix, name or prefix, permissions, expires_at),
+                (new_key_id(), org_id, pod_id, key_hash, prefix, name or prefix, permissions, now, now, expires_at),
             ).fetchone()
             if row is None:  # stored before, and nothing to add
                 row = conn.execute(f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_hash = %s", (key_hash,)).fetchone()
             if before_commit is not None:
-                before_commit(row)
+                before_commit(only_row(row))
         return row
 
-    def count_api_keys(self) -> int:
-        return self._one("SELECT count(*) AS n FROM api_key")["n"]
-
-    def list_api_keys(self) -> list:
+    def list_api_keys(self) -> list[Row]:
         return self._query(
             f"SELECT k.key_id, o.name AS org_name, {_text('k.created_at', 'created_at')},"
             f" {_text('k.revoked_at', 'revoked_at')}, k.name, k.pod_id, {_text('k.expires_at', 'expires_at')},"
@@ -566,7 +581,7 @@ class PostgresStorage:
             f" FROM api_key k JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
         )
 
-    def list_organizations(self) -> list:
+    def list_organizations(self) -> list[Row]:
         return self._query(
             f"SELECT o.name, {_text('o.created_at', 'created_at')},"
             f" (SELECT count(*) FROM api_key k WHERE k.org_id = o.org_id AND k.revoked_at IS NULL) AS keys,"
@@ -575,50 +590,31 @@ class PostgresStorage:
         )
 
     def is_new_organization(self, name: str) -> bool:
-        return not self._one(
+        row = self._one(
             "SELECT EXISTS (SELECT 1 FROM api_key k JOIN organization o ON o.org_id = k.org_id WHERE o.name = %s)"
             " OR EXISTS (SELECT 1 FROM pod p JOIN organization o ON o.org_id = p.org_id WHERE o.name = %s) AS used",
             (name, name),
-        )["used"]
+        )
+        return row is not None and not row["used"]
 
-    def revoke_api_key(self, key_id: str):
+    def revoke_api_key(self, key_id: str) -> str | None:
         conn = self.connection()
         with conn.transaction():
             conn.execute(
-                f"UPDATE api_key SET revoked_at = {NOW} WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
+                f"UPDATE api_key SET revoked_at = {NOW} WHERE key_id = %s AND revoked_at IS NULL",
+                (self._now(), key_id),
             )
             row = conn.execute(
                 f"SELECT {_text('revoked_at')} FROM api_key WHERE key_id = %s", (key_id,)
             ).fetchone()
         return row["revoked_at"] if row else None
 
-    def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
-        where, params = "org_id = %s AND revoked_at IS NULL", [org_id]
-        if pod_id is not None:
-            where, params = where + " AND pod_id = %s", params + [pod_id]
-        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
-
-    def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
-        """Keyset paging, as SQLiteStorage._page."""
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        if after is not None:
-            where, params = where + f" AND (created_at, {id_column}) {op} (%s::timestamptz, %s)", [*params, *after]
-        return self._query(
-            f"SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at {order}, {id_column} {order} LIMIT %s",
-            (*params, limit),
-        )
-
-    def find_key(self, org_id: int, key_id: str):
-        if _unstorable(key_id):
-            return None
-        return self._one(FIND_KEY, (key_id, org_id))
-
-    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool,
-                   check=None):
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None,
+                   set_permissions: bool, check: Callable[[Row], None] | None = None) -> Row | None:
         conn = self.connection()
         with conn.transaction():
             if check is not None:
-                row = conn.execute(FIND_KEY + " FOR UPDATE", (key_id, org_id)).fetchone()
+                row = conn.execute(DIALECT.find_key + " FOR UPDATE", (key_id, org_id)).fetchone()
                 if row is None:
                     return None
                 check(row)
@@ -627,19 +623,21 @@ class PostgresStorage:
                 f"UPDATE api_key SET name = coalesce(%(name)s::text, name),"
                 f" permissions = CASE WHEN %(set)s THEN %(permissions)s::text ELSE permissions END,"
                 f" updated_at = CASE WHEN coalesce(%(name)s::text, name) IS DISTINCT FROM name"
-                f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions) THEN {NOW} ELSE updated_at END"
+                f" OR (%(set)s AND %(permissions)s::text IS DISTINCT FROM permissions)"
+                f" THEN {NOW_NAMED} ELSE updated_at END"
                 f" WHERE key_id = %(key_id)s AND org_id = %(org_id)s AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
-                {"name": name, "set": set_permissions, "permissions": permissions, "key_id": key_id, "org_id": org_id},
+                {"name": name, "set": set_permissions, "permissions": permissions, "now": self._now(),
+                 "key_id": key_id, "org_id": org_id},
             ).fetchone()
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
         cur = self.connection().execute(
             f"UPDATE api_key SET revoked_at = {NOW} WHERE key_id = %s AND org_id = %s AND revoked_at IS NULL",
-            (key_id, org_id),
+            (self._now(), key_id, org_id),
         )
         return cur.rowcount == 1
 
-    def record_key_use(self, used: dict) -> None:
+    def record_key_use(self, used: dict[str, str]) -> None:
         conn = self.connection()
         with conn.transaction():
             with conn.cursor() as cur:
@@ -651,7 +649,7 @@ class PostgresStorage:
 
     # -- pods ---------------------------------------------------------------------
 
-    def insert_pod(self, org_id: int, name, client_id):
+    def insert_pod(self, org_id: int, name: str | None, client_id: str | None) -> Row:
         pod_id = str(uuid.uuid4())
         conn = self.connection()
         # Read committed: when another instance is inserting the same client_id,
@@ -664,7 +662,7 @@ class PostgresStorage:
                     f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
                     f" VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (org_id, client_id) DO NOTHING"
                     f" RETURNING {POD_COLUMNS}",
-                    (pod_id, org_id, name or client_id or pod_id, client_id),
+                    (pod_id, org_id, name or client_id or pod_id, client_id, self._now()),
                 ).fetchone()
                 if row is None:
                     row = conn.execute(
@@ -674,19 +672,8 @@ class PostgresStorage:
                 return row
         raise psycopg.errors.SerializationFailure(f"client_id {client_id!r} kept being created and deleted")
 
-    def find_pod(self, org_id: int, pod_id: str):
-        if _unstorable(pod_id):
-            return None
-        return self._one(f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
-
-    def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
-        where, params = "org_id = %s", [org_id]
-        if pod_id is not None:
-            where, params = where + " AND pod_id = %s", params + [pod_id]
-        return self._page("pod", POD_COLUMNS, "pod_id", where, params, ascending, after, limit)
-
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
-        if _unstorable(pod_id):
+        if not self._storable(pod_id):
             return False
         conn = self.connection()
         with conn.transaction():
@@ -700,6 +687,3 @@ class PostgresStorage:
             conn.execute("DELETE FROM api_key WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
             conn.execute("DELETE FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
         return True
-
-    def count_pods(self) -> int:
-        return self._one("SELECT count(*) AS n FROM pod")["n"]

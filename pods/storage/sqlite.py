@@ -19,20 +19,14 @@ import sqlite3
 import threading
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
+from typing import Any
 
+from .common import COPY_COLUMNS, Dialect, SQLStorage, counted, new_key_id, require_no_rows, verified
+from .interface import NotPodsDatabase, OperatorStorage, Row, RowsOf, SchemaTooNew, utc_now
 from .migrations import version_history
-from .interface import (
-    COPY_COLUMNS,
-    NotPodsDatabase,
-    SchemaTooNew,
-    counted,
-    new_key_id,
-    require_no_rows,
-    utc_now,
-    verified,
-)
 
 BUSY_TIMEOUT_MS = 5000
 PROBE_BUSY_TIMEOUT_MS = 500  # a health check answers within a second, locked or not
@@ -61,6 +55,8 @@ CALLER_AND_POD_LOOKUP = _CALLER_LOOKUP.format(
     join=" LEFT JOIN pod p ON p.pod_id = ? AND p.org_id = k.org_id",
 )
 KEY_COLUMNS = "key_id, prefix, name, pod_id, permissions, created_at, updated_at, expires_at, used_at"
+# Times are stored as utc_text already: read and given as they are.
+DIALECT = Dialect(param="?", time_param="?", pod_columns=POD_COLUMNS, key_columns=KEY_COLUMNS)
 
 log = logging.getLogger("pods.db")
 _write_lock = threading.Lock()
@@ -199,11 +195,11 @@ def schema_version(conn: sqlite3.Connection, path: str, empty_ok: bool = False) 
             f"database {path} is not a pods database: schema version {version} "
             f"without table(s) {_names(missing)}"
         )
-    missing = [f"{table}.{column}" for table in expected for column in expected[table] - _columns(conn, table)]
-    if missing:
+    columns = [f"{table}.{column}" for table in expected for column in expected[table] - _columns(conn, table)]
+    if columns:
         raise NotPodsDatabase(
             f"database {path} is not a pods database: schema version {version} "
-            f"without column(s) {_names(missing)}"
+            f"without column(s) {_names(columns)}"
         )
     return version
 
@@ -242,12 +238,6 @@ def init_db(path: str, create: bool = True) -> None:
                 raise
     finally:
         conn.close()
-
-
-def _find_key(conn: sqlite3.Connection, org_id: int, key_id: str):
-    return conn.execute(
-        f"SELECT {KEY_COLUMNS} FROM api_key WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL", (key_id, org_id)
-    ).fetchone()
 
 
 # -- shutdown, checks, backups ----------------------------------------------------
@@ -354,21 +344,28 @@ def backup(source: sqlite3.Connection, dest: str) -> None:
 # -- the storage the server and the CLI use ------------------------------------------
 
 
-class SQLiteStorage:
-    """The pods database in the SQLite file ``path`` (see ``base.Storage``).
+class SQLiteStorage(SQLStorage):
+    """The pods database in the SQLite file ``path`` (see ``interface.OperatorStorage``).
 
-    Each thread has its own connection, opened on first use.
+    Each thread has its own connection, opened on first use. Times come from this
+    machine's clock (``clock``, when one is set), taken under the write lock, so
+    that this process's pods get created_at values in commit order.
     """
 
+    dialect = DIALECT
     unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, disk full, file gone
     target_version = SCHEMA_VERSION
 
     def __init__(self, path: str, read_only: bool = False):
+        super().__init__(description=path)
         self.path = path
-        self.description = path
         self.read_only = read_only
-        self.write_failed = False  # set when a request found the database unavailable; see healthy()
         self._local = threading.local()
+
+    def _now(self) -> str:
+        return self._clock_now() or utc_now()
+
+    # -- connections ----------------------------------------------------------------
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -376,6 +373,15 @@ class SQLiteStorage:
         if conn is None:
             conn = self._local.conn = connect(self.path, read_only=self.read_only)
         return conn
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.connection().execute(statement, params).fetchall()
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
+        return self.connection().execute(statement, params).fetchone()
+
+    def _tables(self, conn: sqlite3.Connection) -> set[str]:
+        return set(_tables(conn))
 
     def end_request(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -388,7 +394,8 @@ class SQLiteStorage:
             self._local.conn = None
             conn.close()
 
-    end_thread = close  # a thread's connection is all it holds
+    def end_thread(self) -> None:
+        self.close()  # a thread's connection is all it holds
 
     def ping(self) -> None:
         """Raise sqlite3.OperationalError unless the database can be read, and, after a
@@ -417,18 +424,24 @@ class SQLiteStorage:
     # -- the database as a whole (operator commands) ------------------------------
 
     def exists(self) -> bool:
+        """Whether the file is there."""
         return os.path.exists(self.path)
 
     def schema_version(self, empty_ok: bool = False) -> int:
-        """The database's schema version, checked (``schema_version``)."""
+        """The database's schema version, checked (module-level ``schema_version``,
+        which says what it raises)."""
         return schema_version(self.connection(), self.path, empty_ok)
 
     def prepare(self) -> None:
-        """Serving: create the database if it is missing and bring it to the current schema."""
+        """Serving: create the database if it is missing and bring it to the current
+        schema (``init_db``)."""
         init_db(self.path)
 
     def migrate(self) -> None:
-        """Bring an existing database to the current schema."""
+        """Bring an existing database to the current schema (``init_db``).
+
+        :raise sqlite3.OperationalError: there is no file.
+        """
         init_db(self.path, create=False)
 
     def create(self) -> None:
@@ -440,20 +453,29 @@ class SQLiteStorage:
         init_db(self.path, create=False)
 
     def discard_new(self) -> None:
-        """Undo ``create`` (only right after it, when ``init`` could not finish)."""
+        """Remove the file ``create`` (or ``prepare``) made, and its companions."""
         self.close()
         remove_files(self.path)
 
     def problems(self) -> list[str]:
+        """SQLite's integrity and foreign-key checks (``integrity_problems``)."""
         return integrity_problems(self.connection())
 
     def checkpoint(self) -> None:
-        """At shutdown, once no request runs: fold the WAL back (``checkpoint``)."""
+        """At shutdown, once no request runs: fold the WAL back (module-level ``checkpoint``)."""
         self.close()
         checkpoint(self.path)
 
+    def backup(self, dest: str) -> None:
+        """SQLite's online backup API (module-level ``backup``, which says what it raises)."""
+        backup(self.connection(), dest)
+
+    def is_same_database_as(self, other: OperatorStorage) -> bool:
+        """Whether ``other`` is a SQLite storage of the same file, however spelled."""
+        return isinstance(other, SQLiteStorage) and same_file(self.path, other.path)
+
     @contextmanager
-    def snapshot(self):
+    def snapshot(self) -> Iterator[RowsOf]:
         """One consistent read of the whole database (``copy``'s source): yields
         ``rows(table)``, an iterator of the table's rows as COPY_COLUMNS tuples."""
         conn = self.connection()
@@ -465,27 +487,7 @@ class SQLiteStorage:
         finally:
             conn.execute("COMMIT")
 
-    @staticmethod
-    def _row_counts(conn) -> dict[str, int]:
-        tables = _tables(conn)
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COPY_COLUMNS if t in tables}
-
-    def require_empty(self) -> None:
-        """``copy``, before ``prepare`` (which would migrate an older schema): read
-        only, whether the database holds pods data.
-
-        :raise NotEmpty: it does.
-        """
-        require_no_rows(self._row_counts(self.connection()))
-
-    def import_all(self, rows_of) -> dict[str, int]:
-        """Write every table's rows (``rows_of(table)``, as ``snapshot`` gives them)
-        into this database, which holds no pods data, in one transaction. Returns how
-        many rows each table holds afterwards, checked against how many were written.
-
-        :raise NotEmpty: it holds pods data; nothing is written.
-        :raise CopyMismatch: the counts differ; nothing is written.
-        """
+    def import_all(self, rows_of: RowsOf) -> dict[str, int]:
         copied = dict.fromkeys(COPY_COLUMNS, 0)
         conn = self.connection()
         with write_tx(conn):
@@ -494,10 +496,9 @@ class SQLiteStorage:
                 marks = ", ".join("?" * len(columns))
                 insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
                 conn.executemany(insert, counted(rows_of(table), copied, table))
-            found = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COPY_COLUMNS}
-            return verified(copied, found)
+            return verified(copied, self._row_counts(conn))
 
-    def setting(self, key: str, make_value) -> bytes:
+    def setting(self, key: str, make_value: Callable[[], bytes]) -> bytes:
         conn = self.connection()
         row = conn.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
         if row is not None:  # the usual case: no write lock needed
@@ -511,32 +512,15 @@ class SQLiteStorage:
 
     # -- organizations and keys ---------------------------------------------------
 
-    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None):
-        """The key with this hash, with its organization, if it may authenticate a
-        request now (not revoked, not expired), else None; with ``pod_id``, also
-        that pod of its organization (``base.path_pod``)."""
+    def caller_for_key_hash(self, key_hash: str, pod_id: str | None = None) -> Row | None:
         if pod_id is None:
-            return self.connection().execute(CALLER_LOOKUP, (key_hash, utc_now())).fetchone()
-        return self.connection().execute(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, utc_now())).fetchone()
+            return self._one(CALLER_LOOKUP, (key_hash, self._now()))
+        return self._one(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, self._now()))
 
-    def insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None = None,
-                       pod_id: str | None = None, permissions: str | None = None,
-                       expires_at: str | None = None, before_commit=None, only_if_first: bool = False):
-        """Store a key for ``org_name`` (creating the organization if needed), scoped
-        to ``pod_id`` if given, named ``name`` (default: its prefix), with the stored
-        ``permissions`` (None: every one). Returns the key's row.
-
-        Idempotent on ``key_hash``: storing the same key again returns the stored one
-        unchanged (a revoked key stays revoked), except that a key made before its
-        prefix was kept gets it now. ``before_commit(row)``, if given, runs inside the
-        transaction: if it raises, nothing is stored. ``only_if_first``: store it only
-        if no key exists at all (a new database's first key), else return None;
-        decided in the same transaction, so that of several servers starting at
-        once on a new database, one makes a key.
-
-        :raise LookupError: ``pod_id`` names no pod of the organization.
-        """
-        now = utc_now()
+    def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
+                        permissions: str | None, expires_at: str | None,
+                        before_commit: Callable[[Row], None] | None, only_if_first: bool) -> Row | None:
+        now = self._now()
         conn = self.connection()
         with write_tx(conn):
             if only_if_first and conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:
@@ -564,87 +548,44 @@ class SQLiteStorage:
                 before_commit(row)
         return row
 
-    def count_api_keys(self) -> int:
-        """How many keys exist, revoked ones included."""
-        return self.connection().execute("SELECT count(*) FROM api_key").fetchone()[0]
-
-    def list_api_keys(self) -> list:
-        """Every key of every organization (for the operator), revoked ones
-        included, oldest first: key_id, org_name, created_at, revoked_at, name, pod_id,
-        expires_at, permissions (as stored: None for every one), prefix, used_at."""
-        return self.connection().execute(
+    def list_api_keys(self) -> list[Row]:
+        return self._query(
             "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at, k.name, k.pod_id,"
             " k.expires_at, k.permissions, k.prefix, k.used_at FROM api_key k"
             " JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
-        ).fetchall()
+        )
 
-    def list_organizations(self) -> list:
-        """Every organization (for the operator), oldest first: name, created_at,
-        keys (those not revoked: the ones the API lists, expired ones included), pods."""
-        return self.connection().execute(
+    def list_organizations(self) -> list[Row]:
+        return self._query(
             "SELECT o.name, o.created_at,"
             " (SELECT count(*) FROM api_key k WHERE k.org_id = o.org_id AND k.revoked_at IS NULL) AS keys,"
             " (SELECT count(*) FROM pod p WHERE p.org_id = o.org_id) AS pods"
             " FROM organization o ORDER BY o.created_at, o.name"
-        ).fetchall()
+        )
 
     def is_new_organization(self, name: str) -> bool:
-        """Whether the organization ``name`` has no key (revoked ones count) and no
-        pod, or does not exist: a key made for it starts a new organization."""
         return self.connection().execute(
             "SELECT EXISTS (SELECT 1 FROM api_key k JOIN organization o ON o.org_id = k.org_id WHERE o.name = ?)"
             " OR EXISTS (SELECT 1 FROM pod p JOIN organization o ON o.org_id = p.org_id WHERE o.name = ?)",
             (name, name),
         ).fetchone()[0] == 0
 
-    def revoke_api_key(self, key_id: str):
-        """Revoke a key. Returns its revocation time (the earlier one if it was already
-        revoked), or None when no key has this id."""
+    def revoke_api_key(self, key_id: str) -> str | None:
         conn = self.connection()
         with write_tx(conn):
             conn.execute(
                 "UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                (utc_now(), key_id),
+                (self._now(), key_id),
             )
             row = conn.execute("SELECT revoked_at FROM api_key WHERE key_id = ?", (key_id,)).fetchone()
         return row[0] if row else None
 
-    def page_keys(self, org_id: int, pod_id: str | None, ascending: bool, after, limit: int) -> list:
-        """Up to ``limit`` of the organization's keys (only ``pod_id``'s, if given)
-        in (created_at, key_id) order, after ``after`` (as ``page_pods``). Revoked
-        and deleted keys are left out; expired ones are not."""
-        where, params = "org_id = ? AND revoked_at IS NULL", [org_id]
-        if pod_id is not None:
-            where, params = where + " AND pod_id = ?", params + [pod_id]
-        return self._page("api_key", KEY_COLUMNS, "key_id", where, params, ascending, after, limit)
-
-    def _page(self, table, columns, id_column, where, params, ascending: bool, after, limit: int) -> list:
-        """Keyset paging: up to ``limit`` rows of ``table`` matching ``where``, in
-        (created_at, id) order (descending unless ``ascending``), after ``after``."""
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        if after is not None:
-            where, params = where + f" AND (created_at, {id_column}) {op} (?, ?)", [*params, *after]
-        return self.connection().execute(
-            f"SELECT {columns} FROM {table} WHERE {where}"
-            f" ORDER BY created_at {order}, {id_column} {order} LIMIT ?",
-            (*params, limit),
-        ).fetchall()
-
-    def find_key(self, org_id: int, key_id: str):
-        """The organization's key with this id (not revoked or deleted), or None."""
-        return _find_key(self.connection(), org_id, key_id)
-
-    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None, set_permissions: bool,
-                   check=None):
-        """Rename a key (unless ``name`` is None) and, with ``set_permissions``, replace
-        its stored permissions; ``updated_at`` moves only if something changed. Returns
-        the key after the change, or None when the organization has no such key.
-        ``check(row)``, given the key as it is now, no other writer in between, may
-        raise to refuse the change (which is then not made)."""
+    def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None,
+                   set_permissions: bool, check: Callable[[Row], None] | None = None) -> Row | None:
         conn = self.connection()
         with write_tx(conn):
             if check is not None:
-                row = _find_key(conn, org_id, key_id)
+                row = conn.execute(DIALECT.find_key, (key_id, org_id)).fetchone()
                 if row is None:
                     return None
                 check(row)
@@ -655,24 +596,20 @@ class SQLiteStorage:
                 f" updated_at = CASE WHEN coalesce(:name, name) IS NOT name"
                 f" OR (:set AND :permissions IS NOT permissions) THEN :now ELSE updated_at END"
                 f" WHERE key_id = :key_id AND org_id = :org_id AND revoked_at IS NULL RETURNING {KEY_COLUMNS}",
-                {"name": name, "set": set_permissions, "permissions": permissions, "now": utc_now(),
+                {"name": name, "set": set_permissions, "permissions": permissions, "now": self._now(),
                  "key_id": key_id, "org_id": org_id},
             ).fetchone()
 
     def delete_key(self, org_id: int, key_id: str) -> bool:
-        """Delete a key: it is refused from the next request on, and gone from the API
-        (the operator still sees it, revoked, in ``keys list``). Returns False when
-        the organization has no such key."""
         conn = self.connection()
         with write_tx(conn):
             cur = conn.execute(
                 "UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND org_id = ? AND revoked_at IS NULL",
-                (utc_now(), key_id, org_id),
+                (self._now(), key_id, org_id),
             )
         return cur.rowcount == 1
 
-    def record_key_use(self, used: dict) -> None:
-        """Note when keys were used: {key_id: time}. Never moves a time backwards."""
+    def record_key_use(self, used: dict[str, str]) -> None:
         conn = self.connection()
         with write_tx(conn):
             conn.executemany(
@@ -682,11 +619,7 @@ class SQLiteStorage:
 
     # -- pods ---------------------------------------------------------------------
 
-    def insert_pod(self, org_id: int, name, client_id):
-        """Create a pod, or return the organization's existing pod with this client_id.
-
-        ``name`` defaults to the client_id, else to the new pod_id. Returns the pod row.
-        """
+    def insert_pod(self, org_id: int, name: str | None, client_id: str | None) -> Row:
         pod_id = str(uuid.uuid4())
         conn = self.connection()
         with write_tx(conn):
@@ -696,7 +629,7 @@ class SQLiteStorage:
                 f"INSERT INTO pod (pod_id, org_id, name, client_id, created_at)"
                 f" VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, client_id) DO NOTHING"
                 f" RETURNING {POD_COLUMNS}",
-                (pod_id, org_id, name or client_id or pod_id, client_id, utc_now()),
+                (pod_id, org_id, name or client_id or pod_id, client_id, self._now()),
             ).fetchone()
             if row is None:
                 row = conn.execute(
@@ -705,33 +638,9 @@ class SQLiteStorage:
                 ).fetchone()
         return row
 
-    def find_pod(self, org_id: int, pod_id: str):
-        """The organization's pod with this id, or None."""
-        return self.connection().execute(
-            f"SELECT {POD_COLUMNS} FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id)
-        ).fetchone()
-
-    def page_pods(self, org_id: int, ascending: bool, after, limit: int, pod_id: str | None = None) -> list:
-        """Up to ``limit`` of the organization's pods (only ``pod_id``, if given) in
-        (created_at, pod_id) order.
-
-        ``after`` is the (created_at, pod_id) of the last pod already seen, or None to
-        start at the beginning; "after" follows the direction.
-        """
-        where, params = "org_id = ?", [org_id]
-        if pod_id is not None:
-            where, params = where + " AND pod_id = ?", params + [pod_id]
-        return self._page("pod", POD_COLUMNS, "pod_id", where, params, ascending, after, limit)
-
     def delete_pod(self, org_id: int, pod_id: str) -> bool:
-        """Delete the organization's pod and the keys scoped to it, in one
-        transaction. Returns False when there was no such pod."""
         conn = self.connection()
         with write_tx(conn):
             conn.execute("DELETE FROM api_key WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
             cur = conn.execute("DELETE FROM pod WHERE pod_id = ? AND org_id = ?", (pod_id, org_id))
         return cur.rowcount == 1
-
-    def count_pods(self) -> int:
-        """How many pods exist, in every organization."""
-        return self.connection().execute("SELECT count(*) FROM pod").fetchone()[0]

@@ -5,26 +5,55 @@ libpq cannot read, or misreads (a password with an unencoded ``/`` or ``@`` make
 libpq take part of it for a host or a port, which its messages then quote). So
 they treat as secret, generously, everything that could be a password: the user
 information (from the first ``:`` after ``://`` to the ``@`` that ends it) and
-the value of every ``password`` or ``sslpassword`` parameter of the query, however
-its name is percent-encoded, up to the next parameter libpq knows (a password may
-hold an unencoded ``&``).
+the value of every secret parameter of the query (``password``, ``sslpassword``,
+``oauth_client_secret`` ...), however its name is percent-encoded, up to the next
+parameter libpq knows (a password may hold an unencoded ``&``).
+
+Which parameters are secret, and which libpq knows, is asked of libpq itself when
+psycopg is installed (``Conninfo.get_defaults()``: a secret is shown as ``*``), so
+that a libpq that learns a new one is followed; the lists below (PostgreSQL 18's)
+are added to what it says, and stand alone without psycopg.
 """
 
+import functools
 import re
 from urllib.parse import unquote
 
 MASK = "***"
 QUOTED = re.compile(r"""(["'])(.*?)\1""")  # how libpq and psycopg quote a value in a message
-SECRET_PARAMETERS = ("password", "sslpassword")
-# libpq's connection parameters (PostgreSQL 17's list): what may follow a password in a query.
+# libpq's secret parameters: those it shows as "*" (PostgreSQL 18), and the SCRAM
+# keys, which it shows as debug options ("D") but which authenticate all the same.
+SECRET_PARAMETERS = frozenset({
+    "password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key",
+})
+# libpq's connection parameters (PostgreSQL 18's list): what may follow a password in a query.
 LIBPQ_KEYWORDS = frozenset("""
     host hostaddr port dbname user password passfile require_auth channel_binding connect_timeout
     client_encoding options application_name fallback_application_name keepalives keepalives_idle
     keepalives_interval keepalives_count tcp_user_timeout replication gssencmode sslmode sslnegotiation
-    requiressl sslcompression sslcert sslkey sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni
-    requirepeer ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation service
-    target_session_attrs load_balance_hosts
+    requiressl sslcompression sslcert sslkey sslkeylogfile sslpassword sslcertmode sslrootcert sslcrl sslcrldir
+    sslsni requirepeer ssl_min_protocol_version ssl_max_protocol_version min_protocol_version
+    max_protocol_version krbsrvname gsslib gssdelegation service target_session_attrs load_balance_hosts
+    scram_client_key scram_server_key oauth_issuer oauth_client_id oauth_client_secret oauth_scope
 """.split())
+
+
+@functools.cache
+def libpq_parameters() -> tuple[frozenset[str], frozenset[str]]:
+    """(every parameter, the secret ones) as the libpq psycopg loads knows them,
+    with the lists above added; the lists alone without psycopg or a libpq."""
+    try:
+        from psycopg import pq
+    except ImportError:  # no postgres extra, or no libpq psycopg can load
+        options = []
+    else:
+        try:
+            options = pq.Conninfo.get_defaults()
+        except Exception:  # libpq could not say (out of memory): the lists alone
+            options = []
+    keywords = {option.keyword.decode() for option in options}
+    secrets = {option.keyword.decode() for option in options if option.dispchar == b"*"}
+    return LIBPQ_KEYWORDS | keywords, SECRET_PARAMETERS | secrets
 
 
 def looks_like_connection_string(target: str) -> bool:
@@ -52,6 +81,8 @@ def _userinfo_end(url: str, start: int) -> int:
 
 
 def _secret_spans(url: str) -> list[tuple[int, int]]:
+    keywords, secret_names = libpq_parameters()
+    secret_prefixes = tuple(secret_names)
     spans = []
     start = url.find("://") + 3
     colon, at = url.find(":", start), _userinfo_end(url, start)
@@ -63,15 +94,15 @@ def _secret_spans(url: str) -> list[tuple[int, int]]:
         for parameter in url[query + 1:].split("&"):  # libpq reads "#" as part of a value, not a fragment
             name, equals, _ = parameter.partition("=")
             name = unquote(name).strip().lower()
-            if equals and name in SECRET_PARAMETERS:
+            if equals and name in secret_names:
                 secret = True
                 spans.append((offset + parameter.index("=") + 1, offset + len(parameter)))
-            elif equals and name in LIBPQ_KEYWORDS:
+            elif equals and name in keywords:
                 secret = False
-            elif secret or unquote(parameter).strip().lower().startswith(SECRET_PARAMETERS):
+            elif secret or unquote(parameter).strip().lower().startswith(secret_prefixes):
                 spans.append((offset, offset + len(parameter)))  # "password%3Dx": unreadable
             offset += len(parameter) + 1
-    merged = []
+    merged: list[tuple[int, int]] = []
     for a, b in sorted(spans):
         if merged and a <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(b, merged[-1][1]))

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import weakref
+from typing import Any
 
 log = logging.getLogger("pods.db")
 
@@ -23,8 +24,8 @@ log = logging.getLogger("pods.db")
 class StallWatchdog:
     def __init__(self, limit: float):
         self.limit = limit
-        self._waiting = {}  # thread id -> (connection, when its current statement began)
-        self._cut = weakref.WeakSet()  # connections this watchdog shut down
+        self._waiting: dict[int, tuple[Any, float]] = {}  # thread id -> (connection, when its current statement began)
+        self._cut: weakref.WeakSet[Any] = weakref.WeakSet()  # connections this watchdog shut down
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pods-db-watchdog", daemon=True)

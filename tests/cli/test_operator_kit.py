@@ -395,7 +395,7 @@ def test_the_postgresql_hint_names_this_pods_own_python_or_says_the_zip_serves_s
     from pods import storage
 
     installed = storage.postgres_missing_message()
-    assert f"{sys.executable} -m pip install 'psycopg[binary]>=3.2,<4' 'psycopg-pool>=3.2,<4'" in installed
+    assert f"{sys.executable} -m pip install 'psycopg[binary]>=3.2,<4' 'psycopg-pool>=3.3,<3.4'" in installed
     assert "pods[" not in installed and "pip install pods" not in installed
     monkeypatch.setattr(storage, "running_from_zip", lambda: True)
     zipped = storage.postgres_missing_message()

@@ -45,6 +45,7 @@ WHEEL_NAME = "pods_server"  # the distribution's name in file names
 POSTGRES_MIGRATIONS = len(list((ROOT / "pods" / "storage" / "postgres_migrations").glob("[0-9]*.sql")))
 VERSION_LINE = (f"pods, version {pods.__version__} (database schema version {db.SCHEMA_VERSION} on SQLite,"
                 f" {POSTGRES_MIGRATIONS} on PostgreSQL)\n")
+BOUNDED_POSTGRES = ["psycopg-pool"]  # in the postgres extra
 
 
 class Dist(NamedTuple):
@@ -105,15 +106,27 @@ def schema_version(path) -> int:
 
 
 def third_party_imports(sources: dict[str, str]) -> set[str]:
-    """Top-level names of the modules ``sources`` import, less the standard library and pods."""
+    """Top-level names of the modules ``sources`` import, less the standard library and pods.
+    An import in a ``try`` that handles ImportError is optional: left out."""
     names = set()
     for source in sources.values():
-        for node in ast.walk(ast.parse(source)):
+        tree = ast.parse(source)
+        optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) and _handles_import_error(node)
+                    for statement in node.body for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names.add(node.module.split(".")[0])
     return names - set(sys.stdlib_module_names) - {"pods"}
+
+
+def _handles_import_error(node: ast.Try) -> bool:
+    caught = [h.type for h in node.handlers if h.type is not None]
+    caught = [e for c in caught for e in (c.elts if isinstance(c, ast.Tuple) else [c])]
+    return any(isinstance(e, ast.Name) and e.id in ("ImportError", "ModuleNotFoundError") for e in caught)
 
 
 # -- the sdist and the wheel -------------------------------------------------------
@@ -154,10 +167,12 @@ def test_the_wheel_declares_every_package_pods_imports_and_bounds_the_fragile_on
         distribution = canonicalize_name(importlib.metadata.packages_distributions()[module][0])
         assert distribution in postgres_extra, f"the PostgreSQL backend imports {module}, not in the postgres extra"
 
-    for name in BOUNDED:
+    postgres_requires = {canonicalize_name(r.name): r for r in declared
+                         if r.marker and r.marker.evaluate({"extra": "postgres"})}
+    for name, among in [(n, requires) for n in BOUNDED] + [(n, postgres_requires) for n in BOUNDED_POSTGRES]:
         tested = Version(importlib.metadata.version(name))
         next_minor = Version(f"{tested.major}.{tested.minor + 1}")
-        assert tested in requires[name].specifier and next_minor not in requires[name].specifier, name
+        assert tested in among[name].specifier and next_minor not in among[name].specifier, name
 
 
 def test_the_distribution_is_pods_server_giving_the_pods_command(dist):

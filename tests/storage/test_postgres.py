@@ -660,6 +660,7 @@ def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
     ("postgresql://u@127.0.0.1:9/x?password=ab&cdSECRET", ["cdSECRET"]),  # unencoded "&": libpq quotes the rest
     ("postgresql://u@127.0.0.1:9/x?password=ab&cdSECRET=1&sslmode=disable", ["cdSECRET"]),
     ("postgresql://u@127.0.0.1:9/x?sslpassword=hunter2&sslmode=disable", ["hunter2"]),
+    ("postgresql://u@127.0.0.1:9/x?oauth_client_secret=hunter2&sslmode=disable", ["hunter2"]),  # libpq 18's
 ])
 def test_no_url_however_malformed_shows_its_password_or_a_traceback(url, secret, tmp_path):
     for args in (["--port", "0", "--db", url], ["check", "--db", url], ["copy", url, str(tmp_path / "x.db")]):
@@ -750,6 +751,6 @@ def test_a_missing_psycopg_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"Error: a postgresql:// database needs the postgres extra (psycopg), not installed with this pods:"
-        f" {sys.executable} -m pip install 'psycopg[binary]>=3.2,<4' 'psycopg-pool>=3.2,<4'"
+        f" {sys.executable} -m pip install 'psycopg[binary]>=3.2,<4' 'psycopg-pool>=3.3,<3.4'"
         f" (or, in a clone of pods: pip install '.[postgres]')")
 
