@@ -458,6 +458,28 @@ def _check_backup_destination(path: str, source: str, force: bool) -> None:
         )
 
 
+def _check_copy_destination(path: str) -> None:
+    """A SQLite DEST of copy is no database's -wal, -shm or -journal file (SQLite
+    would take the copy for that database's journal, and delete it), and has none
+    of its own beside it (a new file beside another database's WAL would have that
+    WAL replayed into it): as backup refuses them."""
+    for spelling in dict.fromkeys([path, os.path.realpath(path)]):
+        for suffix in companions(""):  # "-wal", "-shm", "-journal"
+            if spelling.lower().endswith(suffix):  # any case: some file systems ignore it
+                base = spelling[: -len(suffix)]
+                whose = "the database" if os.path.lexists(base) else "a database"
+                raise click.ClickException(
+                    f"copy destination {path} is the {suffix} file of {whose} {base}: SQLite would take the"
+                    " copy for that database's own file and delete it; choose another path"
+                )
+    in_use = [name for name in companions(path) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
+            f"{in_use[0]}, then run again"
+        )
+
+
 @cli.command("check")
 @db_option(None)
 @click.pass_context
@@ -491,9 +513,12 @@ def copy_command(source, dest):
     (safe while a server writes to it). DEST must hold no pods data: a new file, an
     empty database, or the schema with no rows; it is created or set up as needed.
     Prints the counts copied, verified on DEST. Page tokens and keys issued before
-    keep working against DEST."""
+    keep working against DEST. Refuses a DEST that is a database's -wal, -shm or
+    -journal file, or has such files beside it."""
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
+    if not is_url(dest):
+        _check_copy_destination(dest)
     with existing_database(source, read_only=True) as origin:
         with clear_failures(dest):
             target = open_storage(dest)

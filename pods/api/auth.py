@@ -9,14 +9,14 @@ in ``access.py`` from the same lookup.
 import hashlib
 import secrets
 
-from flask import abort, current_app, g, request
+from flask import current_app, g, request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
-from .permissions import Caller, missing_permission_message
+from .permissions import Caller
 from .accesslog import CALLER_ENVIRON_KEY
 from .application import get_storage
-from .errors import error_response
+from .errors import error_response, fail
 from .keyuse import EXTENSION_KEY as KEY_USE
 from ..storage.interface import path_pod
 
@@ -97,9 +97,22 @@ def auth_error(status: int):
     if status == 403:
         # Raised, not returned: flask-httpauth would add its WWW-Authenticate header,
         # which belongs to a 401 (who are you?), not to a 403 (not with this key).
-        abort(403, description=missing_permission_message(g.missing_permission))
+        fail("missing_permission", permission=g.missing_permission)
     # A (body, status) tuple: a bare Response would keep status 200.
-    return error_response(status)
+    body, status, _ = error_response(unauthenticated_situation(request.environ.get("HTTP_AUTHORIZATION")))
+    return body, status
+
+
+def unauthenticated_situation(header: str | None) -> str:
+    """Why a request has no caller, as far as it can be told without saying
+    anything about keys: no header at all, a header that is no bearer token, or a
+    token that is not a live key (unknown, deleted, expired or a near miss: one
+    answer for all)."""
+    if header is None:
+        return "missing_authorization"
+    if not bearer_token(header):
+        return "unauthorized"
+    return "unknown_api_key"
 
 
 def visible_pod(caller: Caller, pod_id: str):
@@ -109,10 +122,10 @@ def visible_pod(caller: Caller, pod_id: str):
         (answered alike: another pod's existence is not revealed).
     """
     if not caller.sees_pod(pod_id):
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     read_id, pod = g.get("path_pod", (None, None))  # read with the caller's key (auth.verify_token)
     if read_id != pod_id:
         pod = get_storage().find_pod(caller.org_id, pod_id)
     if pod is None:
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     return pod

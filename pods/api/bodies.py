@@ -9,8 +9,10 @@ that sends Latin-1 or UTF-16 and a server that guesses.
 import json
 import re
 
-from flask import abort, request
+from flask import request
 from marshmallow import ValidationError
+
+from .errors import fail
 
 # application/json, optionally with the one parameter charset=utf-8 (RFC 8259
 # defines none; utf-8 is tolerated because many clients send it). Media type,
@@ -30,11 +32,11 @@ def json_body():
     raw = request.get_data(cache=False)
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.lower() != "identity":
-        abort(415, description="Content-Encoding is not supported: send the body as it is (identity).")
+        fail("unsupported_content_encoding")
     if not raw:
         return {}
     if not JSON_CONTENT_TYPE.fullmatch(request.headers.get("Content-Type", "")):
-        abort(415, description="Content-Type must be application/json, with no parameter but charset=utf-8.")
+        fail("unsupported_media_type")
     try:
         text = raw.decode("utf-8")  # strict: no byte order mark sniffing, no lone surrogates
     except UnicodeDecodeError:

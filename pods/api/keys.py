@@ -6,12 +6,13 @@ permission (403), scope (404: a pod or key the caller may not see answers as if
 it did not exist), the body (413, 415, 400), then no escalation (403).
 """
 
-from flask import Blueprint, abort
+from flask import Blueprint, make_response
 
 from .permissions import Caller, check_grant, check_regrant, require_organization_scope, stored_permissions
 from .application import empty_ok, get_storage
 from .auth import auth, current_caller, hash_key, new_token, token_prefix, visible_pod
 from .bodies import json_body
+from .errors import fail
 from .paging import keyset_page
 from .schemas import (
     api_key_create_schema,
@@ -100,7 +101,7 @@ def _visible_key(caller: Caller, key_id: str, pod_id: str | None = None):
     """
     key = get_storage().find_key(caller.org_id, key_id)
     if key is None or not caller.sees_key(key) or (pod_id is not None and key["pod_id"] != pod_id):
-        abort(404, description="API key not found.")
+        fail("api_key_not_found")
     return key
 
 
@@ -118,6 +119,8 @@ def _list(caller: Caller, pod_id: str | None):
 def _create(caller: Caller, pod_id: str | None):
     fields = api_key_create_schema.load(json_body())
     permissions = fields["permissions"]
+    if permissions is None:  # every permission only from a key that has every permission
+        permissions = caller.default_grant()
     expires_at = fields["expires_at"] or caller.expires_at  # a new key lives no longer than its maker
     check_grant(caller, permissions, expires_at)
     token = new_token()
@@ -127,8 +130,11 @@ def _create(caller: Caller, pod_id: str | None):
             stored_permissions(permissions), expires_at,
         )
     except LookupError:  # the pod was deleted meanwhile
-        abort(404, description="Pod not found.")
-    return api_key_created_schema.dump({**key, "api_key": token})
+        fail("pod_not_found")
+    response = make_response(api_key_created_schema.dump({**key, "api_key": token}))
+    # It carries the token: no cache (a proxy's, the client's) may keep a copy.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _update(caller: Caller, key):
@@ -141,11 +147,11 @@ def _update(caller: Caller, key):
         check=regrant_allowed,
     )
     if updated is None:  # deleted meanwhile
-        abort(404, description="API key not found.")
+        fail("api_key_not_found")
     return api_key_schema.dump(updated)
 
 
 def _delete(caller: Caller, key):
     if not get_storage().delete_key(caller.org_id, key["key_id"]):
-        abort(404, description="API key not found.")
+        fail("api_key_not_found")
     return empty_ok()

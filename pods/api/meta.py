@@ -19,7 +19,7 @@ def healthz():
     try:
         storage.ping()  # after a request found it unavailable, also whether it takes writes again
     except storage.unavailable:
-        return error_response(503, "Database is not answering.")
+        return error_response("database_unavailable", "Database is not answering.")
     replica_lag = current_app.extensions.get(REPLICA_LAG_KEY)
     if replica_lag is not None:  # the API serves whatever the replica does: still 200
         return {"status": "ok", "replica_lag_seconds": round(replica_lag(), 1)}

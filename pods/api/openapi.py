@@ -6,7 +6,7 @@ schemas of their bodies and answers, their error statuses) are written here."""
 import functools
 from typing import Any
 
-from .errors import KNOWN
+from .errors import name_of
 
 # Every operation can answer these.
 ALWAYS = (401, 500, 503)
@@ -21,7 +21,7 @@ def _operation(op_id: str, summary: str, ok, errors: tuple, body=None, query=Non
     ``errors`` the error statuses beyond ALWAYS."""
     responses = {"200": {"description": "OK", **({"content": _json(ok)} if ok is not None else {})}}
     for status in sorted(set(errors) | set(ALWAYS)):
-        responses[str(status)] = {"description": KNOWN[status][0], "content": _json("Error")}
+        responses[str(status)] = {"description": name_of(status), "content": _json("Error")}
     operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
     parameters = [{"in": "path", "name": name, "required": True, "schema": {"type": "string"}} for name in path]
     if query is not None:
@@ -39,9 +39,10 @@ ERROR = {
         "name": {"type": "string"},
         "message": {"type": "string"},
         "code": {"type": "string"},
+        "fix": {"type": "string", "minLength": 1},
         "errors": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
     },
-    "required": ["name", "message", "code"],
+    "required": ["name", "message", "code", "fix"],
 }
 
 

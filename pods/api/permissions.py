@@ -11,7 +11,7 @@ key stored without a set has every permission.
 import functools
 from typing import NamedTuple
 
-from flask import abort
+from .errors import fail
 
 # The SDK's ApiKeyPermissions fields, in its order. Any other name is refused.
 PERMISSIONS = (
@@ -58,13 +58,23 @@ class Caller(NamedTuple):
     permissions: frozenset
     expires_at: str | None
     used_at: str | None
+    # Stored as "every permission" (no set): also any name a later version adds.
+    # A key that lists every current name explicitly has them, and no more.
+    every_permission: bool = False
 
     @classmethod
     def from_row(cls, row) -> "Caller":
         return cls(
             row["org_id"], row["org_name"], row["key_id"], row["pod_id"],
             permissions_from(row["permissions"]), row["expires_at"], row["used_at"],
+            row["permissions"] is None,
         )
+
+    def default_grant(self) -> frozenset | None:
+        """What a key this caller makes without a permissions object gets: every
+        permission (None) only from a caller that has every permission; from any
+        other, the caller's own explicit set."""
+        return None if self.every_permission else self.permissions
 
     def sees_pod(self, pod_id: str) -> bool:
         """Whether ``pod_id`` is within this key's scope (whether it exists is the
@@ -80,7 +90,7 @@ def require_organization_scope(caller: Caller, action: str) -> None:
     """:raise 403: the caller's key is scoped to a pod, and ``action`` needs an
     organization key."""
     if caller.pod_id is not None:
-        abort(403, description=f"This API key is scoped to pod {caller.pod_id}; it cannot {action}.")
+        fail("outside_scope", pod_id=caller.pod_id, action=action)
 
 
 def check_grant(caller: Caller, permissions: frozenset | None = None, expires_at: str | None = None) -> None:
@@ -89,14 +99,21 @@ def check_grant(caller: Caller, permissions: frozenset | None = None, expires_at
 
     :raise 403: the grant goes beyond the caller's own key.
     """
-    lacking = (EVERY_PERMISSION if permissions is None else permissions) - caller.permissions
+    if permissions is None and not caller.every_permission:
+        # "Every permission" includes names a later version adds: only a caller
+        # stored with every permission holds them all.
+        lacking = EVERY_PERMISSION - caller.permissions
+        fail("permission_escalation", permissions=_names(lacking) if lacking else "those later versions add")
+    lacking = (permissions or frozenset()) - caller.permissions
     if lacking:
         # Every name, however many: the client needs to know exactly what to leave out.
-        shown = ", ".join(name for name in PERMISSIONS if name in lacking)
-        what = "every permission (no permissions object)" if permissions is None else "permissions"
-        abort(403, description=f"This API key cannot grant {what} it does not have itself: it lacks {shown}.")
+        fail("permission_escalation", permissions=_names(lacking))
     if expires_at is not None and caller.expires_at is not None and expires_at > caller.expires_at:
-        abort(403, description=f"This API key expires at {caller.expires_at}; it cannot grant a later expiry.")
+        fail("expiry_escalation", expires_at=caller.expires_at)
+
+
+def _names(permissions) -> str:
+    return ", ".join(name for name in PERMISSIONS if name in permissions)
 
 
 def check_regrant(caller: Caller, key, permissions: frozenset) -> None:
@@ -111,10 +128,4 @@ def check_regrant(caller: Caller, key, permissions: frozenset) -> None:
     outlives = caller.expires_at is not None and (key["expires_at"] is None or key["expires_at"] > caller.expires_at)
     added = permissions - permissions_from(key["permissions"])
     if outlives and added:
-        shown = ", ".join(name for name in PERMISSIONS if name in added)
-        abort(403, description=f"This API key expires at {caller.expires_at}, before the key it updates;"
-                               f" it can remove permissions from it, not add them: it would add {shown}.")
-
-
-def missing_permission_message(permission: str) -> str:
-    return f"This API key does not have the {permission} permission."
+        fail("update_escalation", expires_at=caller.expires_at, permissions=_names(added))

@@ -1,11 +1,12 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-from flask import Blueprint, abort
+from flask import Blueprint
 
 from .permissions import require_organization_scope
 from .application import empty_ok, get_storage
 from .auth import auth, current_caller, visible_pod
 from .bodies import json_body
+from .errors import fail
 from .pagetokens import ORGANIZATION_PODS
 from .paging import keyset_page
 from .schemas import list_args_schema, pod_create_schema, pod_list_schema, pod_schema
@@ -50,6 +51,6 @@ def get_pod(pod_id):
 def delete_pod(pod_id):
     caller = current_caller()
     if not caller.sees_pod(pod_id) or not get_storage().delete_pod(caller.org_id, pod_id):
-        abort(404, description="Pod not found.")
+        fail("pod_not_found")
     return empty_ok()
 

@@ -4,7 +4,7 @@ handing an oversized body to the app unread rather than refusing it itself."""
 import re
 
 from waitress.parser import HTTPRequestParser, ParsingError
-from waitress.utilities import Error, RequestEntityTooLarge
+from waitress.utilities import Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
 # The minor version of HTTP/1.2 ... HTTP/1.9: read as HTTP/1.1.
 LATER_MINOR_VERSIONS = frozenset("23456789")
@@ -18,6 +18,11 @@ class HttpVersionNotSupported(Error):
     reason = "HTTP Version Not Supported"
 
 
+class URITooLong(Error):
+    code = 414
+    reason = "URI Too Long"
+
+
 class PodsRequestParser(HTTPRequestParser):
     """waitress's request parser, stricter about framing, and different where a
     request ends its connection.
@@ -28,7 +33,9 @@ class PodsRequestParser(HTTPRequestParser):
     and so reads the body as absent (section 6.1), and Content-Length together
     with Transfer-Encoding, a classic of request smuggling (section 6.1). A
     later HTTP/1 minor version (1.2 ... 1.9) is read as 1.1 (section 2.3);
-    any other major version is 505.
+    any other major version is 505. A request line that does not end within
+    the limit on a request's head is 414 (RFC 9110, section 15.5.15: the target
+    is what is too long), not waitress's 431.
 
     waitress answers a body over the limit itself, from the headers, and closes
     while the client is still writing: the kernel then resets the connection and
@@ -73,12 +80,15 @@ class PodsRequestParser(HTTPRequestParser):
         super().parse_header(request_line[:-1] + b"1" + header_plus[line_end:])
 
     def received(self, data):
+        head_before = self.header_plus  # waitress keeps it as it was when it refuses a head
         consumed = super().received(data)
         if self.error is None:
             return consumed
         announced = None
         if self.version_refused:
             self.error = HttpVersionNotSupported(self.error.body)
+        elif isinstance(self.error, RequestHeaderFieldsTooLarge) and self._request_line_too_long(head_before + data):
+            self.error = URITooLong(f"The request line exceeds {self.adj.max_request_header_size} bytes.")
         elif isinstance(self.error, RequestEntityTooLarge):
             self.error = None
             self.too_large = True
@@ -89,6 +99,12 @@ class PodsRequestParser(HTTPRequestParser):
         if self.channel is not None:
             self.channel.discard(already=len(data) - consumed, announced=announced)
         return len(data)  # the rest of this read is part of what is dropped
+
+    def _request_line_too_long(self, head: bytes) -> bool:
+        """Whether the request line of ``head`` (what came of a head past the limit)
+        has not ended within the limit: then its target is what was too long."""
+        line_end = head.lstrip().find(b"\n")
+        return line_end < 0 or line_end >= self.adj.max_request_header_size
 
     @property
     def received_length(self) -> int:

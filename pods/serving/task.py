@@ -54,8 +54,8 @@ class CoalescingTask(WSGITask):
 
 
 class JsonErrorTask(ErrorTask):
-    """waitress's own answers (a malformed request, headers too large, an error
-    escaping the app) in the contract's JSON error shape instead of text/plain,
+    """waitress's own answers (a malformed request, a request line or headers too
+    large, an error escaping the app) in the contract's JSON error shape instead of text/plain,
     with a request id, and logged like every other answer."""
 
     def execute(self):
@@ -63,7 +63,9 @@ class JsonErrorTask(ErrorTask):
         request, channel = self.request, self.channel
         e = request.error
         detail = {"_request": [e.body]} if e.code == 400 else None
-        body = error_json(e.code, errors=detail).encode()
+        # The limits some fixes name (414, 431).
+        limit = f"{channel.adj.max_request_header_size // 1024} KiB"
+        body = error_json(e.code, errors=detail, limit=limit).encode()
         request_id = accesslog.request_id_for(request.headers.get("X_REQUEST_ID", ""))
         self.status = f"{e.code} {e.reason}"
         self.response_headers += [("Content-Type", "application/json"), ("X-Request-Id", request_id)]
@@ -71,7 +73,7 @@ class JsonErrorTask(ErrorTask):
         self.content_length = len(body)
         self.write(body)
         # A head too large to parse says nothing reliable about method or path.
-        parsed = e.code != 431
+        parsed = e.code not in (414, 431)
         accesslog.write_line(
             getattr(request, "command", "") if parsed else "",
             getattr(request, "path", "") if parsed else "",

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import storage_of
 
+from pods.api.errors import error_body
+
 POD_ENDPOINTS = [
     ("get", "/agent/v0/pods"),
     ("post", "/agent/v0/pods"),
@@ -21,19 +23,29 @@ def token_of(headers):
     return headers["Authorization"].removeprefix("Bearer ")
 
 
-def assert_unauthorized(r):
+UNKNOWN_API_KEY = {
+    "name": "UnauthorizedError",
+    "code": "unknown_api_key",
+    "message": "A valid API key is required.",
+    "fix": "The bearer token is not a live API key (unknown, deleted or expired): send the whole token exactly as"
+           " it was shown when its key was made, or use another key. An operator makes one with `pods keys create"
+           " --org ORG`; a key holding api_key_create can make one with POST /agent/v0/api-keys (a pod's: POST"
+           " /agent/v0/pods/{pod_id}/api-keys).",
+}
+
+
+def assert_unauthorized(r, code="unknown_api_key"):
+    """A 401: ``unknown_api_key`` for a bearer token that is not a live key (one
+    answer, whatever the token), ``missing_authorization`` without the header,
+    ``unauthorized`` for anything else."""
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
-    assert r.json == {
-        "name": "UnauthorizedError",
-        "code": "unauthorized",
-        "message": "A valid API key is required.",
-    }
+    assert r.json == (UNKNOWN_API_KEY if code == "unknown_api_key" else error_body(code))
 
 
 @pytest.mark.parametrize("method,path", POD_ENDPOINTS)
 def test_every_pod_endpoint_needs_a_key(client, sql, method, path):
-    assert_unauthorized(getattr(client, method)(path))
+    assert_unauthorized(getattr(client, method)(path), "missing_authorization")
     assert sql("SELECT count(*) FROM pod") == [(0,)]
 
 
@@ -42,19 +54,21 @@ def test_a_path_that_is_no_route_is_404_before_authentication(client, path):
     # Routing decides first: a pod id is one path segment.
     r = client.delete(path)
     assert r.status_code == 404
-    assert r.json == {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
+    assert r.json == error_body("not_found")
 
 
 @pytest.mark.parametrize(
-    "header",
+    "header,code",
     [
-        lambda t: None,
-        lambda t: "",
-        lambda t: "Bearer",
-        lambda t: "Bearer ",
-        lambda t: "Basic " + t,
-        lambda t: "Token " + t,
-        lambda t: t,
+        (lambda t: None, "missing_authorization"),
+        (lambda t: "", "unauthorized"),
+        (lambda t: "Bearer", "unauthorized"),
+        (lambda t: "Bearer ", "unauthorized"),
+        (lambda t: "Basic " + t, "unauthorized"),
+        (lambda t: "Token " + t, "unauthorized"),
+        (lambda t: t, "unauthorized"),
+        (lambda t: "Bearer\t" + t, "unauthorized"),  # a tab is no separator
+    ] + [(near_miss, "unknown_api_key") for near_miss in [
         lambda t: "Bearer pods_unknown",
         lambda t: "Bearer " + t + " ",  # padded
         lambda t: "Bearer " + t + "\t",
@@ -66,12 +80,12 @@ def test_a_path_that_is_no_route_is_404_before_authentication(client, path):
         lambda t: "Bearer " + t.swapcase(),
         lambda t: "Bearer " + t + "=",
         lambda t: "Bearer " + t + ",x=1",
-    ],
+    ]],
 )
-def test_bad_credentials_are_all_answered_alike(client, headers, sql, header):
+def test_bad_credentials_are_all_answered_alike(client, headers, sql, header, code):
     value = header(token_of(headers))
     r = client.post("/agent/v0/pods", json={}, headers={} if value is None else {"Authorization": value})
-    assert_unauthorized(r)
+    assert_unauthorized(r, code)
     assert sql("SELECT count(*) FROM pod") == [(0,)]
 
 

@@ -18,8 +18,9 @@ from conftest import new_database, storage_of
 from dbtools import query
 from pods import close_app, create_app
 from pods.api import keyuse
-from pods.api.permissions import stored_permissions
-from pods.api.auth import hash_key, new_token, token_prefix
+from pods.api.permissions import PERMISSIONS, stored_permissions
+from pods.api.auth import hash_key, new_token, token_prefix, unauthenticated_situation
+from pods.api.errors import error_body
 from pods.cli import cli
 from pods.storage import open_storage
 
@@ -27,8 +28,8 @@ API = "/agent/v0"
 # The permission names the contract gives: the SDK's, in its order.
 SDK_PERMISSIONS = tuple(ApiKeyPermissions.model_fields)
 GATING = ("pod_read", "pod_create", "pod_delete", "api_key_read", "api_key_create", "api_key_update", "api_key_delete")
-POD_NOT_FOUND = {"name": "NotFoundError", "code": "not_found", "message": "Pod not found."}
-KEY_NOT_FOUND = {"name": "NotFoundError", "code": "not_found", "message": "API key not found."}
+POD_NOT_FOUND = error_body("pod_not_found")
+KEY_NOT_FOUND = error_body("api_key_not_found")
 CREATED_FIELDS = {"api_key_id", "api_key", "prefix", "name", "created_at"}
 KEY_FIELDS = {"type", "api_key_id", "prefix", "name", "created_at", "updated_at"}
 
@@ -76,18 +77,29 @@ def but(*missing) -> list:
     return [name for name in SDK_PERMISSIONS if name not in missing]
 
 
-def assert_forbidden(r, *words):
-    """A 403 in the contract's shape, its message naming each of ``words``."""
+ESCALATION = "permission_escalation"
+
+
+def assert_forbidden(r, *words, code="missing_permission"):
+    """A 403 in the contract's shape, of the kind ``code``, its message and fix naming
+    each of ``words``."""
     assert r.status_code == 403, (r.status_code, r.json)
-    assert set(r.json) == {"name", "code", "message"}
-    assert (r.json["name"], r.json["code"]) == ("ForbiddenError", "forbidden")
+    assert set(r.json) == {"name", "code", "message", "fix"}
+    assert (r.json["name"], r.json["code"]) == ("ForbiddenError", code)
     assert all(word in r.json["message"] for word in words), r.json["message"]
+    names = [word for word in words if word in PERMISSIONS]
+    assert all(word in r.json["fix"] for word in names), r.json["fix"]
 
 
 def assert_unauthorized(r):
+    """The one 401 of a token that is not a live key; without a bearer token at all,
+    the code says that instead (nothing about any key)."""
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
-    assert r.json == {"name": "UnauthorizedError", "code": "unauthorized", "message": "A valid API key is required."}
+    header = r.request.headers.get("Authorization")
+    code = unauthenticated_situation(header)
+    assert r.json == error_body(code)
+    assert r.json["code"] == code and r.json["fix"]
 
 
 @pytest.fixture
@@ -270,7 +282,8 @@ def test_a_method_a_key_route_lacks_is_405_with_allow(client, world, state, meth
     body = {"name": "x"} if method in ("POST", "PUT", "PATCH") else None
     r = call(client, method, world.path(path), world.root, body)
     assert r.status_code == 405
-    assert r.json == {"name": "MethodNotAllowedError", "code": "method_not_allowed", "message": "Method not allowed."}
+    assert r.json == {"name": "MethodNotAllowedError", "code": "method_not_allowed", "message": "Method not allowed.",
+                      "fix": "Use one of the methods this answer's Allow header lists for this path."}
     assert {m.strip() for m in r.headers["Allow"].split(",")} - {"HEAD", "OPTIONS"} == allowed
     assert state() == before
 
@@ -349,7 +362,7 @@ def test_scope_matrix(client, world, state, sql, who, method, path):
         pod_hidden = pod is not None and pod not in VISIBLE_PODS[who]
         assert r.json == (POD_NOT_FOUND if pod_hidden or not path.endswith("_key}") else KEY_NOT_FOUND)
     if expected == 403:
-        assert_forbidden(r, f"scoped to pod {world.A}")
+        assert_forbidden(r, f"scoped to pod {world.A}", code="forbidden")
     if expected != 200:
         assert state() == before
         return
@@ -445,7 +458,7 @@ def test_permission_matrix(client, world, new_key, state, scope, missing, method
         assert_forbidden(r, missing)
         assert state() == before
     elif scope == "pod" and (method, path) in ORGANIZATION_ONLY:
-        assert_forbidden(r, f"scoped to pod {world.A}")
+        assert_forbidden(r, f"scoped to pod {world.A}", code="forbidden")
         assert state() == before
     else:
         assert r.status_code == 200, r.json
@@ -478,15 +491,17 @@ def test_a_key_cannot_create_a_key_with_a_permission_it_lacks(client, world, new
     path = world.path(route)
     before = state()
     assert_forbidden(call(client, "POST", path, key, {"permissions": {"pod_read": True, "pod_delete": True}}),
-                     "pod_delete")
-    for everything in ({}, {"permissions": None}, {"name": "all"}):  # absent or null: every permission
-        assert_forbidden(call(client, "POST", path, key, everything), "pod_create", "pod_delete")
+                     "pod_delete", code=ESCALATION)
     assert state() == before
 
     granted = {"pod_read": True, "inbox_read": True}
     r = call(client, "POST", path, key, {"permissions": {**granted, "pod_delete": False, "pod_create": None}})
     assert r.status_code == 200 and r.json["permissions"] == granted
-    assert key_count(sql) == len(before[0]) + 1
+    # Absent or null: not every permission (this key lacks some), but the key's own.
+    for own in ({}, {"permissions": None}, {"name": "all"}):
+        r = call(client, "POST", path, key, own)
+        assert r.status_code == 200 and r.json["permissions"] == dict.fromkeys(LIMITED, True), r.json
+    assert key_count(sql) == len(before[0]) + 4
 
 
 @pytest.mark.parametrize("scope,route", [("org", "/api-keys/{a_key}"), ("org", "/pods/{A}/api-keys/{a_key}"),
@@ -495,9 +510,10 @@ def test_a_key_cannot_patch_in_a_permission_it_lacks(client, world, new_key, sta
     key = new_key("acme", world.A if scope == "pod" else None, LIMITED)
     path = world.path(route)
     before = state()
-    assert_forbidden(call(client, "PATCH", path, key, {"permissions": {"pod_delete": True}}), "pod_delete")
+    assert_forbidden(call(client, "PATCH", path, key, {"permissions": {"pod_delete": True}}), "pod_delete",
+                     code=ESCALATION)
     assert_forbidden(call(client, "PATCH", path, key, {"name": "x", "permissions": {"pod_create": True}}),
-                     "pod_create")
+                     "pod_create", code=ESCALATION)
     assert state() == before
     # Only the permissions being set count: a name alone, or null, changes no permission.
     r = call(client, "PATCH", path, key, {"name": "renamed", "permissions": None})
@@ -510,7 +526,7 @@ def test_a_key_cannot_patch_itself_more_permissions_but_may_drop_some(client, wo
     key = new_key("acme", world.A, LIMITED)
     mine = f"/api-keys/{key.key_id}"
     more = {"permissions": {"pod_delete": True, **dict.fromkeys(LIMITED, True)}}
-    assert_forbidden(call(client, "PATCH", mine, key, more), "pod_delete")
+    assert_forbidden(call(client, "PATCH", mine, key, more), "pod_delete", code=ESCALATION)
     assert call(client, "GET", "/pods", key).status_code == 200
     r = call(client, "PATCH", mine, key, {"permissions": {"api_key_read": True}})
     assert r.status_code == 200 and r.json["permissions"] == {"api_key_read": True}
@@ -528,7 +544,7 @@ def test_a_key_cannot_create_a_key_that_outlives_it(client, world, new_key, stat
     path = world.path(route)
     before = state()
     for later in (at(timedelta(hours=2)), (datetime.fromisoformat(own) + timedelta(microseconds=1)).isoformat()):
-        assert_forbidden(call(client, "POST", path, key, {"expires_at": later}), "expires")
+        assert_forbidden(call(client, "POST", path, key, {"expires_at": later}), "expires", code=ESCALATION)
     assert state() == before
     # Omitted or null: the new key expires when its maker does.
     for body in ({}, {"expires_at": None}):
@@ -551,7 +567,7 @@ def test_an_expiring_key_cannot_add_permissions_to_a_key_that_outlives_it(client
     for target in (forever, later):
         r = call(client, "PATCH", f"/api-keys/{target.key_id}", caller,
                  {"permissions": {"pod_read": True, "pod_delete": True}})
-        assert_forbidden(r, f"expires at {own}", "it would add pod_delete")
+        assert_forbidden(r, f"expires at {own}", "it would add pod_delete", code=ESCALATION)
     assert state() == before
     # Removing permissions, or renaming, from such a key is fine.
     r = call(client, "PATCH", f"/api-keys/{forever.key_id}", caller, {"permissions": {}, "name": "narrowed"})
@@ -580,7 +596,7 @@ def test_a_regrant_is_checked_against_the_key_as_the_update_finds_it(app, client
     monkeypatch.setattr(storage, "find_key", read_then_narrowed)
     r = call(client, "PATCH", f"/api-keys/{target.key_id}", caller,
              {"permissions": {"pod_read": True, "pod_delete": True}, "name": "widened"})
-    assert_forbidden(r, f"expires at {own}", "it would add pod_delete")
+    assert_forbidden(r, f"expires at {own}", "it would add pod_delete", code=ESCALATION)
     assert sql("SELECT name, permissions FROM api_key WHERE key_id = ?", (target.key_id,)) == [
         ("forever", stored_permissions(frozenset({"pod_read"})))]
 
@@ -595,7 +611,8 @@ def test_a_key_that_never_expires_may_grant_any_future_expiry(client, world):
 def test_a_pod_key_cannot_create_an_organization_key(client, world, state):
     before = state()
     for body in ({}, {"permissions": {"pod_read": True}}):
-        assert_forbidden(call(client, "POST", "/api-keys", world.pod_key, body), f"scoped to pod {world.A}")
+        assert_forbidden(call(client, "POST", "/api-keys", world.pod_key, body), f"scoped to pod {world.A}",
+                         code="forbidden")
     assert state() == before
 
 
@@ -774,7 +791,7 @@ def test_checks_run_in_the_contracts_order(client, world, new_key, state, who, m
     r = call(client, method, world.path(path), keys[who], **kwargs)
     assert r.status_code == status, r.json
     if status == 403:
-        assert_forbidden(r, *words)
+        assert_forbidden(r, *words, code=ESCALATION if who in ("limited", "expiring") else "missing_permission")
     assert state() == before
 
 

@@ -2,8 +2,10 @@
 
 import pytest
 
+from pods.api.errors import error_body
+
 URL = "/agent/v0/pods"
-NOT_FOUND = {"name": "NotFoundError", "code": "not_found", "message": "Pod not found."}
+NOT_FOUND = error_body("pod_not_found")
 
 
 def test_get_returns_the_created_pod(client, headers, create):

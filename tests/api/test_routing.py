@@ -7,10 +7,12 @@ import json
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from pods.api.errors import error_body
+
 URL = "/agent/v0/pods"
-NOT_FOUND = {"name": "NotFoundError", "message": "Not found.", "code": "not_found"}
-POD_NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_found"}
-METHOD_NOT_ALLOWED = {"name": "MethodNotAllowedError", "message": "Method not allowed.", "code": "method_not_allowed"}
+NOT_FOUND = error_body("not_found")
+POD_NOT_FOUND = error_body("pod_not_found")
+METHOD_NOT_ALLOWED = error_body("method_not_allowed")
 
 # Every one of these is a route's path spelled another way: never a redirect to the
 # route (its Location would be built from the client's Host header), never the route.
@@ -98,12 +100,7 @@ def test_a_path_starting_with_two_slashes_is_404(app, headers, target):
     assert "Location" not in response_headers
 
 
-HOST_REQUIRED = {
-    "name": "ValidationError",
-    "message": "Invalid request.",
-    "code": "validation_error",
-    "errors": {"_request": ["An HTTP/1.1 request needs exactly one Host header."]},
-}
+HOST_REQUIRED = error_body(400, errors={"_request": ["An HTTP/1.1 request needs exactly one Host header."]})
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,9 @@ def test_http_client_reads_its_413(server, size, chunked):
     status, body, headers = post_with_http_client(server.port, body_of(size), chunked=chunked)
     assert status == 413
     assert json.loads(body) == {"name": "PayloadTooLargeError", "code": "payload_too_large",
-                                "message": "Request body is larger than 64 KiB."}
+                                "message": "Request body is larger than 64 KiB.",
+                                "fix": "Send a body of at most 64 KiB (65,536 bytes): a pod or a key needs a few"
+                                       " hundred bytes."}
     assert headers["Connection"] == "close"
     assert time.monotonic() - started < 10
     assert pods_stored(server) == before

@@ -9,9 +9,11 @@ from conftest import new_database
 from dbtools import BACKENDS, query
 from live import Server, raw_request, run_app
 
+from pods.api.errors import error_body
+
 URL = "/agent/v0/pods"
 ORGS = ("acme", "globex", "initech")
-NOT_FOUND = {"name": "NotFoundError", "message": "Pod not found.", "code": "not_found"}
+NOT_FOUND = error_body("pod_not_found")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -112,7 +114,7 @@ def test_the_database_never_holds_a_token_in_plain_text(world):
 # -- keys over the API: scoped, and never across organizations -----------------------
 
 KEYS = "/agent/v0/api-keys"
-KEY_NOT_FOUND = {"name": "NotFoundError", "message": "API key not found.", "code": "not_found"}
+KEY_NOT_FOUND = error_body("api_key_not_found")
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from conftest import new_database
 from dbtools import BACKENDS
 from live import Server, run_app
 
-FORBIDDEN = {"name": "ForbiddenError", "code": "forbidden"}
+FORBIDDEN = {"name": "ForbiddenError", "code": "missing_permission"}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -115,8 +115,9 @@ def test_the_sdk_drives_every_organization_key_method(server, sdk):
     agent = sdk(made.api_key)
     with pytest.raises(ApiError) as e:  # pod_read only: no api_key_read any more
         agent.api_keys.list()
-    assert e.value.status_code == 403 and e.value.body == {**FORBIDDEN, "message": e.value.body["message"]}
-    assert "api_key_read" in e.value.body["message"]
+    assert e.value.status_code == 403
+    assert e.value.body == {**FORBIDDEN, "message": e.value.body["message"], "fix": e.value.body["fix"]}
+    assert "api_key_read" in e.value.body["message"] and "api_key_read" in e.value.body["fix"]
 
     assert org.api_keys.delete(api_key_id=made.api_key_id) is None
     for call in (lambda: org.api_keys.get(api_key_id=made.api_key_id),
@@ -340,7 +341,7 @@ def test_changed_permissions_hold_at_the_other_worker_on_the_next_request(server
     status, patched = one.request("PATCH", f"/api-keys/{key['api_key_id']}", root, fewer)
     assert (status, patched["permissions"]) == (200, {"pod_create": True})
     status, body = other.request("GET", "/pods", key["api_key"])
-    assert (status, body["code"]) == (403, "forbidden") and "pod_read" in body["message"]
+    assert (status, body["code"]) == (403, "missing_permission") and "pod_read" in body["message"]
 
 
 def test_a_key_that_expires_in_two_seconds_works_then_is_401_at_every_worker(server, workers, sdk):

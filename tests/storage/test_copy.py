@@ -125,3 +125,41 @@ def test_an_older_destination_holding_pods_data_is_refused_before_it_is_migrated
     assert "migrating" not in result.stderr
     assert Path(dest).read_bytes() == before  # still schema version 1, byte for byte
     assert query(dest, "PRAGMA user_version") == [(1,)]
+
+
+@pytest.mark.live
+def test_a_live_databases_companion_files_are_refused_as_the_destination(tmp_path):
+    """Finding of an attack: `copy SOURCE live.db-wal` reported success, and SQLite
+    later took the copy for live.db's journal and deleted it. Every companion of a
+    database, however spelled, and a destination with companions beside it, are
+    refused in one line, and nothing is written."""
+    source = str(tmp_path / "source.db")
+    assert run_app("init", "--db", source).returncode == 0
+    live = tmp_path / "live.db"
+    server = Server(live, env={"PODS_API_KEY": KEY})
+    try:
+        with httpx.Client(base_url=server.url, headers=AUTH) as c:
+            pod = c.post(URL, json={"name": "kept"}).json()
+        os.symlink(f"{live}-shm", tmp_path / "link.db")
+        before = sorted(os.listdir(tmp_path))
+        for dest in (f"{live}-wal", f"{live}-journal", f"{live}-shm", str(tmp_path / "LIVE.db-WAL"),
+                     str(tmp_path / "." / "live.db-wal"), str(tmp_path / "link.db")):
+            result = copy(source, dest)
+            assert result.returncode == 1, (dest, result.stdout)
+            assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+            assert "file of " in result.stderr and "choose another path" in result.stderr, result.stderr
+            assert "Copied" not in result.stdout
+        # A path beside which a database's -wal or -shm lies: in use, or left behind.
+        for suffix in ("-wal", "-shm", "-journal"):
+            (tmp_path / f"beside.db{suffix}").write_bytes(b"")
+            result = copy(source, str(tmp_path / "beside.db"))
+            assert result.returncode == 1 and f"beside.db{suffix} exists" in result.stderr, result.stderr
+            os.unlink(tmp_path / f"beside.db{suffix}")
+        assert sorted(os.listdir(tmp_path)) == before
+        with httpx.Client(base_url=server.url, headers=AUTH) as c:
+            assert c.get(f"{URL}/{pod['pod_id']}").json() == pod
+    finally:
+        assert server.stop() == 0
+    assert run_app("check", "--db", str(live)).returncode == 0
+    # Any other new file is a fine destination.
+    assert copy(source, str(tmp_path / "fine.db")).returncode == 0

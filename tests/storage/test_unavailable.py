@@ -35,6 +35,8 @@ def assert_503(r):
         "name": "ServiceUnavailableError",
         "code": "service_unavailable",
         "message": "Service unavailable; try again shortly.",
+        "fix": "Retry in a few seconds: the database is not answering and nothing was changed. A create with a"
+               " client_id is safe to retry.",
     }
 
 
