@@ -15,6 +15,7 @@ from .api import logstream
 from .api.auth import hash_key, token_prefix
 from .api.permissions import PERMISSIONS, permissions_from
 from .cli_options import (
+    ReplicaURLs,
     command_line,
     database_target,
     db_option,
@@ -38,6 +39,7 @@ from .serving.serve import Settings, configure_logging, serve
 from .serving.channel import Deadlines
 from .storage import (
     NotEmpty,
+    UnusableDatabase,
     companions,
     database_file_suffix,
     describe,
@@ -46,6 +48,7 @@ from .storage import (
     same_database,
     utc_text,
 )
+from .storage import litestream
 from .storage.migrations import schema_versions
 
 log = logging.getLogger("pods.cli")
@@ -112,9 +115,12 @@ def _show_version(ctx, param, value):
               show_default=True, type=click.IntRange(1, 1_000_000),
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
+@click.option("--replica", envvar="PODS_REPLICA", multiple=True, default=(), type=ReplicaURLs(),
+              help="Stream the SQLite database through Litestream to this replica: file:///PATH (a USB disk, a "
+                   "NAS), s3://, sftp://, gs://, abs://... (env PODS_REPLICA; docs/replication.md).")
 @click.pass_context
 def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
-        send_timeout, connection_limit):
+        send_timeout, connection_limit, replica):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -139,6 +145,7 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             deadlines=Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout),
             connection_limit=connection_limit,
             api_key=os.environ.get(API_KEY_VARIABLE),
+            replicas=tuple(url for url in replica if url),
         ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
@@ -540,4 +547,44 @@ def copy_command(source, dest):
         f"Copied {describe(source)} to {target.description}: organizations {counts['organization']},"
         f" keys {counts['api_key']}, pods {counts['pod']}, settings {counts['setting']}"
         f" (each count verified at the destination)."
+    )
+
+
+@cli.command("restore")
+@click.argument("url")
+@click.argument("dest", callback=database_target)
+@click.option("--timestamp", metavar="RFC3339",
+              help="Restore the database as it was at this time (e.g. 2026-11-29T04:00:00Z); default: its latest state.")
+def restore_command(url, dest, timestamp):
+    """Write the database from the replica at URL (as --replica names it) to DEST,
+    a new file readable by its owner only, then check it as `check` does; prints
+    the counts it found. Nothing is left behind on a failure."""
+    try:
+        litestream.check_replica_url(url)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if is_url(dest):
+        raise click.ClickException("restore writes a SQLite file; name a new file as DEST")
+    moment = None
+    if timestamp is not None:
+        try:
+            moment = litestream.parse_timestamp(timestamp)
+        except ValueError as e:
+            raise click.ClickException(f"--timestamp {timestamp!r} {e}") from None
+    if os.path.lexists(dest):
+        raise click.ClickException(f"{dest} exists; restore writes only a new file (choose another DEST)")
+    in_use = [name for name in companions(dest) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {dest} may be a database in use; remove {in_use[0]} or choose another DEST"
+        )
+    try:
+        counts = litestream.restore(litestream.find_litestream(), url, dest, moment)
+    except UnusableDatabase as e:
+        raise click.ClickException(str(e)) from None
+    when = f"as it was at {moment:%Y-%m-%dT%H:%M:%S.%fZ}" if moment else "its latest state"
+    click.echo(
+        f"Restored {litestream.redact(url)} ({when}) to {dest}: organizations {counts.get('organization', 0)},"
+        f" keys {counts.get('api_key', 0)}, pods {counts.get('pod', 0)}, settings {counts.get('setting', 0)};"
+        f" check ok."
     )

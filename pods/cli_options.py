@@ -49,6 +49,17 @@ def database_target(ctx, param, value):
     return value
 
 
+class ReplicaURLs(click.ParamType):
+    """--replica: repeatable; its variable PODS_REPLICA holds URLs separated by commas.
+    Checked when serving (``serving/serve.py``), so that a refusal is one line."""
+
+    name = "URL"
+    envvar_list_splitter = ","
+
+    def convert(self, value, param, ctx):
+        return value.strip() if isinstance(value, str) else value
+
+
 def key_name(ctx, param, value):
     if value is not None and not (1 <= len(value) <= 255 and value.isprintable()):
         raise click.BadParameter("must be 1 to 255 printable characters")
