@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from dbtools import query
-from live import APP, Server, run_app
+from helpers import APP, run_app, wait_until
 
 from pods.cli import cli
 from pods.storage import litestream
@@ -137,15 +137,6 @@ def running(pid):
     return state != "Z"
 
 
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def healthz(server):
     r = httpx.get(server.url + "/healthz", timeout=5)
     assert r.status_code == 200, r.text
@@ -157,18 +148,10 @@ def one_line(result):
 
 
 @pytest.fixture
-def serve():
-    """Start a server (``live.Server``'s arguments); whatever a test leaves running is killed."""
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(Server(*args, **kwargs))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.kill()
+def serve(servers):
+    """Start a server (``helpers.Server``'s arguments): stopped at the end, its exit
+    status checked, unless the test killed it."""
+    return servers
 
 
 @pytest.fixture
@@ -218,15 +201,12 @@ def test_round_trip_every_acknowledged_change_survives_the_device_and_old_keys_a
 
     # The restored database serves the old key, and a page token issued before.
     again = serve(str(site["new"]))
-    try:
-        with httpx.Client(base_url=again.url, headers=HEADERS) as c:
-            assert c.get(f"{URL}/{first_page['pods'][0]['pod_id']}").status_code == 200
-            page = c.get(URL, params={"limit": 5, "page_token": first_page["next_page_token"]})
-            assert page.status_code == 200, page.text
-            boundary = first_page["pods"][-1]["created_at"]
-            assert page.json()["pods"] and all(p["created_at"] <= boundary for p in page.json()["pods"])
-    finally:
-        assert again.stop() == 0
+    with httpx.Client(base_url=again.url, headers=HEADERS) as c:
+        assert c.get(f"{URL}/{first_page['pods'][0]['pod_id']}").status_code == 200
+        page = c.get(URL, params={"limit": 5, "page_token": first_page["next_page_token"]})
+        assert page.status_code == 200, page.text
+        boundary = first_page["pods"][-1]["created_at"]
+        assert page.json()["pods"] and all(p["created_at"] <= boundary for p in page.json()["pods"])
 
 
 @pytest.mark.live
@@ -239,13 +219,14 @@ def test_device_lost_mid_write_kill_9_of_the_whole_process_group_loses_at_most_t
     for t in threads:
         t.start()
     time.sleep(4)
+    server.checked = True  # killed: no exit status to check
     os.killpg(server.proc.pid, signal.SIGKILL)  # the whole group, as a power cut would
     killed = time.monotonic()
     stop.set()
     for t in threads:
         t.join()
     server.proc.wait(timeout=10)
-    wait_for(lambda: not running(pid), 2, "Litestream dies with the server")
+    assert wait_until(lambda: not running(pid), 2), "Litestream dies with the server"
     assert not ledger.failures and len(ledger.created) > 50
 
     lose_the_device(site["db"])
@@ -311,8 +292,8 @@ def test_a_replica_that_goes_away_slows_nothing_says_so_and_catches_up_when_it_r
     assert max(during) < max(0.5, 20 * usual), (max(during), usual)
 
     bring_back(site["replica"])
-    wait_for(lambda: healthz(server)["replica_lag_seconds"] < 2 and "caught up" in server.stderr, 40,
-             "the replica catches up")
+    assert wait_until(lambda: healthz(server)["replica_lag_seconds"] < 2 and "caught up" in server.stderr, 40), \
+        "the replica catches up"
     write_for(server.url, 1, writers=1, ledger=ledger)
     assert server.stop() == 0
     lose_the_device(site["db"])
@@ -352,7 +333,7 @@ def test_litestream_that_dies_is_restarted_and_with_workers_there_is_one(site, s
     assert healthz(server)["replica_lag_seconds"] < 2  # a worker answers: the lag is shared with it
     assert [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_litestream_of(p, server.proc.pid)] == [first]
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: litestream_pid(server) != first, 15, "Litestream is started again")
+    assert wait_until(lambda: litestream_pid(server) != first, 15), "Litestream is started again"
     ledger = write_for(server.url, 1.5)
     assert server.stop() == 0
     lose_the_device(site["db"])
@@ -376,8 +357,8 @@ def test_an_unreachable_replica_never_fails_a_request_and_its_secret_is_never_sh
     server = serve(tmp_path / "pods.db", "--replica", url, env={"PODS_API_KEY": KEY})
     with httpx.Client(base_url=server.url, headers=HEADERS) as c:
         assert c.post(URL, json={"client_id": "a"}).status_code == 200
-    wait_for(lambda: healthz(server)["replica_lag_seconds"] > 5 and " behind " in server.stderr, 20,
-             "the log says the replica is behind")
+    assert wait_until(lambda: healthz(server)["replica_lag_seconds"] > 5 and " behind " in server.stderr, 20), \
+        "the log says the replica is behind"
     started = time.monotonic()
     assert server.stop() == 0
     assert time.monotonic() - started < 15
