@@ -30,11 +30,12 @@ from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
 from helpers import APP, Server, run_app, wait_until
 
+from pods.api.errors import error_body
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 UNITS = ROOT / "contrib" / "systemd"
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
-TOO_LARGE_BODY = {"name": "PayloadTooLargeError", "message": "Request body is larger than 64 KiB.",
-                  "code": "payload_too_large"}  # pods' own 413 (pods/errors.py), which the proxies repeat
+TOO_LARGE_BODY = error_body("payload_too_large")  # pods' own 413 (pods/api/errors.py), which the proxies repeat
 BODY_LIMIT = 64 * 1024
 
 
