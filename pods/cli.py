@@ -1,27 +1,24 @@
 """The operator's command line: ``python app.py [serve options] [COMMAND]``."""
 
 import contextlib
-import difflib
-import json
 import logging
 import os
-import re
-from datetime import UTC, datetime, timedelta
 
 import click
 
 from . import __version__
 from .api import logstream
 from .api.auth import hash_key, token_prefix
-from .api.permissions import PERMISSIONS, permissions_from
+from .cli_keys import keys, orgs
 from .cli_options import (
+    ReplicaURLs,
+    check_backup_destination,
+    check_copy_destination,
     command_line,
     database_target,
     db_option,
     db_path,
     existing_database,
-    key_name,
-    org_name,
     trusted_proxies,
 )
 from .serving import channel, ratelimit, server
@@ -32,20 +29,19 @@ from .serving.console import (
     clear_failures,
     create_key,
     require_stdout,
-    shown,
 )
 from .serving.serve import Settings, configure_logging, serve
 from .serving.channel import Deadlines
 from .storage import (
     NotEmpty,
+    UnusableDatabase,
     companions,
-    database_file_suffix,
     describe,
     is_url,
     open_storage,
     same_database,
-    utc_text,
 )
+from .storage import litestream
 from .storage.migrations import schema_versions
 
 log = logging.getLogger("pods.cli")
@@ -57,12 +53,6 @@ log = logging.getLogger("pods.cli")
 THREADS_DEFAULT = 1
 THREADS_DEFAULT_POSTGRES = 4
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-# keys create --expires-at: RFC 3339's date-time, as the API takes expires_at
-# (pods/api/schemas.py's RFC3339; not imported, which would load marshmallow for every command).
-RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
-# keys create --expires-in: a number and a unit.
-DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _rate(ctx, param, value):
@@ -132,6 +122,9 @@ def _show_version(ctx, param, value):
               show_default=True, type=click.IntRange(1, 1_000_000),
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
+@click.option("--replica", envvar="PODS_REPLICA", multiple=True, default=(), type=ReplicaURLs(),
+              help="Stream the SQLite database through Litestream to this replica: file:///PATH (a USB disk, a "
+                   "NAS), s3://, sftp://, gs://, abs://... (env PODS_REPLICA; docs/replication.md).")
 @click.option("--rate-limit", envvar="PODS_RATE_LIMIT", default=None, callback=_rate, metavar="RATE",
               help="Requests per organization, all its keys together, as N/s or N/min; requests with no key "
                    "or an unknown one are limited so per client address. Off unless set (env PODS_RATE_LIMIT).")
@@ -151,7 +144,8 @@ def _show_version(ctx, param, value):
                    "and not executed (env PODS_QUEUE_TIMEOUT).")
 @click.pass_context
 def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
-        send_timeout, connection_limit, rate_limit, rate_burst, key_rate_limit, key_rate_burst, queue_timeout):
+        send_timeout, connection_limit, replica, rate_limit, rate_burst, key_rate_limit, key_rate_burst,
+        queue_timeout):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -179,9 +173,14 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             limits=limits,
             queue_timeout=queue_timeout,
             api_key=os.environ.get(API_KEY_VARIABLE),
+            replicas=tuple(url for url in replica if url),
         ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
+
+
+cli.add_command(keys)
+cli.add_command(orgs)
 
 
 def _plug_closed_standard_streams() -> None:
@@ -278,165 +277,6 @@ def migrate_command(ctx, db):
     click.echo(f"Migrated {storage.description} from schema version {before} to {current}.")
 
 
-@cli.group()
-def keys():
-    """Create, list and revoke API keys."""
-
-
-def _permission_names(ctx, param, values):
-    """--permission NAME, repeated: the set of names (None when not given: every
-    permission), each one the API takes."""
-    for value in values:
-        if value in PERMISSIONS:
-            continue
-        if "," in value or " " in value:
-            hint = "; give --permission once per name"
-        else:
-            close = ([value.lower()] if value.lower() in PERMISSIONS
-                     else difflib.get_close_matches(value, PERMISSIONS, n=1))
-            hint = f" (did you mean {close[0]}?)" if close else ""
-        raise click.BadParameter(f"{value!r} is not a permission name{hint}; the names the API takes are "
-                                 f"{', '.join(PERMISSIONS)}")
-    return frozenset(values) if values else None
-
-
-def _expires_in(ctx, param, value):
-    """--expires-in 30d: the expiry that long from now, as stored."""
-    if value is None:
-        return None
-    m = DURATION.fullmatch(value)
-    if m is None or int(m.group(1)) == 0:
-        raise click.BadParameter(f"{value!r} is not a duration: a whole number above 0 and a unit, "
-                                 f"s, m, h, d or w (30d, 12h, 90m)")
-    try:
-        return utc_text(datetime.now(UTC) + timedelta(seconds=int(m.group(1)) * DURATION_UNITS[m.group(2)]))
-    except OverflowError:
-        raise click.BadParameter(f"{value!r} ends after the year 9999") from None
-
-
-def _expires_at(ctx, param, value):
-    """--expires-at 2027-01-01T00:00:00Z: an RFC 3339 time in the future, as stored."""
-    if value is None:
-        return None
-    try:
-        if not RFC3339.fullmatch(value):
-            raise ValueError
-        moment = datetime.fromisoformat(value.upper())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an RFC 3339 time with an offset, "
-                                 f"e.g. 2030-01-01T00:00:00Z") from None
-    if moment <= datetime.now(UTC):
-        raise click.BadParameter(f"{value} is not in the future")
-    try:
-        return utc_text(moment)
-    except OverflowError:  # in UTC, past 9999-12-31
-        raise click.BadParameter(f"{value} is after the year 9999 in UTC") from None
-
-
-@keys.command("create")
-@click.option("--org", required=True, callback=org_name, help="Organization the key belongs to.")
-@click.option("--pod", "pod_id", help="Scope the key to this pod of the organization (default: all of it).")
-@click.option("--name", callback=key_name, help="Name of the key (default: the start of its token).")
-@click.option("--permission", "permissions", multiple=True, metavar="NAME", callback=_permission_names,
-              help="Grant this permission; repeat for each (default: every permission). Names as the API's: "
-                   "pod_read, pod_create, pod_delete, api_key_read, api_key_create, api_key_update, "
-                   "api_key_delete, and the SDK's others.")
-@click.option("--expires-in", metavar="DURATION", callback=_expires_in,
-              help="The key stops working this long from now: 30d, 12h, 90m (units s, m, h, d, w).")
-@click.option("--expires-at", metavar="TIME", callback=_expires_at,
-              help="The key stops working at this RFC 3339 time, e.g. 2030-01-01T00:00:00Z.")
-@db_option(None)
-@click.pass_context
-def keys_create(ctx, org, pod_id, name, permissions, expires_in, expires_at, db):
-    """Create a key; its token is printed on stdout, once, as the last line, and
-    stderr says which key it is once it is stored. A key for an organization that
-    has no key and no pod yet starts that organization: stderr says so."""
-    if expires_in is not None and expires_at is not None:
-        raise click.UsageError("--expires-in and --expires-at are mutually exclusive: give one")
-    with existing_database(db_path(ctx, db)) as storage:
-        notice = None
-        if pod_id is None and storage.is_new_organization(org):  # said once the key is stored
-            notice = (f'Started a new organization "{shown(org)}": it had no key and no pod (if you meant an '
-                      f"existing one, `{command_line('orgs', 'list')}` lists them).")
-        create_key(storage, org, pod_id, name, permissions=permissions, expires_at=expires_in or expires_at,
-                   notice=notice)
-
-
-def _permissions_column(stored: str | None) -> str:
-    """keys list's permissions column: "all" (every permission, as stored without a
-    set), "none", or the names, comma-separated."""
-    if stored is None:
-        return "all"
-    return ",".join(name for name in PERMISSIONS if name in permissions_from(stored)) or "none"
-
-
-@keys.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per key and line, for scripts.")
-@db_option(None)
-@click.pass_context
-def keys_list(ctx, as_json, db):
-    """One key per line, tab-separated, oldest first: key id, organization, created,
-    revoked (or -), name, scope (org, or the pod's id), expires (or -), permissions
-    (all, or the names, comma-separated). Never a token. Columns are only ever added
-    at the end. --json: one object per line with these and prefix, used_at, expired."""
-    with existing_database(db_path(ctx, db), read_only=True) as storage:
-        rows = storage.list_api_keys()
-    now = utc_text(datetime.now(UTC))
-    for row in rows:
-        if as_json:
-            permissions = row["permissions"]
-            click.echo(json.dumps({
-                "key_id": row["key_id"], "organization": row["org_name"], "created_at": row["created_at"],
-                "revoked_at": row["revoked_at"], "name": row["name"], "pod_id": row["pod_id"],
-                "expires_at": row["expires_at"],
-                "permissions": None if permissions is None else [p for p in PERMISSIONS
-                                                                 if p in permissions_from(permissions)],
-                "prefix": row["prefix"], "used_at": row["used_at"],
-                "expired": row["expires_at"] is not None and row["expires_at"] <= now,
-            }))
-            continue
-        columns = [row["key_id"], row["org_name"], row["created_at"], row["revoked_at"] or "-",
-                   row["name"], row["pod_id"] or "org", row["expires_at"] or "-",
-                   _permissions_column(row["permissions"])]
-        click.echo("\t".join(shown(column) for column in columns))
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-@db_option(None)
-@click.pass_context
-def keys_revoke(ctx, key_id, db):
-    """Revoke a key; it fails from the next request on."""
-    with existing_database(db_path(ctx, db)) as storage:
-        revoked_at = storage.revoke_api_key(key_id)
-    if revoked_at is None:
-        raise click.ClickException(f"no key with id {key_id}")
-    click.echo(f"Revoked API key {key_id} at {revoked_at}.")
-
-
-@cli.group()
-def orgs():
-    """List organizations."""
-
-
-@orgs.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per organization and line, for scripts.")
-@db_option(None)
-@click.pass_context
-def orgs_list(ctx, as_json, db):
-    """One organization per line, tab-separated, oldest first: name, keys (not
-    revoked; expired ones included, as the API lists them), pods, created. Columns
-    are only ever added at the end."""
-    with existing_database(db_path(ctx, db), read_only=True) as storage:
-        rows = storage.list_organizations()
-    for row in rows:
-        if as_json:
-            click.echo(json.dumps({"name": row["name"], "keys": row["keys"], "pods": row["pods"],
-                                   "created_at": row["created_at"]}))
-        else:
-            click.echo("\t".join([shown(row["name"]), str(row["keys"]), str(row["pods"]), row["created_at"]]))
-
-
 @cli.command("backup")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
@@ -455,7 +295,7 @@ def backup_command(ctx, path, force, db):
             " makes a SQLite copy of it (or use PostgreSQL's own tools)"
         )
     with existing_database(source, current=False, read_only=True) as storage:
-        _check_backup_destination(path, source, force)
+        check_backup_destination(path, source, force)
         try:
             storage.backup(path)
         except FileExistsError:
@@ -467,50 +307,6 @@ def backup_command(ctx, path, force, db):
     with existing_database(path, current=False, read_only=True) as storage:
         pods = storage.count_pods()
     click.echo(f"Backed up {source} to {path}: {pods} pods, integrity ok.")
-
-
-def _check_backup_destination(path: str, source: str, force: bool) -> None:
-    if not path.strip():
-        raise click.BadParameter("must name a file", param_hint="PATH")
-    # PATH.partial is written first: it must not be the database either.
-    for written in (path, path + ".partial"):
-        suffix = database_file_suffix(written, source)
-        if suffix is not None:
-            what = f"the {suffix} file of the database" if suffix else "the database"
-            raise click.ClickException(
-                f"backup destination {written} is {what} being backed up ({source}); choose another path"
-            )
-    if os.path.lexists(path) and not force:
-        raise click.ClickException(f"{path} exists; add --force to replace it")
-    # A new file beside another database's WAL would have that WAL replayed into it.
-    in_use = [name for name in companions(path) if os.path.lexists(name)]
-    if in_use:
-        raise click.ClickException(
-            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
-            f"{in_use[0]}, then run again"
-        )
-
-
-def _check_copy_destination(path: str) -> None:
-    """A SQLite DEST of copy is no database's -wal, -shm or -journal file (SQLite
-    would take the copy for that database's journal, and delete it), and has none
-    of its own beside it (a new file beside another database's WAL would have that
-    WAL replayed into it): as backup refuses them."""
-    for spelling in dict.fromkeys([path, os.path.realpath(path)]):
-        for suffix in companions(""):  # "-wal", "-shm", "-journal"
-            if spelling.lower().endswith(suffix):  # any case: some file systems ignore it
-                base = spelling[: -len(suffix)]
-                whose = "the database" if os.path.lexists(base) else "a database"
-                raise click.ClickException(
-                    f"copy destination {path} is the {suffix} file of {whose} {base}: SQLite would take the"
-                    " copy for that database's own file and delete it; choose another path"
-                )
-    in_use = [name for name in companions(path) if os.path.lexists(name)]
-    if in_use:
-        raise click.ClickException(
-            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
-            f"{in_use[0]}, then run again"
-        )
 
 
 @cli.command("check")
@@ -551,7 +347,7 @@ def copy_command(source, dest):
     if same_database(source, dest):
         raise click.ClickException("SOURCE and DEST are the same database")
     if not is_url(dest):
-        _check_copy_destination(dest)
+        check_copy_destination(dest)
     with existing_database(source, read_only=True) as origin:
         with clear_failures(dest):
             target = open_storage(dest)
@@ -580,4 +376,44 @@ def copy_command(source, dest):
         f"Copied {describe(source)} to {target.description}: organizations {counts['organization']},"
         f" keys {counts['api_key']}, pods {counts['pod']}, settings {counts['setting']}"
         f" (each count verified at the destination)."
+    )
+
+
+@cli.command("restore")
+@click.argument("url")
+@click.argument("dest", callback=database_target)
+@click.option("--timestamp", metavar="RFC3339",
+              help="Restore the database as it was at this time (e.g. 2026-11-29T04:00:00Z); default: its latest state.")
+def restore_command(url, dest, timestamp):
+    """Write the database from the replica at URL (as --replica names it) to DEST,
+    a new file readable by its owner only, then check it as `check` does; prints
+    the counts it found. Nothing is left behind on a failure."""
+    try:
+        litestream.check_replica_url(url)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if is_url(dest):
+        raise click.ClickException("restore writes a SQLite file; name a new file as DEST")
+    moment = None
+    if timestamp is not None:
+        try:
+            moment = litestream.parse_timestamp(timestamp)
+        except ValueError as e:
+            raise click.ClickException(f"--timestamp {timestamp!r} {e}") from None
+    if os.path.lexists(dest):
+        raise click.ClickException(f"{dest} exists; restore writes only a new file (choose another DEST)")
+    in_use = [name for name in companions(dest) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {dest} may be a database in use; remove {in_use[0]} or choose another DEST"
+        )
+    try:
+        counts = litestream.restore(litestream.find_litestream(), url, dest, moment)
+    except UnusableDatabase as e:
+        raise click.ClickException(str(e)) from None
+    when = f"as it was at {moment:%Y-%m-%dT%H:%M:%S.%fZ}" if moment else "its latest state"
+    click.echo(
+        f"Restored {litestream.redact(url)} ({when}) to {dest}: organizations {counts.get('organization', 0)},"
+        f" keys {counts.get('api_key', 0)}, pods {counts.get('pod', 0)}, settings {counts.get('setting', 0)};"
+        f" check ok."
     )

@@ -12,6 +12,8 @@ from .api import accesslog
 from .serving.console import clear_failures
 from .storage import describe, is_url, open_storage, same_database
 from .storage.url import looks_like_connection_string
+from .storage import companions, database_file_suffix
+
 
 
 def org_name(ctx, param, value):
@@ -47,6 +49,17 @@ def database_target(ctx, param, value):
             "names a database server, not as pods reads one: write a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
         )
     return value
+
+
+class ReplicaURLs(click.ParamType):
+    """--replica: repeatable; its variable PODS_REPLICA holds URLs separated by commas.
+    Checked when serving (``serving/serve.py``), so that a refusal is one line."""
+
+    name = "URL"
+    envvar_list_splitter = ","
+
+    def convert(self, value, param, ctx):
+        return value.strip() if isinstance(value, str) else value
 
 
 def key_name(ctx, param, value):
@@ -111,3 +124,47 @@ def existing_database(target: str, current: bool = True, read_only: bool = False
             yield storage
         finally:
             storage.close()
+
+
+def check_backup_destination(path: str, source: str, force: bool) -> None:
+    if not path.strip():
+        raise click.BadParameter("must name a file", param_hint="PATH")
+    # PATH.partial is written first: it must not be the database either.
+    for written in (path, path + ".partial"):
+        suffix = database_file_suffix(written, source)
+        if suffix is not None:
+            what = f"the {suffix} file of the database" if suffix else "the database"
+            raise click.ClickException(
+                f"backup destination {written} is {what} being backed up ({source}); choose another path"
+            )
+    if os.path.lexists(path) and not force:
+        raise click.ClickException(f"{path} exists; add --force to replace it")
+    # A new file beside another database's WAL would have that WAL replayed into it.
+    in_use = [name for name in companions(path) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
+            f"{in_use[0]}, then run again"
+        )
+
+
+def check_copy_destination(path: str) -> None:
+    """A SQLite DEST of copy is no database's -wal, -shm or -journal file (SQLite
+    would take the copy for that database's journal, and delete it), and has none
+    of its own beside it (a new file beside another database's WAL would have that
+    WAL replayed into it): as backup refuses them."""
+    for spelling in dict.fromkeys([path, os.path.realpath(path)]):
+        for suffix in companions(""):  # "-wal", "-shm", "-journal"
+            if spelling.lower().endswith(suffix):  # any case: some file systems ignore it
+                base = spelling[: -len(suffix)]
+                whose = "the database" if os.path.lexists(base) else "a database"
+                raise click.ClickException(
+                    f"copy destination {path} is the {suffix} file of {whose} {base}: SQLite would take the"
+                    " copy for that database's own file and delete it; choose another path"
+                )
+    in_use = [name for name in companions(path) if os.path.lexists(name)]
+    if in_use:
+        raise click.ClickException(
+            f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
+            f"{in_use[0]}, then run again"
+        )

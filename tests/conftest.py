@@ -1,13 +1,45 @@
+"""The fixtures every folder shares: databases on each backend, the app and its
+client, keys, real servers (always stopped and checked), and the guard that keeps
+every test starting a process marked ``live``."""
+
 import os
 import secrets
+import shutil
+import sys
 
 import dbtools
 import pytest
+from helpers import Server, new_database, storage_of
 
 from pods import close_app, create_app
 from pods.api.auth import hash_key, new_token, token_prefix
-from pods.api.application import STORAGE_EXTENSION as EXTENSION_KEY
+from pods.storage import open_storage
 from pods.storage.url import redact
+
+# -- the live marker: a test that starts a process says so ---------------------------------
+
+_running = None  # the test item running in this process, if any
+
+
+def _refuse_unmarked_processes(event, args):
+    if event == "subprocess.Popen" and _running is not None and _running.get_closest_marker("live") is None:
+        raise pytest.fail.Exception(
+            f"{_running.nodeid} starts a process ({args[1]!r}) but is not marked live: "
+            f"add @pytest.mark.live (or pytestmark = pytest.mark.live for the whole file)")
+
+
+def pytest_configure(config):
+    sys.addaudithook(_refuse_unmarked_processes)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
 
 
 @pytest.fixture(scope="session")
@@ -42,29 +74,32 @@ def backend(request):
     return request.param
 
 
-def new_database(backend: str, folder, request) -> str:
-    """A new, empty database: a file in ``folder`` (SQLite) or a URL (PostgreSQL)."""
-    if backend == "sqlite":
-        return str(folder / "pods.db")
-    return dbtools.new_schema(request.getfixturevalue("postgres"))
-
-
 @pytest.fixture
 def database(backend, tmp_path, request):
     """A new, empty database for one test, on each backend in turn."""
     return new_database(backend, tmp_path, request)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A SQLite database at the current schema and holding nothing, made once: an
+    app's new database starts as a copy of it, which costs a file copy instead of
+    every migration's transaction (each an fsync)."""
+    path = tmp_path_factory.mktemp("template") / "pods.db"
+    storage = open_storage(str(path))
+    storage.prepare()
+    storage.close()
+    return path
+
+
 @pytest.fixture
-def app(database):
+def app(database, sqlite_template):
+    if not dbtools.is_url(database) and not os.path.exists(database):
+        shutil.copyfile(sqlite_template, database)
+        os.chmod(database, 0o600)  # as pods makes it
     app = create_app({"TESTING": True, "DB": database})
     yield app
     close_app(app)
-
-
-def storage_of(app):
-    """The app's storage (pods.storage), for tests that set up or read data directly."""
-    return app.extensions[EXTENSION_KEY]
 
 
 @pytest.fixture
@@ -127,10 +162,28 @@ def create(client, headers):
 
 
 @pytest.fixture
+def servers():
+    """servers(db, *args, **kwargs) -> a started ``helpers.Server``. At the end every
+    server it started is stopped, and only then are their exit statuses checked (0,
+    or the ``expect_exit`` each was given), so that one failing leaks no other."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(Server(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    problems = []
+    for server in started:
+        try:
+            server.close()
+        except AssertionError as e:
+            problems.append(str(e))
+    assert problems == []
+
+
+@pytest.fixture
 def live_server(database, tmp_path):
     """A real ``python app.py`` on a free loopback port, stopped with SIGTERM."""
-    from live import Server
-
-    server = Server(database, workdir=tmp_path)
-    yield server
-    assert server.stop() == 0
+    with Server(database, workdir=tmp_path) as server:
+        yield server

@@ -4,6 +4,7 @@ app, serve until signalled with one process or several, and close the database."
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import sys
@@ -13,10 +14,13 @@ import click
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
 from ..api.application import STORAGE_EXTENSION
-from ..storage import describe, is_url, open_storage
+from ..api.meta import REPLICA_LAG_KEY
+from ..storage import UnusableDatabase, describe, is_url, open_storage
+from ..storage.litestream import check_replica_url, find_litestream, hold_open
 from . import ratelimit, server, shutdown, workers
 from .channel import Deadlines
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
+from .replication import Replication
 
 log = logging.getLogger("pods.server")
 
@@ -36,6 +40,7 @@ class Settings:
     limits: ratelimit.Limits = ratelimit.Limits()  # --rate-limit, --key-rate-limit and their bursts
     queue_timeout: float = server.QUEUE_TIMEOUT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
+    replicas: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # --replica URLs: may hold a secret
 
     def app_config(self) -> dict:
         return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies}
@@ -53,15 +58,30 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         logstream.name_worker(0)  # the parent; each worker names itself 1..N in _serve_worker
     check_env_token(settings.api_key)
+    litestream = _litestream_for(settings)  # refused in one line before anything is done
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
     # The port first: a server refused there must not have made a database and shown its first key.
     sockets = _listen(settings.host, settings.port, settings.workers)
-    _prepare_database(settings.db, settings.api_key)
-    with clear_failures(settings.db):
-        # One process builds its app now, so a failure shows before "serving on";
-        # worker processes build their own after the fork (SQLite connections
-        # must not cross one).
-        app = create_app(settings.app_config()) if settings.workers == 1 else None
+    # Replicating, the database is held open until Litestream has it open too (``hold_open``).
+    keeper = hold_open(settings.db) if litestream else None
+    replication = None
+    try:
+        _prepare_database(settings.db, settings.api_key)
+        with clear_failures(settings.db):
+            # One process builds its app now, so a failure shows before "serving on";
+            # worker processes build their own after the fork (SQLite connections
+            # must not cross one).
+            app = create_app(settings.app_config()) if settings.workers == 1 else None
+        if litestream:
+            # Before the workers fork: they share its lag (an anonymous shared mapping).
+            replication = Replication(settings.db, settings.replicas[0], litestream)
+            replication.start()
+    finally:
+        if keeper is not None:
+            keeper.close()
+    lag = replication.lag.seconds if replication else None
+    if app is not None and lag:
+        app.extensions[REPLICA_LAG_KEY] = lag
 
     url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
@@ -73,19 +93,53 @@ def serve(settings: Settings) -> None:
         log.warning("%s; stdout could not be written", serving)
     # Made before the workers are forked: they share it, so a limit holds for the whole server.
     buckets = ratelimit.SharedBuckets() if settings.limits else None
-    if app is not None:
-        _serve_app(app, sockets[0], settings, buckets, on_exit=lambda: _close_database(app))
-        return
-    code = workers.run_workers([functools.partial(_serve_worker, settings, sock, number, buckets)
-                                for number, sock in enumerate(sockets, start=1)])
-    for sock in sockets:
-        sock.close()
-    # Once, after every worker is gone: a worker checkpointing while its siblings
-    # still serve would find the WAL in use.
-    with clear_failures(settings.db):
-        open_storage(settings.db).checkpoint()
+    try:
+        if app is not None:
+            _serve_app(app, sockets[0], settings, buckets, on_exit=lambda: _close_database(app, replication))
+            return
+        code = workers.run_workers([functools.partial(_serve_worker, settings, sock, number, lag, buckets)
+                                    for number, sock in enumerate(sockets, start=1)])
+        for sock in sockets:
+            sock.close()
+        if replication is not None:
+            replication.stop()  # every worker is gone: the last write is made
+        else:
+            # Once, after every worker is gone: a worker checkpointing while its siblings
+            # still serve would find the WAL in use.
+            with clear_failures(settings.db):
+                open_storage(settings.db).checkpoint()
+    finally:
+        if replication is not None:
+            replication.stop()  # also when serving failed: Litestream never outlives the server
     if code:
         sys.exit(code)
+
+
+def _litestream_for(settings: Settings) -> str | None:
+    """The Litestream binary to replicate with, or None without --replica; a
+    replica pods cannot stream to is refused in one line."""
+    if not settings.replicas:
+        return None
+    if is_url(settings.db):
+        raise click.ClickException(
+            "--replica streams a SQLite database; PostgreSQL replicates itself (streaming replication, "
+            "pg_basebackup): serve without --replica"
+        )
+    for url in settings.replicas:
+        try:
+            check_replica_url(url)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    if len(settings.replicas) > 1:
+        raise click.ClickException(
+            f"--replica given {len(settings.replicas)} times: Litestream 0.5 streams a database to one replica "
+            "(it dropped several, to keep one authority over a replica); name one"
+        )
+    try:
+        return find_litestream()
+    except UnusableDatabase as e:
+        raise click.ClickException(str(e)) from None
+
 
 
 def _listen(host: str, port: int, count: int):
@@ -130,7 +184,7 @@ def _discard_unused(storage) -> None:
             storage.discard_new()
 
 
-def _serve_worker(settings: Settings, sock, number: int, buckets) -> None:
+def _serve_worker(settings: Settings, sock, number: int, replica_lag=None, buckets=None) -> None:
     logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
     try:
         with clear_failures(settings.db):
@@ -138,6 +192,8 @@ def _serve_worker(settings: Settings, sock, number: int, buckets) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    if replica_lag is not None:
+        app.extensions[REPLICA_LAG_KEY] = replica_lag
     _serve_app(app, sock, settings, buckets, on_exit=lambda: close_app(app))
 
 
@@ -149,9 +205,19 @@ def _serve_app(app, sock, settings: Settings, buckets, on_exit) -> None:
     shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
 
 
-def _close_database(app) -> None:
+def _close_database(app, replication=None) -> None:
     close_app(app)
-    app.extensions[STORAGE_EXTENSION].checkpoint()
+    if replication is not None:
+        # Connections of finished request threads that nobody closed (a connection and
+        # its statement cache hold each other) are closed now, while Litestream still
+        # has the database open: one closed later, the last, would checkpoint and delete
+        # the WAL, and Litestream would start the replica over with a full snapshot.
+        gc.collect()
+        # The last request is answered: Litestream sends the last writes, then stops.
+        # No checkpoint after it (see replication.py): the WAL stays, part of the database.
+        replication.stop()
+    else:
+        app.extensions[STORAGE_EXTENSION].checkpoint()
 
 
 def bootstrap_key(storage, env_token: str | None) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from ..api import logstream
 from .server import BACKLOG
@@ -83,6 +84,17 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _wait_for_one_of(pids: set) -> tuple[int, int]:
+    """Reap the next of ``pids`` to exit: (its pid, its wait status). Other children
+    (Litestream, say: replication.py waits for its own) are left to whoever started
+    them, so they are only looked at here, not reaped."""
+    while True:
+        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if exited is not None and exited.si_pid in pids:
+            return os.waitpid(exited.si_pid, 0)
+        time.sleep(0.05)  # another's child: its owner reaps it in a moment
+
+
 def run_workers(jobs: list) -> int:
     """Fork one process per job (each serves until signalled), forward SIGTERM and
     SIGINT to them, and wait. If one dies unasked, stop the others too, so that a
@@ -122,7 +134,7 @@ def run_workers(jobs: list) -> int:
         signal.signal(sig, stop_all)
     status = 0
     while pids:
-        pid, wait_status = os.wait()
+        pid, wait_status = _wait_for_one_of(pids)
         pids.discard(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if code != 0 or not stopping:

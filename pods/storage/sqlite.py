@@ -247,7 +247,10 @@ def checkpoint(path: str) -> None:
     """Fold the WAL back into the database file and truncate it (at shutdown).
 
     Never waits: a reader elsewhere (a backup, a replication tool, an operator's
-    sqlite3 shell) may hold the WAL for minutes. Then the WAL stays, which loses
+    sqlite3 shell) may hold the WAL for minutes. Not called while replicating
+    (``serving/replication.py``): truncating the WAL is safe for Litestream, which
+    notices and starts over from a full snapshot, but that snapshot would be uploaded
+    at every start. Then the WAL stays, which loses
     nothing: it is part of the database, and SQLite folds it back later.
     """
     conn = connect(path, busy_timeout_ms=0)
@@ -302,7 +305,10 @@ def backup(source: sqlite3.Connection, dest: str) -> None:
     SQLite's online backup API.
 
     The copy is one read transaction, so it is consistent while the server keeps
-    writing (WAL readers do not block writers). It is written to ``dest.partial``
+    writing (WAL readers do not block writers). It is safe beside Litestream (--replica):
+    ``source`` is a read-only connection (``pods backup``), which never checkpoints,
+    not even at close, and a reader can neither restart nor truncate the WAL that
+    Litestream copies; the copy's own journal-mode change is made in the new file. It is written to ``dest.partial``
     (owner-only), checked, and only then renamed into place: one file, in rollback
     journal mode (serving it switches it to WAL again).
 

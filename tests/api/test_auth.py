@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from conftest import storage_of
+from helpers import storage_of
 
 from pods.api.errors import error_body
 

@@ -3,11 +3,10 @@ import re
 import threading
 
 import pytest
-from conftest import storage_of
+from helpers import URL, storage_of
 
 from pods import close_app, create_app
 
-URL = "/agent/v0/pods"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 

@@ -13,7 +13,7 @@ import string
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import storage_of
+from helpers import storage_of
 from flask import make_response
 
 from pods.api import pagetokens

@@ -3,202 +3,43 @@ may do what (the scope and permission matrices), no escalation, validation, the
 order of the checks, paging, used_at, and what pod deletion and the CLI do to
 keys. Real servers (the SDK, two workers, expiry by the clock): test_keys_live.py."""
 
-import os
-import re
-import shutil
-import time
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import pytest
-from agentmail.api_keys.types.api_key_permissions import ApiKeyPermissions
 from click.testing import CliRunner
 
-from conftest import new_database, storage_of
+from helpers import storage_of, wait_until
 from dbtools import query
 from pods import close_app, create_app
 from pods.api import keyuse
-from pods.api.permissions import PERMISSIONS, stored_permissions
-from pods.api.auth import hash_key, new_token, token_prefix, unauthenticated_situation
-from pods.api.errors import error_body
+from pods.api.permissions import stored_permissions
+from pods.api.auth import hash_key, new_token, token_prefix
 from pods.cli import cli
-from pods.storage import open_storage
 
-API = "/agent/v0"
-# The permission names the contract gives: the SDK's, in its order.
-SDK_PERMISSIONS = tuple(ApiKeyPermissions.model_fields)
-GATING = ("pod_read", "pod_create", "pod_delete", "api_key_read", "api_key_create", "api_key_update", "api_key_delete")
-POD_NOT_FOUND = error_body("pod_not_found")
-KEY_NOT_FOUND = error_body("api_key_not_found")
-CREATED_FIELDS = {"api_key_id", "api_key", "prefix", "name", "created_at"}
-KEY_FIELDS = {"type", "api_key_id", "prefix", "name", "created_at", "updated_at"}
-
-
-class Key(NamedTuple):
-    token: str
-    key_id: str
-
-    @property
-    def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def at(delta: timedelta) -> str:
-    """An RFC 3339 time ``delta`` from now, as a client writes it."""
-    return (datetime.now(UTC) + delta).isoformat().replace("+00:00", "Z")
-
-
-def stored_time(delta: timedelta) -> str:
-    """A time ``delta`` from now, as the server stores and shows it."""
-    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def store_key(app, org="acme", pod_id=None, permissions=None, expires_at=None, name=None) -> Key:
-    """A key stored directly (as the CLI does), so that what is tested is never also the set-up."""
-    token = new_token()
-    granted = None if permissions is None else stored_permissions(frozenset(permissions))
-    row = storage_of(app).insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, granted, expires_at)
-    return Key(token, row["key_id"])
-
-
-@pytest.fixture
-def new_key(app):
-    """new_key(org, pod_id, permissions, expires_at, name) -> Key (``store_key``)."""
-    return lambda *args, **kwargs: store_key(app, *args, **kwargs)
-
-
-def call(client, method, path, key=None, body=None, **kwargs):
-    headers = kwargs.pop("headers", {}) | (key.headers if key else {})
-    return client.open(API + path, method=method, headers=headers, json=body, **kwargs)
-
-
-def but(*missing) -> list:
-    """Every permission the SDK names but ``missing``."""
-    return [name for name in SDK_PERMISSIONS if name not in missing]
-
-
-ESCALATION = "permission_escalation"
-
-
-def assert_forbidden(r, *words, code="missing_permission"):
-    """A 403 in the contract's shape, of the kind ``code``, its message and fix naming
-    each of ``words``."""
-    assert r.status_code == 403, (r.status_code, r.json)
-    assert set(r.json) == {"name", "code", "message", "fix"}
-    assert (r.json["name"], r.json["code"]) == ("ForbiddenError", code)
-    assert all(word in r.json["message"] for word in words), r.json["message"]
-    names = [word for word in words if word in PERMISSIONS]
-    assert all(word in r.json["fix"] for word in names), r.json["fix"]
-
-
-def assert_unauthorized(r):
-    """The one 401 of a token that is not a live key; without a bearer token at all,
-    the code says that instead (nothing about any key)."""
-    assert r.status_code == 401
-    assert r.headers["WWW-Authenticate"].startswith("Bearer")
-    header = r.request.headers.get("Authorization")
-    code = unauthenticated_situation(header)
-    assert r.json == error_body(code)
-    assert r.json["code"] == code and r.json["fix"]
-
-
-@pytest.fixture
-def state(sql):
-    """state() -> every key and pod as stored (but used_at): to show a refusal changed nothing."""
-
-    def read():
-        keys = sql("SELECT key_id, org_id, pod_id, prefix, name, permissions, created_at, updated_at, expires_at,"
-                   " revoked_at FROM api_key ORDER BY key_id")
-        return keys, sql("SELECT * FROM pod ORDER BY pod_id")
-
-    return read
-
-
-class World(NamedTuple):
-    """Organization acme: pods A and B; its organization key ``root``; ``pod_key``
-    scoped to A; targets to act on: ``org_key`` (another organization key),
-    ``a_key`` (of pod A), ``b_key`` (of pod B). ``other``: a key of globex, which has
-    a pod G and another key ``g_key``. Every key has every permission."""
-
-    root: Key
-    pod_key: Key
-    other: Key
-    A: str
-    B: str
-    G: str
-    org_key: str
-    a_key: str
-    b_key: str
-    g_key: str
-
-    def path(self, template: str) -> str:
-        return template.format(**self._asdict())
-
-    def caller(self, who: str) -> Key:
-        return {"org": self.root, "pod": self.pod_key, "other": self.other}[who]
-
-
-@pytest.fixture(scope="module")
-def world_template(tmp_path_factory):
-    """The world, made once in a database of its own: (its path, the World)."""
-    path = tmp_path_factory.mktemp("world") / "world.db"
-    app = create_app({"TESTING": True, "DB": str(path)})
-    try:
-        client = app.test_client()
-        root, other = store_key(app, "acme", name="root"), store_key(app, "globex", name="globex root")
-        A, B = (call(client, "POST", "/pods", root, {"name": n}).json["pod_id"] for n in "AB")
-        G = call(client, "POST", "/pods", other, {"name": "G"}).json["pod_id"]
-        world = World(
-            root=root, pod_key=store_key(app, "acme", A, name="pod A's"), other=other, A=A, B=B, G=G,
-            org_key=store_key(app, "acme", name="org").key_id, a_key=store_key(app, "acme", A, name="a").key_id,
-            b_key=store_key(app, "acme", B, name="b").key_id, g_key=store_key(app, "globex", G, name="g").key_id,
-        )
-    finally:
-        storage_of(app).close()
-    return path, world
-
-
-@pytest.fixture(scope="module")
-def postgres_schema(request):
-    """One schema for this module's PostgreSQL tests, emptied and refilled per test
-    (much faster than a new schema and its tables each time)."""
-    database = new_database("postgres", None, request)
-    storage = open_storage(database)
-    try:
-        storage.prepare()
-    finally:
-        storage.close()
-    return database
-
-
-@pytest.fixture
-def app(backend, tmp_path, world_template, request):
-    """conftest's app, on a copy of the world's database (made once: a world costs a
-    dozen synchronous commits, and hundreds of tests start from one). On PostgreSQL
-    the copy is made with ``copy``'s own machinery."""
-    if backend == "sqlite":
-        database = new_database(backend, tmp_path, request)
-        for companion in ("", "-wal"):
-            if os.path.exists(f"{world_template[0]}{companion}"):
-                shutil.copy(f"{world_template[0]}{companion}", f"{database}{companion}")
-    else:
-        database = request.getfixturevalue("postgres_schema")
-        query(database, "TRUNCATE organization, pod, api_key, setting RESTART IDENTITY")
-        source, target = open_storage(str(world_template[0]), read_only=True), open_storage(database)
-        try:
-            with source.snapshot() as rows_of:
-                target.import_all(rows_of)
-        finally:
-            source.close()
-            target.close()
-    app = create_app({"TESTING": True, "DB": database})
-    yield app
-    close_app(app)
-
-
-@pytest.fixture
-def world(app, world_template):
-    return world_template[1]
+from keyworld import (  # the shared fixtures, by name, so that pytest finds them here
+    app,
+    new_key,
+    postgres_schema,
+    state,
+    world,
+    world_template,
+)
+from keyworld import (
+    CREATED_FIELDS,
+    ESCALATION,
+    KEY_FIELDS,
+    KEY_NOT_FOUND,
+    LIMITED,
+    POD_NOT_FOUND,
+    SDK_PERMISSIONS,
+    assert_forbidden,
+    assert_unauthorized,
+    at,
+    but,
+    call,
+    Key,
+    stored_time,
+)
 
 
 # -- shapes ---------------------------------------------------------------------------
@@ -307,177 +148,8 @@ def test_every_key_endpoint_needs_a_valid_key(client, world, state, method, path
     assert state() == before
 
 
-# -- the scope matrix -------------------------------------------------------------------
-
-# Every pod and key endpoint, for pod A, pod B and the organization's keys: the
-# status for the organization's key, pod A's key and a key of another organization.
-SCOPE_MATRIX = {
-    ("GET", "/pods"): (200, 200, 200),
-    ("POST", "/pods"): (200, 403, 200),
-    ("GET", "/pods/{A}"): (200, 200, 404),
-    ("GET", "/pods/{B}"): (200, 404, 404),
-    ("DELETE", "/pods/{A}"): (200, 200, 404),
-    ("DELETE", "/pods/{B}"): (200, 404, 404),
-    ("GET", "/api-keys"): (200, 200, 200),
-    ("POST", "/api-keys"): (200, 403, 200),
-    ("GET", "/api-keys/{org_key}"): (200, 404, 404),
-    ("GET", "/api-keys/{a_key}"): (200, 200, 404),
-    ("GET", "/api-keys/{b_key}"): (200, 404, 404),
-    ("PATCH", "/api-keys/{org_key}"): (200, 404, 404),
-    ("PATCH", "/api-keys/{a_key}"): (200, 200, 404),
-    ("PATCH", "/api-keys/{b_key}"): (200, 404, 404),
-    ("DELETE", "/api-keys/{org_key}"): (200, 404, 404),
-    ("DELETE", "/api-keys/{a_key}"): (200, 200, 404),
-    ("DELETE", "/api-keys/{b_key}"): (200, 404, 404),
-    ("GET", "/pods/{A}/api-keys"): (200, 200, 404),
-    ("GET", "/pods/{B}/api-keys"): (200, 404, 404),
-    ("POST", "/pods/{A}/api-keys"): (200, 200, 404),
-    ("POST", "/pods/{B}/api-keys"): (200, 404, 404),
-    ("PATCH", "/pods/{A}/api-keys/{a_key}"): (200, 200, 404),
-    ("PATCH", "/pods/{B}/api-keys/{b_key}"): (200, 404, 404),
-    ("DELETE", "/pods/{A}/api-keys/{a_key}"): (200, 200, 404),
-    ("DELETE", "/pods/{B}/api-keys/{b_key}"): (200, 404, 404),
-    # A key named under a pod's route that is not that pod's key.
-    ("PATCH", "/pods/{A}/api-keys/{b_key}"): (404, 404, 404),
-    ("PATCH", "/pods/{A}/api-keys/{org_key}"): (404, 404, 404),
-    ("DELETE", "/pods/{A}/api-keys/{b_key}"): (404, 404, 404),
-    ("DELETE", "/pods/{A}/api-keys/{org_key}"): (404, 404, 404),
-}
-CALLERS = ("org", "pod", "other")
-VISIBLE_PODS = {"org": {"{A}", "{B}"}, "pod": {"{A}"}, "other": set()}
-BODIES = {"/pods": {"name": "new pod"}}
-
-
-@pytest.mark.parametrize("who", CALLERS)
-@pytest.mark.parametrize("method,path", list(SCOPE_MATRIX))
-def test_scope_matrix(client, world, state, sql, who, method, path):
-    expected = SCOPE_MATRIX[method, path][CALLERS.index(who)]
-    body = {"POST": BODIES.get(path, {"name": "new key"}), "PATCH": {"name": "renamed"}}.get(method)
-    before = state()
-    r = call(client, method, world.path(path), world.caller(who), body)
-    assert r.status_code == expected, r.json
-    if expected == 404:
-        # The first thing named that the caller may not see is what was not found.
-        pod = path.split("/")[2] if path.startswith("/pods/") else None
-        pod_hidden = pod is not None and pod not in VISIBLE_PODS[who]
-        assert r.json == (POD_NOT_FOUND if pod_hidden or not path.endswith("_key}") else KEY_NOT_FOUND)
-    if expected == 403:
-        assert_forbidden(r, f"scoped to pod {world.A}", code="forbidden")
-    if expected != 200:
-        assert state() == before
-        return
-    # What a success did, as the owner of what was touched sees it.
-    owner = world.other if who == "other" else world.root
-    if method == "POST" and "api-keys" in path:
-        made = r.json
-        row = sql("SELECT o.name, k.pod_id FROM api_key k JOIN organization o USING (org_id) WHERE key_id = ?",
-                  (made["api_key_id"],))
-        pod = world.A if "{A}" in path else world.B if "{B}" in path else None
-        assert row == [("globex" if who == "other" else "acme", pod)]
-        assert made.get("pod_id") == pod
-    if method == "POST" and path == "/pods":
-        assert call(client, "GET", f"/pods/{r.json['pod_id']}", owner).status_code == 200
-    if method == "PATCH":
-        assert r.json["name"] == "renamed" and r.json["api_key_id"] == world.path(path).rsplit("/", 1)[1]
-    if method == "DELETE":
-        key_path = re.sub(r"^/pods/\{[AB]\}/api-keys/", "/api-keys/", path)
-        assert call(client, "GET", world.path(key_path), owner).status_code == 404
-
-
-@pytest.mark.parametrize("who,pods,keys", [
-    ("org", {"A", "B"}, {"root", "pod_key", "org_key", "a_key", "b_key"}),
-    ("pod", {"A"}, {"pod_key", "a_key"}),
-    ("other", {"G"}, {"other", "g_key"}),
-])
-def test_lists_show_exactly_what_the_key_may_see(client, world, who, pods, keys):
-    ids = {name: value.key_id if isinstance(value, Key) else value for name, value in world._asdict().items()}
-    key = world.caller(who)
-    listed = call(client, "GET", "/pods", key).json
-    assert {p["pod_id"] for p in listed["pods"]} == {ids[p] for p in pods}
-    listed = call(client, "GET", "/api-keys", key, query_string={"limit": 100}).json
-    assert {k["api_key_id"] for k in listed["api_keys"]} == {ids[k] for k in keys}
-    assert listed["count"] == len(keys)
-    if who != "other":
-        under_a = call(client, "GET", f"/pods/{world.A}/api-keys", key).json["api_keys"]
-        assert {k["api_key_id"] for k in under_a} == {world.pod_key.key_id, world.a_key}
-        assert {k["pod_id"] for k in under_a} == {world.A}
-
-
-@pytest.mark.parametrize("who,method,hidden,ghost", [
-    ("pod", "GET", "/pods/{B}", "/pods/no-such-pod"),
-    ("pod", "DELETE", "/pods/{B}", "/pods/no-such-pod"),
-    ("pod", "GET", "/api-keys/{org_key}", "/api-keys/0123456789abcdef"),
-    ("pod", "PATCH", "/api-keys/{b_key}", "/api-keys/0123456789abcdef"),
-    ("pod", "POST", "/pods/{B}/api-keys", "/pods/no-such-pod/api-keys"),
-    ("pod", "DELETE", "/pods/{B}/api-keys/{b_key}", "/pods/no-such-pod/api-keys/{b_key}"),
-    ("org", "DELETE", "/pods/{A}/api-keys/{b_key}", "/pods/{A}/api-keys/0123456789abcdef"),
-    ("other", "GET", "/pods/{A}", "/pods/no-such-pod"),
-    ("other", "GET", "/api-keys/{a_key}", "/api-keys/0123456789abcdef"),
-    ("other", "PATCH", "/pods/{A}/api-keys/{a_key}", "/pods/no-such-pod/api-keys/{a_key}"),
-    ("other", "GET", "/pods/{A}/api-keys", "/pods/no-such-pod/api-keys"),
-])
-def test_what_a_key_may_not_see_answers_as_if_it_did_not_exist(client, world, who, method, hidden, ghost):
-    body = {"name": "x"} if method in ("POST", "PATCH") else None
-    seen = call(client, method, world.path(hidden), world.caller(who), body)
-    never = call(client, method, world.path(ghost), world.caller(who), body)
-    assert seen.status_code == never.status_code == 404
-    assert seen.get_data() == never.get_data()
-
-
-# -- the permission matrix ---------------------------------------------------------------
-
-GRANTABLE = {"name": "new", "permissions": {"inbox_read": True}}  # grants nothing the caller lacks
-# Each endpoint, the body it is sent, and the one permission that gates it.
-GATED = [
-    ("GET", "/pods", None, "pod_read"),
-    ("POST", "/pods", {"name": "new pod"}, "pod_create"),
-    ("GET", "/pods/{A}", None, "pod_read"),
-    ("DELETE", "/pods/{A}", None, "pod_delete"),
-    ("GET", "/api-keys", None, "api_key_read"),
-    ("POST", "/api-keys", GRANTABLE, "api_key_create"),
-    ("GET", "/api-keys/{a_key}", None, "api_key_read"),
-    ("PATCH", "/api-keys/{a_key}", {"name": "renamed"}, "api_key_update"),
-    ("DELETE", "/api-keys/{a_key}", None, "api_key_delete"),
-    ("GET", "/pods/{A}/api-keys", None, "api_key_read"),
-    ("POST", "/pods/{A}/api-keys", GRANTABLE, "api_key_create"),
-    ("PATCH", "/pods/{A}/api-keys/{a_key}", {"name": "renamed"}, "api_key_update"),
-    ("DELETE", "/pods/{A}/api-keys/{a_key}", None, "api_key_delete"),
-]
-# What a pod-scoped key may not do whatever its permissions (checked after the permission).
-ORGANIZATION_ONLY = {("POST", "/pods"), ("POST", "/api-keys")}
-
-
-@pytest.mark.parametrize("scope", ["org", "pod"])
-@pytest.mark.parametrize("missing", GATING)
-@pytest.mark.parametrize("method,path,body,gate", GATED, ids=[f"{m} {p}" for m, p, _, _ in GATED])
-def test_permission_matrix(client, world, new_key, state, scope, missing, method, path, body, gate):
-    key = new_key("acme", world.A if scope == "pod" else None, but(missing))
-    before = state()
-    r = call(client, method, world.path(path), key, body)
-    if gate == missing:
-        assert_forbidden(r, missing)
-        assert state() == before
-    elif scope == "pod" and (method, path) in ORGANIZATION_ONLY:
-        assert_forbidden(r, f"scoped to pod {world.A}", code="forbidden")
-        assert state() == before
-    else:
-        assert r.status_code == 200, r.json
-
-
-def test_key_routes_under_a_pod_need_the_key_permission_not_pod_read(client, world, new_key):
-    key = new_key("acme", world.A, ["api_key_read", "api_key_create", "api_key_update", "api_key_delete"])
-    assert call(client, "GET", f"/pods/{world.A}/api-keys", key).status_code == 200
-    made = call(client, "POST", f"/pods/{world.A}/api-keys", key, {"permissions": {"api_key_read": True}})
-    assert made.status_code == 200
-    path = f"/pods/{world.A}/api-keys/{made.json['api_key_id']}"
-    assert call(client, "PATCH", path, key, {"name": "n"}).status_code == 200
-    assert call(client, "DELETE", path, key).status_code == 200
-    assert_forbidden(call(client, "GET", f"/pods/{world.A}", key), "pod_read")
-
-
 # -- no escalation --------------------------------------------------------------------------
 
-LIMITED = ["pod_read", "api_key_read", "api_key_create", "api_key_update", "api_key_delete", "inbox_read"]
 
 
 def key_count(sql) -> int:
@@ -621,177 +293,6 @@ def test_no_key_creates_a_key_for_a_pod_outside_its_scope(client, world, state, 
     before = state()
     r = call(client, "POST", f"/pods/{getattr(world, pod)}/api-keys", world.caller(who), {"permissions": {}})
     assert (r.status_code, r.json) == (404, POD_NOT_FOUND)
-    assert state() == before
-
-
-# -- validation --------------------------------------------------------------------------------
-
-BAD_CREATE = [
-    ({"name": ""}, "name"), ({"name": "x" * 256}, "name"), ({"name": "a\nb"}, "name"), ({"name": "\x7f"}, "name"),
-    ({"name": "tab\there"}, "name"), ({"name": 5}, "name"), ({"name": True}, "name"), ({"name": ["n"]}, "name"),
-    ({"permissions": []}, "permissions"), ({"permissions": "pod_read"}, "permissions"),
-    ({"permissions": True}, "permissions"), ({"permissions": {"pod_read": "true"}}, "permissions"),
-    ({"permissions": {"pod_read": 1}}, "permissions"), ({"permissions": {"pod_read": {}}}, "permissions"),
-    ({"permissions": {"pod_admin": True}}, "permissions"), ({"permissions": {"Pod_Read": True}}, "permissions"),
-    ({"permissions": {"pod_read ": True}}, "permissions"),
-    ({"permissions": {"pod_read": True, "x": False}}, "permissions"),
-    ({"expires_at": ""}, "expires_at"), ({"expires_at": "tomorrow"}, "expires_at"),
-    ({"expires_at": "2999-01-01"}, "expires_at"), ({"expires_at": "2999-01-01T00:00:00"}, "expires_at"),
-    ({"expires_at": "2000-01-01T00:00:00Z"}, "expires_at"), ({"expires_at": "2999-02-30T00:00:00Z"}, "expires_at"),
-    ({"expires_at": 32503680000}, "expires_at"), ({"expires_at": True}, "expires_at"),
-    ({"public_key": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}}, "public_key"),
-    ({"public_key": "-----BEGIN PUBLIC KEY-----"}, "public_key"), ({"public_key": {}}, "public_key"),
-    ({"colour": "red"}, "colour"), ({"pod_id": "x"}, "pod_id"), ({"api_key": "pods_mine"}, "api_key"),
-    ({"type": "bearer"}, "type"), ({"inbox_id": "i"}, "inbox_id"), ({"client_id": "c"}, "client_id"),
-]
-
-
-@pytest.mark.parametrize("route", ["/api-keys", "/pods/{A}/api-keys"])
-@pytest.mark.parametrize("body,field", BAD_CREATE)
-def test_a_bad_create_body_is_400_naming_the_field_and_creates_nothing(client, world, state, route, body, field):
-    before = state()
-    r = call(client, "POST", world.path(route), world.root, body)
-    assert r.status_code == 400, r.json
-    assert (r.json["name"], r.json["code"]) == ("ValidationError", "validation_error")
-    assert set(r.json["errors"]) == {field}
-    assert state() == before
-
-
-def test_every_offending_field_is_named_at_once(client, world, state):
-    before = state()
-    body = {"name": "", "permissions": {"nope": True}, "expires_at": "soon", "public_key": {}, "colour": 1}
-    r = call(client, "POST", "/api-keys", world.root, body)
-    assert r.status_code == 400
-    assert set(r.json["errors"]) == set(body)
-    assert r.json["errors"]["permissions"] == ["nope: Unknown field."]  # the unknown permission name itself
-    assert state() == before
-
-
-def test_an_expiry_past_the_last_utc_time_is_400(client, world, state):
-    before = state()
-    r = call(client, "POST", "/api-keys", world.root, {"expires_at": "9999-12-31T23:59:59-23:59"})
-    assert (r.status_code, set(r.json["errors"])) == (400, {"expires_at"})
-    assert state() == before
-
-
-BAD_PATCH = [
-    ({"expires_at": at(timedelta(days=1))}, "expires_at"), ({"expires_at": None}, "expires_at"),
-    ({"public_key": {"kty": "EC"}}, "public_key"), ({"pod_id": "x"}, "pod_id"), ({"type": "bearer"}, "type"),
-    ({"api_key_id": "x"}, "api_key_id"), ({"prefix": "pods_"}, "prefix"), ({"created_at": "x"}, "created_at"),
-] + [(body, field) for body, field in BAD_CREATE if field in ("name", "permissions")]
-
-
-@pytest.mark.parametrize("route", ["/api-keys/{a_key}", "/pods/{A}/api-keys/{a_key}"])
-@pytest.mark.parametrize("body,field", BAD_PATCH)
-def test_a_bad_patch_body_is_400_naming_the_field_and_changes_nothing(client, world, state, route, body, field):
-    before = state()
-    r = call(client, "PATCH", world.path(route), world.root, body)
-    assert r.status_code == 400, r.json
-    assert set(r.json["errors"]) == {field}
-    assert state() == before
-
-
-@pytest.mark.parametrize("method,route", [("POST", "/api-keys"), ("POST", "/pods/{A}/api-keys"),
-                                          ("PATCH", "/api-keys/{a_key}"), ("PATCH", "/pods/{A}/api-keys/{a_key}")])
-@pytest.mark.parametrize("data,content_type,status,name", [
-    (b"[]", "application/json", 400, "ValidationError"),
-    (b'"name"', "application/json", 400, "ValidationError"),
-    (b"{", "application/json", 400, "ValidationError"),
-    (b'{"name": "a", "name": "b"}', "application/json", 400, "ValidationError"),
-    (b'{"name": "\\ud800"}', "application/json", 400, "ValidationError"),
-    (b'{"name": "x"}', "text/plain", 415, "UnsupportedMediaTypeError"),
-    (b'{"name": "x"}', "application/x-www-form-urlencoded", 415, "UnsupportedMediaTypeError"),
-    (b'{"name": "' + b"x" * (64 * 1024) + b'"}', "application/json", 413, "PayloadTooLargeError"),
-], ids=["array", "string", "truncated", "duplicate-key", "lone-surrogate", "text", "form", "too-large"])
-def test_bodies_follow_the_pod_rules(client, world, state, method, route, data, content_type, status, name):
-    before = state()
-    r = call(client, method, world.path(route), world.root, data=data, content_type=content_type)
-    assert (r.status_code, r.json["name"]) == (status, name)
-    assert state() == before
-
-
-@pytest.mark.parametrize("method,route", [("POST", "/api-keys"), ("PATCH", "/api-keys/{a_key}")])
-def test_an_empty_body_is_an_empty_object(client, world, method, route):
-    r = call(client, method, world.path(route), world.root, data=b"")
-    assert r.status_code == 200 and r.json["name"]
-
-
-def test_patch_renames_and_replaces_the_whole_permissions_object(client, world):
-    path = f"/api-keys/{world.a_key}"
-    before = call(client, "GET", path, world.root).json
-    time.sleep(0.002)
-    r = call(client, "PATCH", path, world.root, {"permissions": {"pod_read": True, "pod_create": True}})
-    assert r.status_code == 200 and r.json["permissions"] == {"pod_read": True, "pod_create": True}
-    assert r.json["updated_at"] > before["updated_at"] and r.json["created_at"] == before["created_at"]
-    r = call(client, "PATCH", path, world.root, {"permissions": {"pod_delete": True}})
-    assert r.json["permissions"] == {"pod_delete": True}  # replaced, not merged
-    r = call(client, "PATCH", path, world.root, {"name": "renamed"})
-    assert (r.json["name"], r.json["permissions"]) == ("renamed", {"pod_delete": True})
-    r = call(client, "PATCH", path, world.root, {"name": None, "permissions": None})
-    assert (r.json["name"], r.json["permissions"]) == ("renamed", {"pod_delete": True})
-    assert call(client, "GET", path, world.root).json == r.json
-    assert {k: r.json[k] for k in ("pod_id", "prefix", "api_key_id")} == {
-        k: before[k] for k in ("pod_id", "prefix", "api_key_id")}
-
-
-# -- the order of the checks ------------------------------------------------------------------------
-
-TOO_LARGE = b'{"permissions": {"pod_delete": true}, "name": "' + b"x" * (64 * 1024) + b'"}'
-ESCALATING = b'{"permissions": {"pod_delete": true}}'
-
-
-@pytest.mark.parametrize("who,method,path,data,content_type,status,words", [
-    # 401 first: before any permission, scope or body.
-    ("nobody", "POST", "/pods/no-such-pod/api-keys", TOO_LARGE, "application/json", 401, ()),
-    ("stranger", "PATCH", "/api-keys/0123456789abcdef", b"{", "text/plain", 401, ()),
-    # The endpoint's permission before scope and body.
-    ("no_create", "POST", "/pods/no-such-pod/api-keys", TOO_LARGE, "application/json", 403, ("api_key_create",)),
-    ("no_create", "POST", "/api-keys", b"{", "text/plain", 403, ("api_key_create",)),
-    ("no_read", "GET", "/api-keys/0123456789abcdef", None, None, 403, ("api_key_read",)),
-    ("pod_no_update", "PATCH", "/pods/{B}/api-keys/{b_key}", b'{"colour": 1}', "application/json", 403,
-     ("api_key_update",)),
-    ("pod_no_read", "GET", "/pods/{B}", None, None, 403, ("pod_read",)),
-    ("pod_no_create", "POST", "/pods", b'{"colour": 1}', "application/json", 403, ("pod_create",)),
-    ("pod_no_create", "POST", "/api-keys", b"{}", "application/json", 403, ("api_key_create",)),
-    # Scope (404) before the body.
-    ("pod", "POST", "/pods/{B}/api-keys", TOO_LARGE, "application/json", 404, ()),
-    ("pod", "PATCH", "/api-keys/{org_key}", b"{}", "text/plain", 404, ()),
-    ("pod", "PATCH", "/pods/{A}/api-keys/{b_key}", b'{"colour": 1}', "application/json", 404, ()),
-    ("org", "POST", "/pods/no-such-pod/api-keys", b"{", "application/json", 404, ()),
-    ("other", "PATCH", "/pods/{A}/api-keys/{a_key}", TOO_LARGE, "application/json", 404, ()),
-    # The body before escalation; 413 before 415 before 400.
-    ("limited", "POST", "/api-keys", TOO_LARGE, "text/plain", 413, ()),
-    ("limited", "POST", "/pods/{A}/api-keys", ESCALATING, "text/plain", 415, ()),
-    ("limited", "POST", "/api-keys", b'{"permissions": {"pod_delete": true}, "colour": 1}', "application/json",
-     400, ()),
-    ("limited", "PATCH", "/api-keys/{a_key}", b'{"permissions": {"pod_delete": true}, "name": ""}',
-     "application/json", 400, ()),
-    ("expiring", "POST", "/api-keys", b'{"expires_at": "2999-01-01T00:00:00Z", "name": 7}', "application/json",
-     400, ()),
-    # Escalation last.
-    ("limited", "POST", "/pods/{A}/api-keys", ESCALATING, "application/json", 403, ("pod_delete",)),
-    ("expiring", "POST", "/api-keys", b'{"expires_at": "2999-01-01T00:00:00Z"}', "application/json", 403,
-     ("expires",)),
-])
-def test_checks_run_in_the_contracts_order(client, world, new_key, state, who, method, path, data, content_type,
-                                           status, words):
-    keys = {
-        "nobody": None, "stranger": Key("pods_" + "x" * 43, "-"), "org": world.root, "pod": world.pod_key,
-        "other": world.other,
-        "no_create": new_key("acme", None, but("api_key_create")),
-        "no_read": new_key("acme", None, but("api_key_read")),
-        "pod_no_update": new_key("acme", world.A, but("api_key_update")),
-        "pod_no_read": new_key("acme", world.A, but("pod_read")),
-        "pod_no_create": new_key("acme", world.A, but("pod_create", "api_key_create")),
-        "limited": new_key("acme", None, LIMITED),
-        "expiring": new_key("acme", None, None, stored_time(timedelta(hours=1))),
-    }
-    before = state()
-    kwargs = {} if data is None else {"data": data, "content_type": content_type}
-    r = call(client, method, world.path(path), keys[who], **kwargs)
-    assert r.status_code == status, r.json
-    if status == 403:
-        assert_forbidden(r, *words, code=ESCALATION if who in ("limited", "expiring") else "missing_permission")
     assert state() == before
 
 
@@ -1014,10 +515,13 @@ def test_used_at_appears_after_a_use(database):
         start = datetime.now(UTC)
         assert "used_at" not in call(client, "GET", f"/api-keys/{used.key_id}", root).json
         assert call(client, "GET", "/pods", used).status_code == 200
-        deadline = time.monotonic() + 30
-        while "used_at" not in (got := call(client, "GET", f"/api-keys/{used.key_id}", root).json):
-            assert time.monotonic() < deadline, "used_at never appeared"
-            time.sleep(0.05)
+
+        def shown_with_used_at():
+            shown = call(client, "GET", f"/api-keys/{used.key_id}", root).json
+            return shown if "used_at" in shown else None
+
+        got = wait_until(shown_with_used_at, timeout=30)
+        assert got, "used_at never appeared"
         used_at = datetime.fromisoformat(got["used_at"])
         assert start <= used_at <= datetime.now(UTC)
         assert got["used_at"].endswith("Z") and len(got["used_at"]) == len(got["created_at"])

@@ -2,9 +2,7 @@ import itertools
 import string
 
 import pytest
-
-
-URL = "/agent/v0/pods"
+from helpers import URL
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The published description matches what the server really does."""
 
-URL = "/agent/v0/pods"
+from helpers import URL
 
 
 def doc(client):

@@ -1,10 +1,10 @@
 """Get and delete one pod."""
 
 import pytest
+from helpers import URL
 
 from pods.api.errors import error_body
 
-URL = "/agent/v0/pods"
 NOT_FOUND = error_body("pod_not_found")
 
 
@@ -78,7 +78,7 @@ def test_another_organizations_pod_is_404_and_untouched(client, make_key, create
 
 def statements_run(app, backend, monkeypatch) -> list:
     """The SQL statements the app runs from now on, in this thread, as they are sent."""
-    from conftest import storage_of
+    from helpers import storage_of
 
     sent = []
     if backend == "sqlite":

@@ -5,9 +5,8 @@ import uuid
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from helpers import URL
 
-
-URL = "/agent/v0/pods"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Examples share one app: every example uses an organization of its own, and

@@ -6,10 +6,10 @@ import json
 
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
+from helpers import URL
 
 from pods.api.errors import error_body
 
-URL = "/agent/v0/pods"
 NOT_FOUND = error_body("not_found")
 POD_NOT_FOUND = error_body("pod_not_found")
 METHOD_NOT_ALLOWED = error_body("method_not_allowed")

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from live import APP, run_app
-
-from conftest import storage_of
+from helpers import APP, run_app, storage_of
 
 from pods import create_app
 from pods.storage import sqlite as db
@@ -263,6 +261,7 @@ def test_pods_api_key_that_is_another_organizations_key_is_left_as_it_is_with_a_
         storage.close()
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", [
     " postgresql://u:S3CRET@127.0.0.1/x", "postgresql+psycopg://u:S3CRET@127.0.0.1/x",
     "jdbc:postgresql://127.0.0.1/x?user=u&password=S3CRET", "postgresql:u:S3CRET@h/x",
@@ -279,6 +278,7 @@ def test_a_database_server_spelled_otherwise_than_a_url_is_refused_not_taken_for
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.live
 def test_a_directory_is_refused_as_a_database_in_one_line(tmp_path):
     for args in (["--port", "0", "--db", str(tmp_path)], ["keys", "list", "--db", str(tmp_path)],
                  ["check", "--db", str(tmp_path)], ["copy", str(tmp_path), str(tmp_path / "x.db")]):
@@ -288,6 +288,7 @@ def test_a_directory_is_refused_as_a_database_in_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.live
 def test_a_file_name_with_one_name_value_pair_is_still_a_file(tmp_path):
     result = run_app("init", "--db", "user=alice.db", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -423,6 +424,7 @@ def test_commands_on_an_older_schema_refuse_and_say_what_to_run(v1_copy, command
     assert sorted(os.listdir(Path(v1_copy).parent)) == ["old.db"]
 
 
+@pytest.mark.live
 def test_migrate_upgrades_an_older_database_logging_each_step(v1_copy):
     before = key_rows(v1_copy)
     result = run_app("migrate", "--db", v1_copy)
@@ -457,6 +459,7 @@ def assert_one_line_on_stderr(result, *words):
     assert all(word in lines[0] for word in words), lines[0]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("stdout", [None, "/dev/full"], ids=["closed", "unwritable"])
 def test_keys_create_stores_nothing_it_cannot_show(dbpath, stdout):
     before = key_rows(dbpath)
@@ -465,6 +468,7 @@ def test_keys_create_stores_nothing_it_cannot_show(dbpath, stdout):
     assert key_rows(dbpath) == before
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("stdout", [None, "/dev/full"], ids=["closed", "unwritable"])
 def test_init_leaves_nothing_when_it_cannot_show_the_key(tmp_path, stdout):
     result = run_with_stdout(stdout, "init", "--db", str(tmp_path / "new.db"))

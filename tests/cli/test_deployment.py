@@ -19,7 +19,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,16 +28,15 @@ import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
-from live import APP, Server, run_app
+from helpers import APP, Server, run_app, wait_until
+
+from pods.api.errors import error_body
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 UNITS = ROOT / "contrib" / "systemd"
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
-TOO_LARGE_BODY = {"name": "PayloadTooLargeError", "message": "Request body is larger than 64 KiB.",
-                  "code": "payload_too_large"}  # pods' own 413 (pods/errors.py), which the proxies repeat
+TOO_LARGE_BODY = error_body("payload_too_large")  # pods' own 413 (pods/api/errors.py), which the proxies repeat
 BODY_LIMIT = 64 * 1024
-
-pytestmark = pytest.mark.live
 
 
 def missing(reason: str):
@@ -117,6 +115,7 @@ def system_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("unit", [p.name for p in unit_paths()])
 def test_systemd_analyze_verify_passes_on_every_unit(system_root, unit):
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={system_root}",
@@ -124,6 +123,7 @@ def test_systemd_analyze_verify_passes_on_every_unit(system_root, unit):
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
 
 
+@pytest.mark.live
 def test_verify_fails_without_the_program_so_it_checks_the_path(system_root, tmp_path):
     """The stand-ins matter: without /opt/pods/bin/pods in the root, verify refuses the unit."""
     root = tmp_path / "root"
@@ -166,6 +166,7 @@ def test_the_service_unit_keeps_secrets_out_and_state_in():
     assert "install -m 0600 /dev/null /etc/pods/pods.env" in steps and "install -d -m 0700 /etc/pods" in steps
 
 
+@pytest.mark.live
 def test_the_security_exposure_is_what_the_deployment_guide_says(system_root):
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--root={system_root}",
                              "pods.service"], capture_output=True, text=True, timeout=60)
@@ -231,6 +232,7 @@ os.execv(argv[0], argv)
 """
 
 
+@pytest.mark.live
 def test_pods_serves_under_the_units_system_call_filter_families_and_w_xor_x(tmp_path):
     """systemd cannot run here (it is not PID 1), so pods.service's filters are built the
     way systemd builds them: the allow list of @system-service less @privileged, from
@@ -265,16 +267,13 @@ def test_pods_serves_under_the_units_system_call_filter_families_and_w_xor_x(tmp
                              capture_output=True, text=True, timeout=60)
     assert refused.stdout.split("\n")[:2] == ["chroot refused", "netlink refused"], refused.stderr
 
-    server = Server(tmp_path / "pods.db", "--workers", "2", command=command, workdir=tmp_path)
-    try:
+    with Server(tmp_path / "pods.db", "--workers", "2", command=command, workdir=tmp_path) as server:
         status = Path(f"/proc/{server.proc.pid}/status").read_text()
         assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status  # filtered, as systemd would
         headers = {"Authorization": f"Bearer {server.bootstrap_token}"}
         created = httpx.post(server.url + "/agent/v0/pods", json={"client_id": "sandboxed"}, headers=headers)
         assert created.status_code == 200, created.text
         assert httpx.get(server.url + "/agent/v0/pods", headers=headers).json()["count"] == 1
-    finally:
-        assert server.stop() == 0, server.stderr
     assert "Traceback" not in server.stderr and "EPERM" not in server.stderr and "Operation not permitted" \
         not in server.stderr, server.stderr
     assert dbtools.query(str(tmp_path / "pods.db"), "SELECT client_id FROM pod") == [("sandboxed",)]
@@ -318,9 +317,8 @@ def certificate(tmp_path_factory) -> Certificate:
 @pytest.fixture
 def pods_behind_proxy(tmp_path):
     """A real pods that trusts the proxy on 127.0.0.1 for X-Forwarded-For."""
-    server = Server(tmp_path / "pods.db", "--trusted-proxy", "127.0.0.1", workdir=tmp_path)
-    yield server
-    assert server.stop() == 0
+    with Server(tmp_path / "pods.db", "--trusted-proxy", "127.0.0.1", workdir=tmp_path) as server:
+        yield server
 
 
 def rewritten(text: str, replacements: dict[str, str]) -> str:
@@ -333,16 +331,19 @@ def rewritten(text: str, replacements: dict[str, str]) -> str:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def listening_or_exited():
         if proc.poll() is not None:
-            pytest.fail(f"the proxy exited {proc.returncode}: {log.read_text() if log.exists() else ''}")
+            return True
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    pytest.fail("the proxy did not listen")
+            return False
+
+    if not wait_until(listening_or_exited, timeout=30):
+        pytest.fail("the proxy did not listen")
+    if proc.poll() is not None:
+        pytest.fail(f"the proxy exited {proc.returncode}: {log.read_text() if log.exists() else ''}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -439,14 +440,14 @@ def proxy(request):
 def access_lines(server: Server, request_id: str, count: int = 1) -> list[str]:
     """pods' access lines of requests with this id, once ``count`` of them are
     written (the log is written by a thread of its own), or all there are after 5 s."""
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [line for line in server.stderr.splitlines() if f"request_id={request_id} " in line]
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
+    def lines():
+        return [line for line in server.stderr.splitlines() if f"request_id={request_id} " in line]
+
+    wait_until(lambda: len(lines()) >= count, timeout=5)
+    return lines()
 
 
+@pytest.mark.live
 def test_the_sdk_works_over_https_through_the_proxy_and_pods_logs_the_real_client(
         proxy, certificate, pods_behind_proxy):
     name, https, _ = proxy
@@ -468,6 +469,7 @@ def test_the_sdk_works_over_https_through_the_proxy_and_pods_logs_the_real_clien
     assert all(line.endswith(" client=127.0.0.2") for line in lines), lines
 
 
+@pytest.mark.live
 def test_plain_http_is_only_a_redirect_to_https(nginx, pods_behind_proxy):
     _, http = nginx
     answer = httpx.get(f"http://127.0.0.1:{http}/agent/v0/pods", headers={"X-Request-Id": "plain-http"})
@@ -475,6 +477,7 @@ def test_plain_http_is_only_a_redirect_to_https(nginx, pods_behind_proxy):
     assert access_lines(pods_behind_proxy, "plain-http", count=0) == []
 
 
+@pytest.mark.live
 def test_a_body_over_the_limit_is_refused_by_the_proxy_with_pods_own_413(proxy, certificate, pods_behind_proxy):
     name, https, _ = proxy
     url = f"https://127.0.0.1:{https}/agent/v0/pods"
@@ -515,6 +518,7 @@ def postgres_admin(request):
     return dbtools.ADMIN_URL
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("variant", ["public", "own-schema"])
 def test_the_postgresql_recipe_works_as_written_with_a_role_that_is_no_superuser(
         postgres_admin, tmp_path, variant):
@@ -554,13 +558,10 @@ def test_the_postgresql_recipe_works_as_written_with_a_role_that_is_no_superuser
         owners = dbtools.query(dbtools.with_database(postgres_admin, name),
                                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = ?", (schema,))
         assert owners == [(name,)]
-        server = Server(url, workdir=tmp_path)
-        try:
+        with Server(url, workdir=tmp_path) as server:
             made = httpx.post(server.url + "/agent/v0/pods", json={"client_id": "on-postgres"},
                               headers={"Authorization": f"Bearer {token}"})
             assert made.status_code == 200, made.text
-        finally:
-            assert server.stop() == 0
         checked = run_app("check", env={"PODS_DB": url}, cwd=tmp_path)
         assert checked.returncode == 0 and checked.stdout.strip().endswith(": ok"), checked.stderr
     finally:

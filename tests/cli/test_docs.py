@@ -633,13 +633,10 @@ def run_examples(path: Path, url: str, key: str, home: Path) -> list[str]:
 @pytest.fixture
 def server(tmp_path):
     """A new server on a new SQLite database: (url, its first key)."""
-    from live import Server
+    from helpers import Server
 
-    server = Server(tmp_path / "pods.db")
-    try:
+    with Server(tmp_path / "pods.db") as server:
         yield server.url, server.bootstrap_token
-    finally:
-        assert server.stop() == 0, server.stderr
 
 
 def test_api_md_has_examples_of_every_kind():
@@ -724,3 +721,44 @@ def test_the_endpoint_table_of_api_md_is_the_openapi_document(server):
     assert documented == published
     count = len(published)
     assert f"the {count} operations" in API.read_text(encoding="utf-8")
+
+
+# -- the layout -----------------------------------------------------------------------------------
+
+
+def _layout_section() -> str:
+    text = (ROOT / "docs" / "development.md").read_text()
+    return text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_layout_names_every_module_and_no_other():
+    """docs/development.md's layout lists each module of pods/ by its path: a module
+    added, moved or deleted without the layout saying so fails here."""
+    named = set(re.findall(r"`(pods/[\w/]+\.py)`", _layout_section()))
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pods").rglob("*.py")}
+    assert named == modules, {"not in the layout": sorted(modules - named), "gone": sorted(named - modules)}
+
+
+def test_the_packages_import_one_way():
+    """serving -> api -> storage, as the layout says: no module of a lower package
+    imports a higher one (read from each module's own import statements)."""
+    import ast
+
+    rank = {"storage": 0, "api": 1, "serving": 2}
+    wrong = []
+    for path in (ROOT / "pods").rglob("*.py"):
+        parts = path.relative_to(ROOT / "pods").parts
+        if len(parts) < 2 or parts[0] not in rank:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    target = (node.module or "").split(".")
+                    target = target[1] if target[0] == "pods" and len(target) > 1 else None
+                elif node.level == 2:
+                    target = (node.module or "").split(".")[0] or None
+                else:
+                    target = parts[0]
+                if target in rank and rank[target] > rank[parts[0]]:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {target}")
+    assert wrong == []

@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import storage_of
 from dbtools import query
-from live import APP, Server, run_app
+from helpers import APP, URL, Server, connect, read_to_end, run_app, storage_of, wait_until
 
 from pods import close_app, create_app
 from pods.storage import sqlite as db
@@ -31,7 +30,6 @@ from pods.storage import is_url
 from pods.cli import cli
 from pods.serving.server import QueueDepthSummary
 
-URL = "/agent/v0/pods"
 FIXTURE_V1 = Path(__file__).parent.parent / "fixtures" / "v1.db"
 
 
@@ -67,24 +65,23 @@ def one_line_error(result) -> str:
 # -- graceful shutdown ---------------------------------------------------------
 
 
-def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(database, tmp_path):
-    s = Server(database, workdir=tmp_path)
+@pytest.mark.live
+def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(database, tmp_path, servers):
+    s = servers(database, workdir=tmp_path)
     body = b'{"name": "in flight"}'
     head = (
         f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.bootstrap_token}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+    with connect(s.port) as sock:
         sock.sendall(head + body[:5])  # the request is under way ...
         time.sleep(0.2)
         s.proc.send_signal(signal.SIGTERM)  # ... when the signal arrives
         time.sleep(0.5)
         with pytest.raises(OSError):  # no new connections are taken
-            socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
+            connect(s.port, timeout=2).close()
         sock.sendall(body[5:])
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = read_to_end(sock)
     head_out, _, body_out = answer.partition(b"\r\n\r\n")
     assert head_out.startswith(b"HTTP/1.1 200")
     pod = httpx.Response(200, content=body_out).json()
@@ -97,8 +94,9 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(database, tmp_pat
     assert not os.path.exists(s.db + "-wal") or os.path.getsize(s.db + "-wal") == 0
 
 
-def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing_sqlite(tmp_path):
-    s = Server(tmp_path / "read.db")
+@pytest.mark.live
+def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing_sqlite(tmp_path, servers):
+    s = servers(tmp_path / "read.db")
     token = s.bootstrap_token
     pod = httpx.post(s.url + URL, json={"name": "kept"}, headers=auth(token)).json()
     reader = sqlite3.connect(s.db, isolation_level=None)  # a backup, Litestream, an operator's shell
@@ -115,16 +113,14 @@ def test_shutdown_does_not_wait_for_a_reader_and_loses_nothing_sqlite(tmp_path):
     warnings = [line for line in s.stderr.splitlines() if " WARNING " in line]
     assert len(warnings) == 1 and " WARNING pods.db WAL not truncated: " in warnings[0]
     assert integrity(s.db) == [("ok",)]
-    again = Server(s.db)
-    try:
-        assert httpx.get(f"{again.url}{URL}/{pod['pod_id']}", headers=auth(token)).json() == pod
-    finally:
-        assert again.stop() == 0
+    again = servers(s.db)
+    assert httpx.get(f"{again.url}{URL}/{pod['pod_id']}", headers=auth(token)).json() == pod
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("workers,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT)])
-def test_a_signal_during_a_burst_loses_no_acknowledged_write(database, tmp_path, workers, sig):
-    s = Server(database, "--workers", str(workers), workdir=tmp_path)
+def test_a_signal_during_a_burst_loses_no_acknowledged_write(database, tmp_path, servers, workers, sig):
+    s = servers(database, "--workers", str(workers), workdir=tmp_path)
     token = s.bootstrap_token
     acknowledged, failures, statuses = [], [], []
     stop = threading.Event()
@@ -147,6 +143,7 @@ def test_a_signal_during_a_burst_loses_no_acknowledged_write(database, tmp_path,
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
+    wait_until(lambda: acknowledged, timeout=30)  # under way, however slow the machine
     time.sleep(0.6)
     assert s.stop(sig) == 0
     stop.set()
@@ -169,10 +166,10 @@ ACCESS_LINE = re.compile(
 )
 
 
+@pytest.mark.live
 def test_access_log_one_line_per_request_with_request_id_and_org(tmp_path):
-    s = Server(tmp_path / "log.db")
-    token = s.bootstrap_token
-    try:
+    with Server(tmp_path / "log.db") as s:
+        token = s.bootstrap_token
         r = httpx.get(s.url + URL, headers={**auth(token), "X-Request-Id": "trace-42"})
         assert r.headers["X-Request-Id"] == "trace-42"
         r = httpx.get(s.url + URL + "?page_token=secret-looking", headers={"X-Request-Id": "bad id; drop table!"})
@@ -180,8 +177,6 @@ def test_access_log_one_line_per_request_with_request_id_and_org(tmp_path):
         assert re.fullmatch(r"[0-9a-f]{32}", made)
         r = httpx.post(s.url + URL, headers={**auth(token), "X-Request-Id": "x" * 129}, json={})
         assert len(r.headers["X-Request-Id"]) == 32
-    finally:
-        assert s.stop() == 0
     lines = [m.groupdict() for m in map(ACCESS_LINE.match, s.stderr.splitlines()) if m]
     api = [line for line in lines if line["path"] != "/healthz"]
     assert [(x["method"], x["path"], x["status"], x["rid"], x["org"]) for x in api] == [
@@ -208,10 +203,10 @@ def test_made_request_ids_are_distinct_also_across_forked_workers(client):
         assert from_worker.read() != new_request_id()
 
 
+@pytest.mark.live
 def test_log_level_warning_leaves_out_the_access_log(tmp_path):
-    s = Server(tmp_path / "quiet.db", "--log-level", "warning")
-    httpx.get(s.url + URL, headers=auth(s.bootstrap_token))
-    assert s.stop() == 0
+    with Server(tmp_path / "quiet.db", "--log-level", "warning") as s:
+        httpx.get(s.url + URL, headers=auth(s.bootstrap_token))
     assert "pods.access" not in s.stderr
 
 
@@ -240,8 +235,9 @@ def test_waitress_queue_warnings_become_one_line_per_interval():
 # -- backups and checks -----------------------------------------------------------
 
 
-def test_backup_under_write_load_restores_every_acknowledged_pod_sqlite(tmp_path):
-    s = Server(tmp_path / "live.db")
+@pytest.mark.live
+def test_backup_under_write_load_restores_every_acknowledged_pod_sqlite(tmp_path, servers):
+    s = servers(tmp_path / "live.db")
     token = s.bootstrap_token
     before = []
     with httpx.Client(base_url=s.url, headers=auth(token), timeout=10) as c:
@@ -270,15 +266,13 @@ def test_backup_under_write_load_restores_every_acknowledged_pod_sqlite(tmp_path
     assert s.stop() == 0
     assert run_app("check", "--db", dest).returncode == 0
     # Restore: serve the copy and read every pod acknowledged before the backup.
-    restored = Server(dest, env={"PODS_API_KEY": token})
-    try:
-        with httpx.Client(base_url=restored.url, headers=auth(token), timeout=10) as c:
-            for pod in before:
-                assert c.get(f"{URL}/{pod['pod_id']}").json() == pod
-    finally:
-        assert restored.stop() == 0
+    restored = servers(dest, env={"PODS_API_KEY": token})
+    with httpx.Client(base_url=restored.url, headers=auth(token), timeout=10) as c:
+        for pod in before:
+            assert c.get(f"{URL}/{pod['pod_id']}").json() == pod
 
 
+@pytest.mark.live
 def test_check_passes_a_sound_database_and_fails_a_damaged_one_sqlite(tmp_path):
     path = str(tmp_path / "c.db")
     assert run_app("init", "--db", path).returncode == 0
@@ -303,6 +297,7 @@ def test_check_passes_a_sound_database_and_fails_a_damaged_one_sqlite(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("command", [["check"], ["keys", "list"], ["backup", "out.db"]])
 def test_commands_on_a_file_that_is_not_a_database_fail_in_one_line_sqlite(tmp_path, command):
     path = tmp_path / "notes.db"
@@ -373,6 +368,7 @@ def test_backup_replaces_an_existing_file_only_with_force_sqlite(served):
     assert pods_and_keys("precious.db") == pods_and_keys("pods.db")
 
 
+@pytest.mark.live
 def test_nightly_backups_replace_the_last_one_and_leave_one_file_sqlite(served, tmp_path):
     for _ in range(3):  # backup, then check reads the copy, then the next night's backup --force
         result = run_cli("backup", "nightly.db", "--force")
@@ -398,6 +394,7 @@ def test_backup_refuses_a_destination_with_companion_files_or_a_partial_copy_sql
     assert not os.path.exists("busy.db") and not os.path.exists("stale.db")
 
 
+@pytest.mark.live
 def test_backup_and_check_read_an_older_schema_as_it_is_sqlite(tmp_path):
     old = str(tmp_path / "old.db")
     shutil.copy(FIXTURE_V1, old)
@@ -445,6 +442,7 @@ NOT_PODS_DATABASES = {
 }
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("kind", NOT_PODS_DATABASES)
 @pytest.mark.parametrize("command", ["check", "backup"])
 def test_check_and_backup_refuse_what_is_not_a_pods_database_sqlite(tmp_path, kind, command):
@@ -458,6 +456,7 @@ def test_check_and_backup_refuse_what_is_not_a_pods_database_sqlite(tmp_path, ki
     assert sorted(os.listdir(tmp_path)) == ["restored.db"]
 
 
+@pytest.mark.live
 def test_serving_refuses_another_programs_sqlite_file_sqlite(tmp_path):
     path = tmp_path / "notes.db"
     sqlite_file(path, "CREATE TABLE notes (body TEXT)", "INSERT INTO notes VALUES ('keep me')")
@@ -501,6 +500,7 @@ def assert_one_line_failure(result, *words):
         assert word in lines[0]
 
 
+@pytest.mark.live
 def test_port_in_use(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -511,17 +511,20 @@ def test_port_in_use(tmp_path):
     assert result.stdout == "" and os.listdir(tmp_path) == []  # no database made, no key shown for it
 
 
+@pytest.mark.live
 def test_database_path_unwritable_sqlite(tmp_path):
     result = run_app("--port", "0", "--db", str(tmp_path / "missing-dir" / "p.db"))
     assert_one_line_failure(result, "missing-dir/p.db: No such file or directory")
 
 
+@pytest.mark.live
 def test_database_that_is_not_a_database_sqlite(tmp_path):
     path = tmp_path / "p.db"
     path.write_bytes(os.urandom(8192))
     assert_one_line_failure(run_app("--port", "0", "--db", str(path)), "file is not a database")
 
 
+@pytest.mark.live
 def test_database_locked_beyond_the_busy_timeout_sqlite(tmp_path):
     path = str(tmp_path / "p.db")
     assert run_app("init", "--db", path).returncode == 0
@@ -538,6 +541,7 @@ def test_database_locked_beyond_the_busy_timeout_sqlite(tmp_path):
     assert waited >= 5  # it waited the busy timeout before giving up
 
 
+@pytest.mark.live
 def test_a_newer_schema_is_refused_in_one_line(database):
     assert run_app("init", "--db", database).returncode == 0
     if is_url(database):
@@ -548,6 +552,7 @@ def test_a_newer_schema_is_refused_in_one_line(database):
         assert_one_line_failure(run_app(*command, "--db", database), "schema version 99", "upgrade pods")
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("token", [
     "x", "a" * 31,
     "é" * 40,  # a client's header is read as Latin-1: it could never match
@@ -563,23 +568,21 @@ def test_a_pods_api_key_that_could_never_match_or_is_short_is_refused_at_start(t
     assert not path.exists()
 
 
-def test_servers_starting_together_on_a_new_database_make_one_first_key(database, tmp_path):
-    servers = []
-    threads = [threading.Thread(target=lambda: servers.append(Server(database, workdir=tmp_path))) for _ in range(3)]
+@pytest.mark.live
+def test_servers_starting_together_on_a_new_database_make_one_first_key(database, tmp_path, servers):
+    started = []
+    threads = [threading.Thread(target=lambda: started.append(servers(database, workdir=tmp_path))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    try:
-        assert len(servers) == 3
-        printed = [token for s in servers for token in re.findall(r"^pods_\S+$", s.stdout, re.MULTILINE)]
-        assert len(printed) == 1 and query(database, "SELECT count(*) FROM api_key") == [(1,)]
-        assert httpx.get(servers[0].url + URL, headers={"Authorization": f"Bearer {printed[0]}"}).status_code == 200
-    finally:
-        for s in servers:
-            assert s.stop() == 0
+    assert len(started) == 3
+    printed = [token for s in started for token in re.findall(r"^pods_\S+$", s.stdout, re.MULTILINE)]
+    assert len(printed) == 1 and query(database, "SELECT count(*) FROM api_key") == [(1,)]
+    assert httpx.get(started[0].url + URL, headers={"Authorization": f"Bearer {printed[0]}"}).status_code == 200
 
 
+@pytest.mark.live
 def test_a_first_start_with_stdout_closed_stores_no_key(tmp_path):
     path = tmp_path / "closed.db"
     closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, APP, "--db", str(path)]
@@ -593,27 +596,26 @@ def test_a_first_start_with_stdout_closed_stores_no_key(tmp_path):
     token = "an-operator-token-of-at-least-32-characters"
     proc = subprocess.Popen([*closed, "--port", str(port)], stderr=subprocess.DEVNULL,
                             env={**os.environ, "PODS_API_KEY": token})
+    def serving_or_exited():
+        try:
+            return proc.poll() is not None or httpx.get(
+                f"http://127.0.0.1:{port}{URL}", headers=auth(token), timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{URL}", headers=auth(token), timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_until(serving_or_exited, timeout=30)
         assert proc.poll() is None, "the server exited"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 
 
+@pytest.mark.live
 def test_unknown_pods_variables_change_nothing_and_get_one_warning(tmp_path):
-    s = Server(tmp_path / "v.db", env={"PODS_MAX_CONTENT_LENGTH": "10", "PODS_TRHEADS": "4"})
-    try:
+    with Server(tmp_path / "v.db", env={"PODS_MAX_CONTENT_LENGTH": "10", "PODS_TRHEADS": "4"}) as s:
         r = httpx.post(s.url + URL, json={"name": "n" * 200}, headers=auth(s.bootstrap_token))
         assert r.status_code == 200  # the contract's 64 KiB limit holds
-    finally:
-        assert s.stop() == 0
     warnings = [line for line in s.stderr.splitlines() if "unknown environment variable" in line]
     assert len(warnings) == 1
     assert " WARNING pods.cli ignoring unknown environment variable(s) PODS_MAX_CONTENT_LENGTH, PODS_TRHEADS " \
@@ -624,10 +626,11 @@ def test_unknown_pods_variables_change_nothing_and_get_one_warning(tmp_path):
 # -- read-only commands change nothing; careless paths -----------------------------------
 
 
-def test_read_only_commands_leave_a_crashed_servers_files_byte_for_byte_sqlite(tmp_path):
+@pytest.mark.live
+def test_read_only_commands_leave_a_crashed_servers_files_byte_for_byte_sqlite(tmp_path, servers):
     """After a kill -9 the WAL holds the latest commits: check, keys list and backup
     read it without folding it back (a read-write connection closing last would)."""
-    s = Server(tmp_path / "crashed.db", env={"PODS_API_KEY": "pods_read-only-test-key-0123456789abcdef"})
+    s = servers(tmp_path / "crashed.db", env={"PODS_API_KEY": "pods_read-only-test-key-0123456789abcdef"})
     httpx.post(s.url + "/agent/v0/pods", json={"name": "in the WAL"},
                headers={"Authorization": "Bearer pods_read-only-test-key-0123456789abcdef"})
     s.kill()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from click.testing import CliRunner
-from live import APP, Server
+from helpers import APP, Server
 
 from pods import close_app, create_app
 from pods.api.auth import hash_key, new_token, token_prefix
@@ -300,6 +300,7 @@ def authenticates(db, token) -> bool:
         close_app(app)
 
 
+@pytest.mark.live
 def test_keys_create_piped_to_head_keeps_the_token_and_stores_the_key(db):
     """The token is stdout's first and only line; "Created" comes on stderr, once stored."""
     result = subprocess.run(["sh", "-c", f'"{sys.executable}" "{APP}" keys create --org acme --db "$1" | head -1',
@@ -315,6 +316,7 @@ def test_keys_create_piped_to_head_keeps_the_token_and_stores_the_key(db):
     assert said.split()[3] == keys(db)[-1][0]
 
 
+@pytest.mark.live
 def test_a_stdout_whose_reader_is_gone_stores_nothing_and_announces_nothing(db):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before a byte is written: EPIPE
@@ -355,16 +357,13 @@ def test_a_first_start_that_cannot_show_its_key_leaves_no_database_so_init_works
 
 @pytest.mark.live
 def test_with_workers_every_log_line_ends_with_its_worker(tmp_path):
-    server = Server(tmp_path / "pods.db", "--workers", "2", workdir=tmp_path)
-    try:
+    with Server(tmp_path / "pods.db", "--workers", "2", workdir=tmp_path) as server:
         auth = {"Authorization": f"Bearer {server.bootstrap_token}"}
         with httpx.Client(base_url=server.url, headers=auth) as client:
             for i in range(20):
                 assert client.get("/agent/v0/pods", headers={"X-Request-Id": f"w-{i}"}).status_code == 200
                 httpx.get(server.url + "/healthz")  # new connections: the kernel spreads them over the workers
             client.get("/agent/v0/pods/nope%0Aforged%20worker=7")  # a client cannot name a worker either
-    finally:
-        assert server.stop() == 0
     lines = server.stderr.splitlines()
     assert lines and all(WORKER.search(line) for line in lines), [x for x in lines if not WORKER.search(x)]
     assert all(int(WORKER.search(line).group(1)) in (0, 1, 2) for line in lines)
@@ -380,11 +379,8 @@ def test_with_workers_every_log_line_ends_with_its_worker(tmp_path):
 
 @pytest.mark.live
 def test_with_one_process_lines_are_as_before(tmp_path):
-    server = Server(tmp_path / "pods.db", workdir=tmp_path)
-    try:
+    with Server(tmp_path / "pods.db", workdir=tmp_path) as server:
         assert httpx.get(server.url + "/healthz").status_code == 200
-    finally:
-        assert server.stop() == 0
     assert server.stderr and "worker=" not in server.stderr
 
 

@@ -26,7 +26,7 @@ import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError
-from live import Server, run_app
+from helpers import Server, run_app
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -34,6 +34,8 @@ from packaging.version import Version
 import pods
 from pods.storage import POSTGRES_REQUIREMENTS
 from pods.storage import sqlite as db
+
+pytestmark = pytest.mark.live  # it builds, installs and runs pods in processes of their own
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Every .sql file under pods/: the schema, and each backend's migrations.
@@ -222,12 +224,9 @@ def test_the_installed_pods_command_serves_from_any_directory(installed, tmp_pat
     elsewhere, data = tmp_path / "elsewhere", tmp_path / "data"
     elsewhere.mkdir()
     data.mkdir()
-    server = Server(data / "pods.db", command=[installed / "pods"], cwd=elsewhere, workdir=tmp_path)
-    try:
+    with Server(data / "pods.db", command=[installed / "pods"], cwd=elsewhere, workdir=tmp_path) as server:
         sdk_round_trip(server)
         assert schema_version(server.db) == db.SCHEMA_VERSION  # schema.sql and the migrations were found
-    finally:
-        assert server.stop() == 0
     assert os.listdir(elsewhere) == []
 
 
@@ -276,13 +275,10 @@ def test_the_pyz_alone_in_a_folder_serves_with_a_bare_python(pyz, tmp_path):
     assert run([*command, "--help"], cwd=edge).stdout == run_app("--help").stdout.replace("app.py", "pods.pyz")
 
     # HOME and TMPDIR are where a cache or extraction would go; nothing may land there.
-    server = Server(data / "pods.db", command=command, cwd=edge, workdir=logs,
-                    env={"HOME": str(home), "TMPDIR": str(home)})
-    try:
+    with Server(data / "pods.db", command=command, cwd=edge, workdir=logs,
+                env={"HOME": str(home), "TMPDIR": str(home)}) as server:
         sdk_round_trip(server)
         assert schema_version(server.db) == db.SCHEMA_VERSION
-    finally:
-        assert server.stop() == 0
     assert os.listdir(edge) == ["pods.pyz"]
     assert hashlib.sha256((edge / "pods.pyz").read_bytes()).hexdigest() == before
     assert os.listdir(home) == []

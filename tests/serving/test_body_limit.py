@@ -10,19 +10,17 @@ import time
 
 import httpx
 import pytest
-from live import Server
+from helpers import AUTH, KEY, URL, Server, connect, read_to_end
 
-URL = "/agent/v0/pods"
-KEY = "pods_body-limit-test-key-0123456789abcdefghijklmnop"
+pytestmark = pytest.mark.live
 LIMIT = 64 * 1024
 MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("bodies") / "b.db", env={"PODS_API_KEY": KEY})
-    yield s
-    assert s.stop() == 0
+    with Server(tmp_path_factory.mktemp("bodies") / "b.db", env={"PODS_API_KEY": KEY}) as s:
+        yield s
 
 
 def body_of(size: int) -> bytes:
@@ -53,7 +51,7 @@ def rss_kb(pid: int) -> int:
 
 
 def pods_stored(server) -> int:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+    with httpx.Client(base_url=server.url, headers=AUTH) as c:
         return c.get(URL, params={"limit": 100}).json()["count"]
 
 
@@ -90,7 +88,7 @@ def test_past_the_bound_the_connection_closes_and_memory_stays_flat(server, chun
 
 
 def test_exactly_64_kib_is_accepted_and_one_byte_more_is_not(server):
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+    with httpx.Client(base_url=server.url, headers=AUTH) as c:
         edge = body_of(LIMIT).replace(b'"c"', b'"edge"', 1)[: LIMIT]
         edge = edge + b" " * (LIMIT - len(edge))
         r = c.post(URL, content=edge, headers={"Content-Type": "application/json"})
@@ -107,7 +105,7 @@ def test_authentication_is_decided_before_the_body_size(server):
 def test_expect_100_continue_gets_the_413_instead_of_an_invitation(server):
     head = (f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {20 * MB}\r\nExpect: 100-continue\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+    with connect(server.port) as s:
         s.sendall(head.encode())
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413")
@@ -115,7 +113,7 @@ def test_expect_100_continue_gets_the_413_instead_of_an_invitation(server):
 
 
 def test_a_kept_alive_connection_is_closed_after_an_oversized_body(server):
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+    with httpx.Client(base_url=server.url, headers=AUTH) as c:
         assert c.get(URL).status_code == 200
         r = c.post(URL, content=body_of(200 * 1024), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.headers["Connection"] == "close"
@@ -126,7 +124,7 @@ def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_fi
     # 2 MB of header, far past the 32 KiB allowed: refused with 431, and the rest is
     # read and dropped, so the client finishes writing and reads the answer.
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+    with connect(server.port) as s:
         s.sendall(head)
         assert_431_after_writing(s)
 
@@ -134,9 +132,7 @@ def test_a_head_too_large_is_answered_and_read_by_a_client_that_writes_it_all_fi
 def assert_431_after_writing(s: socket.socket) -> None:
     """Done writing on ``s``: what the server answers, read to the end, is its 431."""
     s.shutdown(socket.SHUT_WR)
-    answer = b""
-    while chunk := s.recv(65536):
-        answer += chunk
+    answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.0 431")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["name"] == "RequestHeaderFieldsTooLargeError"
 
@@ -148,7 +144,7 @@ def head_of(size: int) -> bytes:
 
 
 def test_a_head_of_32_kib_is_refused_and_one_just_under_it_is_answered(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+    with connect(server.port) as s:
         s.sendall(head_of(32 * 1024 - 1))
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         s.sendall(head_of(32 * 1024))
@@ -162,7 +158,7 @@ def test_unfinished_heads_hold_no_memory_beyond_the_head_limit(server):
     socks = []
     try:
         for _ in range(300):
-            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            socks.append(connect(server.port))
             socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
         time.sleep(1)  # for the server to read what the kernel holds
         assert rss_kb(server.proc.pid) - rss_before < 16 * 1024  # 300 heads kept would be 60 MB

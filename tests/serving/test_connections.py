@@ -5,22 +5,14 @@ answered at shutdown."""
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
-from live import APP, Server
+from helpers import KEY, URL, Server, connect, read_to_end, run_app, wait_until
 
-URL = "/agent/v0/pods"
-KEY = "pods_connections-test-key-0123456789abcdefghijkl"
-
-
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10)
-
+pytestmark = pytest.mark.live
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
     """Whether the server closes ``sock`` (EOF or reset) within ``within`` seconds."""
@@ -53,21 +45,15 @@ def non_reader(port: int) -> socket.socket:
 def read_until_closed(sock: socket.socket, within: float) -> bytes:
     """Everything ``sock`` still receives until the server's close (EOF or reset)."""
     sock.settimeout(within)
-    received = b""
-    try:
-        while chunk := sock.recv(1 << 20):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
+    return read_to_end(sock)
 
 
-def test_idle_and_dribbling_connections_cannot_lock_a_client_out(tmp_path):
+def test_idle_and_dribbling_connections_cannot_lock_a_client_out(tmp_path, servers):
     """Hundreds of connections that send nothing and dozens that send a header byte
     every second, against a limit of 100 connections: a new client is answered
     within seconds, and every slow connection is closed at its deadline."""
-    s = Server(tmp_path / "idle.db", "--header-timeout", "3", "--connection-limit", "100",
-               env={"PODS_API_KEY": KEY})
+    s = servers(tmp_path / "idle.db", "--header-timeout", "3", "--connection-limit", "100",
+                env={"PODS_API_KEY": KEY})
     idle, dribblers, stop = [], [], threading.Event()
     try:
         dribblers = [connect(s.port) for _ in range(30)]
@@ -99,51 +85,35 @@ def test_idle_and_dribbling_connections_cannot_lock_a_client_out(tmp_path):
         stop.set()
         for sock in idle + dribblers:
             sock.close()
-        assert s.stop() == 0
 
 
-def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(tmp_path):
-    s = Server(tmp_path / "ka.db", "--keepalive-timeout", "1", env={"PODS_API_KEY": KEY})
-    try:
-        with connect(s.port) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            assert closed_by_server(sock, within=5)
-            assert 0.9 < time.monotonic() - started < 3.5
-    finally:
-        assert s.stop() == 0
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(tmp_path, servers):
+    s = servers(tmp_path / "ka.db", "--keepalive-timeout", "1", env={"PODS_API_KEY": KEY})
+    with connect(s.port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert closed_by_server(sock, within=5)
+        assert 0.9 < time.monotonic() - started < 3.5
 
 
 @pytest.mark.parametrize("first_workers", ["1", "2"])
-def test_a_second_server_on_a_busy_address_and_port_fails_whatever_the_workers(tmp_path, first_workers):
-    first = Server(tmp_path / "first.db", "--workers", first_workers, env={"PODS_API_KEY": KEY})
-    try:
-        for workers in ("2", "1"):
-            result = subprocess.run(
-                [sys.executable, APP, "--port", str(first.port), "--workers", workers,
-                 "--db", str(tmp_path / "second.db")],
-                capture_output=True, text=True, timeout=30, env={**os.environ, "PODS_API_KEY": KEY},
-            )
-            assert result.returncode == 1
-            assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{first.port}: Address already in use"
-        assert httpx.get(first.url + "/healthz").status_code == 200
-    finally:
-        assert first.stop() == 0
+def test_a_second_server_on_a_busy_address_and_port_fails_whatever_the_workers(tmp_path, servers, first_workers):
+    first = servers(tmp_path / "first.db", "--workers", first_workers, env={"PODS_API_KEY": KEY})
+    for workers in ("2", "1"):
+        result = run_app("--port", str(first.port), "--workers", workers, "--db", str(tmp_path / "second.db"),
+                         timeout=30, env={"PODS_API_KEY": KEY})
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+    assert httpx.get(first.url + "/healthz").status_code == 200
 
 
-def test_servers_on_two_addresses_may_share_a_port(tmp_path):
-    first = Server(tmp_path / "first.db", "--workers", "2", env={"PODS_API_KEY": KEY})
-    second = None
-    try:
-        second = Server(tmp_path / "second.db", "--host", "127.0.0.2", "--port", str(first.port), "--workers", "2",
-                        env={"PODS_API_KEY": KEY})
-        assert second.url == f"http://127.0.0.2:{first.port}"
-        assert httpx.get(first.url + "/healthz").status_code == 200
-    finally:
-        if second is not None:
-            assert second.stop() == 0
-        assert first.stop() == 0
+def test_servers_on_two_addresses_may_share_a_port(tmp_path, servers):
+    first = servers(tmp_path / "first.db", "--workers", "2", env={"PODS_API_KEY": KEY})
+    second = servers(tmp_path / "second.db", "--host", "127.0.0.2", "--port", str(first.port), "--workers", "2",
+                     env={"PODS_API_KEY": KEY})
+    assert second.url == f"http://127.0.0.2:{first.port}"
+    assert httpx.get(first.url + "/healthz").status_code == 200
 
 
 def test_no_name_held_by_someone_else_keeps_a_server_off_a_free_port(tmp_path):
@@ -157,9 +127,8 @@ def test_no_name_held_by_someone_else_keeps_a_server_off_a_free_port(tmp_path):
         squatters.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         squatters[-1].bind("\0" + name)
     try:
-        s = Server(tmp_path / "squat.db", "--port", str(port), env={"PODS_API_KEY": KEY})
-        assert s.port == port
-        assert s.stop() == 0
+        with Server(tmp_path / "squat.db", "--port", str(port), env={"PODS_API_KEY": KEY}) as s:
+            assert s.port == port
     finally:
         for squatter in squatters:
             squatter.close()
@@ -177,26 +146,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_killing_the_parent_stops_its_workers(tmp_path):
-    s = Server(tmp_path / "orphans.db", "--workers", "2", env={"PODS_API_KEY": KEY})
+def test_killing_the_parent_stops_its_workers(tmp_path, servers):
+    s = servers(tmp_path / "orphans.db", "--workers", "2", env={"PODS_API_KEY": KEY})
     workers = worker_pids(s.proc.pid)
     assert len(workers) == 2
     s.kill()  # kill -9 of the parent
-    deadline = time.monotonic() + 15
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=15, interval=0.1)
     # The port is free again: a new server starts on it.
-    again = Server(tmp_path / "orphans.db", "--port", str(s.port), env={"PODS_API_KEY": KEY})
-    assert again.port == s.port
-    assert again.stop() == 0
+    with Server(tmp_path / "orphans.db", "--port", str(s.port), env={"PODS_API_KEY": KEY}) as again:
+        assert again.port == s.port
 
 
 def wait_until_stopped(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while not process_state(pid) == "T":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_until(lambda: process_state(pid) == "T", timeout=10, interval=0.01)
 
 
 def process_state(pid: int) -> str:
@@ -204,11 +166,11 @@ def process_state(pid: int) -> str:
         return f.read().split(") ", 1)[1][0]
 
 
-def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path):
+def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path, servers):
     """The request sits unread in the socket of an idle kept-alive connection when
     the signal arrives (the server is stopped while it is sent): it is answered
     and its pod stored, and the connection then closes."""
-    s = Server(tmp_path / "pending.db", env={"PODS_API_KEY": KEY})
+    s = servers(tmp_path / "pending.db", env={"PODS_API_KEY": KEY})
     body = b'{"name": "sent before the signal"}'
     request = (f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
@@ -222,9 +184,7 @@ def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path):
             s.proc.send_signal(signal.SIGTERM)
         finally:
             s.proc.send_signal(signal.SIGCONT)
-        answer = b""
-        while chunk := sock.recv(65536):  # to the end: the server closes the connection
-            answer += chunk
+        answer = read_to_end(sock)  # to the end: the server closes the connection
     stopped = s.stop()
     # The answer says "Connection: close" when the signal was seen before the request was
     # read; when the request was read first, the connection is closed right after it.
@@ -241,9 +201,9 @@ def test_a_request_sent_whole_before_sigterm_is_answered(tmp_path):
 
 
 @pytest.mark.parametrize("limit", ["2000"])
-def test_the_connection_limit_reaches_past_select(tmp_path, limit):
+def test_the_connection_limit_reaches_past_select(tmp_path, servers, limit):
     """More than 1,024 connections at once: select() could not watch them."""
-    s = Server(tmp_path / "many.db", "--connection-limit", limit, env={"PODS_API_KEY": KEY})
+    s = servers(tmp_path / "many.db", "--connection-limit", limit, env={"PODS_API_KEY": KEY})
     socks = []
     try:
         socks = [connect(s.port) for _ in range(1100)]
@@ -254,7 +214,6 @@ def test_the_connection_limit_reaches_past_select(tmp_path, limit):
     finally:
         for sock in socks:
             sock.close()
-        assert s.stop() == 0
 
 
 # -- clients that do not read their answers ------------------------------------------
@@ -265,8 +224,7 @@ def test_a_connection_that_never_reads_holds_no_worker_and_is_closed_at_the_send
     connection that never reads: the one worker thread goes on serving everyone
     else, and the connection is closed once its answer has not moved for
     --send-timeout."""
-    s = Server(tmp_path / "unread.db", "--send-timeout", "1", env={"PODS_API_KEY": KEY})
-    try:
+    with Server(tmp_path / "unread.db", "--send-timeout", "1", env={"PODS_API_KEY": KEY}) as s:
         with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
             wide = "\U0001F600" * 250  # 12 bytes of JSON each: about 6 KB of JSON per pod
             for i in range(100):
@@ -284,18 +242,16 @@ def test_a_connection_that_never_reads_holds_no_worker_and_is_closed_at_the_send
         # At most what the kernel's buffers held at the close: never all 65 answers.
         assert received.count(b"HTTP/1.1 200 OK") < 65
         started = time.monotonic()
-    finally:
-        assert s.stop() == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 5  # stopped, its connection's answers dropped, at once
 
 
-def test_connections_that_never_read_cannot_lock_anyone_out_at_the_connection_limit(tmp_path):
+def test_connections_that_never_read_cannot_lock_anyone_out_at_the_connection_limit(tmp_path, servers):
     """As many connections as the limit, each pipelining 2,000 unauthenticated
     requests and reading nothing: every one of them is busy, none can be closed to
     make room, but each is closed at its send timeout, and a new client is then
     answered."""
-    s = Server(tmp_path / "flood.db", "--connection-limit", "10", "--send-timeout", "1",
-               env={"PODS_API_KEY": KEY})
+    s = servers(tmp_path / "flood.db", "--connection-limit", "10", "--send-timeout", "1",
+                env={"PODS_API_KEY": KEY})
     hostile = []
     try:
         request = b"GET /agent/v0/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -307,7 +263,6 @@ def test_connections_that_never_read_cannot_lock_anyone_out_at_the_connection_li
     finally:
         for sock in hostile:
             sock.close()
-        assert s.stop() == 0
 
 
 # -- the connection limit -----------------------------------------------------------------
@@ -322,8 +277,8 @@ def answered(sock: socket.socket) -> bool:
         return False
 
 
-def test_at_the_limit_nobody_is_closed_while_nobody_waits(tmp_path):
-    s = Server(tmp_path / "full.db", "--connection-limit", "3", env={"PODS_API_KEY": KEY})
+def test_at_the_limit_nobody_is_closed_while_nobody_waits(tmp_path, servers):
+    s = servers(tmp_path / "full.db", "--connection-limit", "3", env={"PODS_API_KEY": KEY})
     socks = []
     try:
         socks = [connect(s.port) for _ in range(3)]
@@ -332,15 +287,14 @@ def test_at_the_limit_nobody_is_closed_while_nobody_waits(tmp_path):
     finally:
         for sock in socks:
             sock.close()
-        assert s.stop() == 0
 
 
-def test_at_the_limit_a_new_connection_gets_its_chance_before_it_makes_room(tmp_path):
+def test_at_the_limit_a_new_connection_gets_its_chance_before_it_makes_room(tmp_path, servers):
     """Two connections busy mid-request and a new third one fill the limit of 3; a
     fourth waits. The third, the only idle one, is not closed before it has sent
     its request; once it has been idle for a while, it makes room for the fourth
     (an idle connection goes before a stalled upload)."""
-    s = Server(tmp_path / "chance.db", "--connection-limit", "3", env={"PODS_API_KEY": KEY})
+    s = servers(tmp_path / "chance.db", "--connection-limit", "3", env={"PODS_API_KEY": KEY})
     socks = []
     try:
         for _ in range(2):  # a body (with a key: worth reading) that has not finished arriving: busy
@@ -360,4 +314,3 @@ def test_at_the_limit_a_new_connection_gets_its_chance_before_it_makes_room(tmp_
     finally:
         for sock in socks:
             sock.close()
-        assert s.stop() == 0

@@ -3,7 +3,7 @@ through the official SDK (``e.body`` with its ``code`` and ``fix``), the fix of
 every error status the server gives (waitress's own refusals included), and one
 401 body for unknown, deleted, revoked, expired and near-miss tokens.
 
-The server is ``tests/faultserver.py``: ``python app.py`` that fails a pod list
+The server is ``tests/serving/faultserver.py``: ``python app.py`` that fails a pod list
 asking ``fault=internal`` with a bug (500) and ``fault=unavailable`` with the
 database driver's "not answering" (503), so that those two come from a real
 server too. 429 needs a rate limiter, which this server does not have yet: the
@@ -23,15 +23,14 @@ from agentmail.api_keys import ApiKeyPermissions, CreateBearerApiKeyRequest
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, ValidationError
-from conftest import new_database
+from helpers import Server, new_database, raw_request, run_app
 from dbtools import BACKENDS
-from live import Server, raw_request, run_app
 
 from pods.api.errors import error_body
 
 pytestmark = pytest.mark.live
 
-FAULT_SERVER = str(Path(__file__).resolve().parent.parent / "faultserver.py")
+FAULT_SERVER = str(Path(__file__).resolve().parent / "faultserver.py")
 ROOT = "pods_errors-live-root-key-0123456789abcdefghij"
 API = "/agent/v0"
 
@@ -42,15 +41,12 @@ def world(request, tmp_path_factory):
     and api_key_create only) and a key ``scoped`` to the pod (every permission)."""
     folder = tmp_path_factory.mktemp("errors")
     db = new_database(request.param, folder, request)
-    server = Server(db, env={"PODS_API_KEY": ROOT}, workdir=folder, command=[sys.executable, FAULT_SERVER])
-    try:
+    with Server(db, env={"PODS_API_KEY": ROOT}, workdir=folder, command=[sys.executable, FAULT_SERVER]) as server:
         with httpx.Client(base_url=server.url + API, headers=bearer(ROOT)) as c:
             pod = c.post("/pods", json={"name": "errors"}).json()
             reader = c.post("/api-keys", json={"permissions": {"pod_read": True, "api_key_create": True}}).json()
             scoped = c.post(f"/pods/{pod['pod_id']}/api-keys", json={}).json()
         yield {"server": server, "pod": pod["pod_id"], "reader": reader["api_key"], "scoped": scoped["api_key"]}
-    finally:
-        assert server.stop() == 0
 
 
 def bearer(token: str) -> dict:

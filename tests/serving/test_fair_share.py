@@ -14,9 +14,8 @@ import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.environment import AgentMailEnvironment
-from conftest import new_database
+from helpers import Server, new_database, run_app
 from dbtools import BACKENDS, query
-from live import Server, run_app
 
 pytestmark = pytest.mark.live
 

@@ -3,8 +3,8 @@ with an organization key, a pod-scoped key and no key at all."""
 
 import httpx
 import pytest
-from conftest import new_database
 from dbtools import BACKENDS
+from helpers import Server, new_database
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import given as hypothesis_given
@@ -24,19 +24,18 @@ OPERATIONS = {
     ("PATCH", "/v0/pods/{pod_id}/api-keys/{api_key_id}"), ("DELETE", "/v0/pods/{pod_id}/api-keys/{api_key_id}"),
 }  # and the document's own path, which schemathesis leaves out of what it calls
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    from live import Server
-
     folder = tmp_path_factory.mktemp("fuzz")
-    s = Server(new_database(request.param, folder, request), workdir=folder)
-    org = {"Authorization": f"Bearer {s.bootstrap_token}"}
-    with httpx.Client(base_url=s.url + "/agent/v0", headers=org) as c:
-        pod = c.post("/pods", json={"name": "fuzzed"}).json()
-        s.pod_token = c.post(f"/pods/{pod['pod_id']}/api-keys", json={"name": "fuzzer"}).json()["api_key"]
-    yield s
-    assert s.stop() == 0
+    with Server(new_database(request.param, folder, request), workdir=folder) as s:
+        org = {"Authorization": f"Bearer {s.bootstrap_token}"}
+        with httpx.Client(base_url=s.url + "/agent/v0", headers=org) as c:
+            pod = c.post("/pods", json={"name": "fuzzed"}).json()
+            s.pod_token = c.post(f"/pods/{pod['pod_id']}/api-keys", json={"name": "fuzzer"}).json()["api_key"]
+        yield s
 
 
 @pytest.mark.parametrize("key", ["organization", "pod", "none"])

@@ -3,18 +3,15 @@ error, nothing changed, and normal service afterwards."""
 
 import json
 import re
-import socket
 
 import httpx
 import pytest
-from conftest import new_database
 from dbtools import BACKENDS, query
-from live import Server
+from helpers import KEY, URL, Server, connect, exchange, new_database, read_to_end, split_answer
 
 from pods.api.errors import error_body
 
-URL = "/agent/v0/pods"
-KEY = "hostile-test-key-with-at-least-32-characters"
+pytestmark = pytest.mark.live
 SQL_INJECTIONS = [
     "' OR '1'='1",
     "1; DROP TABLE pod; --",
@@ -27,11 +24,10 @@ SQL_INJECTIONS = [
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
-    s = Server(new_database(request.param, folder, request), env={"PODS_API_KEY": KEY}, workdir=folder)
-    with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
-        s.existing = [c.post(URL, json={"name": f"existing {i}", "client_id": f"c{i}"}).json() for i in range(3)]
-    yield s
-    assert s.stop() == 0
+    with Server(new_database(request.param, folder, request), env={"PODS_API_KEY": KEY}, workdir=folder) as s:
+        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+            s.existing = [c.post(URL, json={"name": f"existing {i}", "client_id": f"c{i}"}).json() for i in range(3)]
+        yield s
 
 
 def snapshot(server):
@@ -85,19 +81,7 @@ def raw(server, data: bytes) -> tuple[int, bytes]:
 def raw_answer(server, data: bytes) -> tuple[int, bytes, bytes]:
     """Send raw bytes; returns (status, head, body) of the answer, or (0, b"", b"")
     if the server closed without one."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := s.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    if not answer:
-        return 0, b"", b""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head, body
+    return split_answer(exchange(server.port, data, half_close=True, timeout=30))
 
 
 MALFORMED_BODIES = [
@@ -358,11 +342,9 @@ def test_http_1_0_with_a_transfer_encoding_is_400_and_creates_nothing(server, un
 
 def test_content_length_with_transfer_encoding_is_400_and_ends_the_connection(server, unchanged):
     pipelined = chunked_create(b"HTTP/1.1", b"Content-Length: 5\r\n") + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+    with connect(server.port, timeout=30) as s:
         s.sendall(pipelined)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
+        answer = read_to_end(s)
     assert answer.startswith(b"HTTP/1.1 400 ")
     # The request after it is not answered: one status line (a fix may quote "HTTP/1.1").
     assert len(re.findall(rb"(?:^|\r\n)HTTP/1\.[01] \d{3} ", answer)) == 1, answer

@@ -5,13 +5,12 @@ import json
 
 import httpx
 import pytest
-from conftest import new_database
 from dbtools import BACKENDS, query
-from live import Server, raw_request, run_app
+from helpers import URL, Server, new_database, raw_request, run_app
 
 from pods.api.errors import error_body
 
-URL = "/agent/v0/pods"
+pytestmark = pytest.mark.live
 ORGS = ("acme", "globex", "initech")
 NOT_FOUND = error_body("pod_not_found")
 
@@ -27,14 +26,14 @@ def world(request, tmp_path_factory):
         result = run_app("keys", "create", "--org", org, "--db", db)
         assert result.returncode == 0, result.stderr
         tokens[org] = result.stdout.splitlines()[-1]
-    server = Server(db, workdir=folder)
-    clients = {org: httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {t}"}) for org, t in tokens.items()}
-    pods = {org: [clients[org].post(URL, json={"name": f"{org} {i}", "client_id": f"shared-{i}"}).json()
-                  for i in range(5)] for org in ORGS}
-    yield server, tokens, clients, pods
-    for c in clients.values():
-        c.close()
-    assert server.stop() == 0
+    with Server(db, workdir=folder) as server:
+        clients = {org: httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {t}"})
+                   for org, t in tokens.items()}
+        pods = {org: [clients[org].post(URL, json={"name": f"{org} {i}", "client_id": f"shared-{i}"}).json()
+                      for i in range(5)] for org in ORGS}
+        yield server, tokens, clients, pods
+        for c in clients.values():
+            c.close()
 
 
 def test_other_organizations_pods_answer_as_if_they_did_not_exist(world):

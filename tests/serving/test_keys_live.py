@@ -23,10 +23,10 @@ from agentmail.api_keys import (
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, ValidationError
-from conftest import new_database
 from dbtools import BACKENDS
-from live import Server, run_app
+from helpers import Server, new_database, run_app
 
+pytestmark = pytest.mark.live
 FORBIDDEN = {"name": "ForbiddenError", "code": "missing_permission"}
 
 
@@ -35,9 +35,8 @@ def server(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("keys")
     db = new_database(request.param, folder, request)
     assert run_app("init", "--db", db).returncode == 0
-    s = Server(db, "--workers", "2", workdir=folder)
-    yield s
-    assert s.stop() == 0
+    with Server(db, "--workers", "2", workdir=folder) as s:
+        yield s
 
 
 def org_key(server, org: str) -> str:

@@ -5,21 +5,17 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
-from live import APP, Server
+from helpers import KEY, URL, Server, exchange, run_app, storage_of, wait_until
 
 from pods.api import accesslog, logstream
 from pods.api.accesslog import client_address, escape, escape_text, parse_trusted_proxies
 
-URL = "/agent/v0/pods"
-KEY = "pods_log-test-key-0123456789abcdefghijklmnopqrstuvwxyz"
 ACCESS_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO pods\.access "
     r"(?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}|-) (?P<ms>\d+\.\d)ms "
@@ -31,20 +27,10 @@ def access_lines(stderr: str) -> list[dict]:
     return [m.groupdict() for m in map(ACCESS_LINE.match, stderr.splitlines()) if m]
 
 
-def raw_answer(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-    return answer
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("logs") / "logs.db", env={"PODS_API_KEY": KEY})
-    yield s
-    assert s.stop() == 0
+    with Server(tmp_path_factory.mktemp("logs") / "logs.db", env={"PODS_API_KEY": KEY}) as s:
+        yield s
 
 
 # -- escaping -------------------------------------------------------------------------
@@ -72,26 +58,22 @@ HOSTILE_PATHS = {
 }
 
 
+@pytest.mark.live
 def test_hostile_paths_each_make_exactly_one_escaped_line(server):
     ids = {}
     for name, path in HOSTILE_PATHS.items():
         ids[name] = f"hostile-{name}"
         request = (f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {ids[name]}\r\n"
                    f"Connection: close\r\n\r\n").encode()
-        assert raw_answer(server.port, request).startswith(b"HTTP/1.1 40")  # 401, or 404: no such route
+        assert exchange(server.port, request).startswith(b"HTTP/1.1 40")  # 401, or 404: no such route
     # The same through an ordinary client, and raw bytes no client would send.
     r = httpx.get(server.url + HOSTILE_PATHS["newline"], headers={"X-Request-Id": "hostile-httpx"})
     assert r.status_code == 404
     # waitress refuses these itself; its answer is logged all the same.
     raw_bytes = b"GET /agent/v0/pods/\x1b[2J\xff\x7f HTTP/1.1\r\nHost: x\r\nX-Request-Id: hostile-raw\r\n\r\n"
-    answer = raw_answer(server.port, raw_bytes)
+    answer = exchange(server.port, raw_bytes)
     ids["raw"], ids["httpx"] = "hostile-raw", "hostile-httpx"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = access_lines(server.stderr)
-        if {line["rid"] for line in lines} >= set(ids.values()):
-            break
-        time.sleep(0.05)
+    wait_until(lambda: {line["rid"] for line in access_lines(server.stderr)} >= set(ids.values()), timeout=5)
     text = server.stderr
     # Nothing a client sent reaches the log unescaped: no control character, no byte
     # outside ASCII, one line per request and every line parseable.
@@ -146,26 +128,24 @@ def test_a_cut_never_splits_an_escape():
     assert accesslog.field("", 32) == "-"
 
 
+@pytest.mark.live
 def test_a_long_method_is_logged_cut_on_a_live_server(server):
     method = b"A" * 20_000
-    answer = raw_answer(server.port, method + b" /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: long-method\r\n"
+    answer = exchange(server.port, method + b" /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: long-method\r\n"
                         b"Connection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 405")
-    deadline = time.monotonic() + 5
-    while not (lines := [x for x in access_lines(server.stderr) if x["rid"] == "long-method"]):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    lines = wait_until(lambda: [x for x in access_lines(server.stderr) if x["rid"] == "long-method"], timeout=5)
+    assert lines
     assert lines[0]["method"] == "A" * accesslog.MAX_METHOD
 
 
+@pytest.mark.live
 def test_answers_waitress_gives_itself_are_logged_with_their_status(server):
     before = len(access_lines(server.stderr))
-    assert raw_answer(server.port, b"GARBAGE\x1b[31m\r\n\r\n").startswith(b"HTTP/1.0 400")
+    assert exchange(server.port, b"GARBAGE\x1b[31m\r\n\r\n").startswith(b"HTTP/1.0 400")
     big_head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
-    assert raw_answer(server.port, big_head).startswith(b"HTTP/1.0 431")
-    deadline = time.monotonic() + 5
-    while len(access_lines(server.stderr)) < before + 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert exchange(server.port, big_head).startswith(b"HTTP/1.0 431")
+    wait_until(lambda: len(access_lines(server.stderr)) >= before + 2, timeout=5)
     new = access_lines(server.stderr)[before:]
     assert [(x["status"], x["org"], x["key"], x["client"]) for x in new] == [
         ("400", "-", "-", "127.0.0.1"),
@@ -174,6 +154,7 @@ def test_answers_waitress_gives_itself_are_logged_with_their_status(server):
     assert new[1]["method"] == new[1]["path"] == "-"
 
 
+@pytest.mark.live
 def test_lines_name_the_key_and_the_client_never_the_token(server):
     r = httpx.get(server.url + URL, headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "who-asked"})
     assert r.status_code == 200
@@ -219,24 +200,22 @@ def test_client_address_comes_from_a_trusted_proxy_only():
         parse_trusted_proxies("proxy.example")
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("trusted,expected", [(None, "127.0.0.1"), ("127.0.0.1", "198.51.100.4"),
                                               ("10.9.9.9", "127.0.0.1")])
 def test_trusted_proxy_flag_on_a_live_server(tmp_path, trusted, expected):
     args = ("--trusted-proxy", trusted) if trusted else ()
-    s = Server(tmp_path / "proxy.db", *args, env={"PODS_API_KEY": KEY})
-    try:
+    with Server(tmp_path / "proxy.db", *args, env={"PODS_API_KEY": KEY}) as s:
         r = httpx.get(s.url + URL, headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "proxied",
                                             "X-Forwarded-For": "6.6.6.6, 198.51.100.4"})
         assert r.status_code == 200
-    finally:
-        assert s.stop() == 0
     line = next(x for x in access_lines(s.stderr) if x["rid"] == "proxied")
     assert line["client"] == expected
 
 
+@pytest.mark.live
 def test_a_bad_trusted_proxy_is_refused_at_start(tmp_path):
-    result = subprocess.run([sys.executable, APP, "--trusted-proxy", "nonsense", "--db", str(tmp_path / "x.db")],
-                            capture_output=True, text=True, timeout=30)
+    result = run_app("--trusted-proxy", "nonsense", "--db", str(tmp_path / "x.db"), timeout=30)
     assert result.returncode == 2
     assert "--trusted-proxy" in result.stderr
 
@@ -244,17 +223,14 @@ def test_a_bad_trusted_proxy_is_refused_at_start(tmp_path):
 # -- a log nobody reads ---------------------------------------------------------------------
 
 
+@pytest.mark.live
 def test_a_stderr_nobody_reads_never_stops_answers_or_shutdown(tmp_path):
     """stderr is a pipe that nobody reads during a burst far larger than the pipe
     holds: every request is answered; once the pipe is read again, the log says
     how many lines it dropped, and lines written plus lines dropped are every
     request. Then a SIGTERM with the pipe full again stops the server."""
-    db = tmp_path / "stalled.db"
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
-                            stderr=subprocess.PIPE, env={**os.environ, "PODS_API_KEY": KEY})
-    try:
-        url = wait_for_url(tmp_path / "out.txt", proc)
+    with Server(tmp_path / "stalled.db", env={"PODS_API_KEY": KEY}, stderr=subprocess.PIPE) as s, s.proc.stderr:
+        url, proc = s.url, s.proc
         requests = 6000  # about a megabyte of access lines; the pipe holds 64 KiB
         started = time.monotonic()
         with httpx.Client(base_url=url, timeout=10, headers={"X-Request-Id": "burst"}) as c:
@@ -270,11 +246,6 @@ def test_a_stderr_nobody_reads_never_stops_answers_or_shutdown(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
-        proc.stderr.close()
     text = collected[0].decode()
     dropped = sum(int(n) for n in re.findall(r"WARNING pods\.log (\d+) log line\(s\) dropped", text))
     logged = sum(1 for line in access_lines(text) if line["rid"] in ("burst", "after"))
@@ -283,13 +254,10 @@ def test_a_stderr_nobody_reads_never_stops_answers_or_shutdown(tmp_path):
     assert "stopped" in text
 
 
+@pytest.mark.live
 def test_sigterm_with_a_full_log_pipe_stops_the_server(tmp_path):
-    db = tmp_path / "stuck.db"
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
-                            stderr=subprocess.PIPE, env={**os.environ, "PODS_API_KEY": KEY})
-    try:
-        url = wait_for_url(tmp_path / "out.txt", proc)
+    with Server(tmp_path / "stuck.db", env={"PODS_API_KEY": KEY}, stderr=subprocess.PIPE) as s, s.proc.stderr:
+        url, proc = s.url, s.proc
         with httpx.Client(base_url=url, timeout=10) as c:
             for _ in range(3000):
                 assert c.get("/healthz").status_code == 200
@@ -297,51 +265,20 @@ def test_sigterm_with_a_full_log_pipe_stops_the_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 8
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
-        proc.stderr.close()
 
 
-def wait_for_url(stdout_path, proc) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = re.search(r"serving on (http://\S+)", stdout_path.read_text())
-        if m:
-            url = m.group(1)
-            port = int(url.rsplit(":", 1)[1])
-            while time.monotonic() < deadline:
-                try:
-                    answer = raw_answer(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if answer.startswith(b"HTTP/1.1 200"):
-                        return url
-                except OSError:
-                    time.sleep(0.05)
-        assert proc.poll() is None, "server exited"
-        time.sleep(0.05)
-    raise AssertionError("server did not start")
-
-
+@pytest.mark.live
 def test_a_closed_stderr_loses_the_log_not_the_answers_nor_the_database(tmp_path):
     """Started with ``2>&-``: requests are answered, and no log line lands in a file
     or socket that took descriptor 2's place."""
-    db = tmp_path / "closed.db"
-    out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([sys.executable, APP, "--port", "0", "--db", str(db)], stdout=out,
-                            env={**os.environ, "PODS_API_KEY": KEY}, preexec_fn=lambda: os.close(2))
-    try:
-        url = wait_for_url(tmp_path / "out.txt", proc)
+    with Server(tmp_path / "closed.db", env={"PODS_API_KEY": KEY}, preexec_fn=lambda: os.close(2)) as s:
+        url, proc = s.url, s.proc
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
             made = [c.post(URL, json={"name": f"kept {i}"}).json() for i in range(20)]
             assert [c.get(f"{URL}/{p['pod_id']}").json() for p in made] == made
         assert os.readlink(f"/proc/{proc.pid}/fd/2") == os.devnull
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
     for path in tmp_path.glob("closed.db*"):
         assert b"pods.access" not in path.read_bytes()
 
@@ -384,8 +321,6 @@ def log_pipe():
 
 
 def test_an_unhandled_exception_logs_one_entry_naming_the_request_safely(app, client, headers, monkeypatch, log_pipe):
-    from conftest import storage_of
-
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
     def broken(*args):

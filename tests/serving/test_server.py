@@ -1,14 +1,14 @@
 """The real server, started as a user would, driven by the official agentmail SDK."""
 
-import socket
-
 import httpx
 import pytest
 from agentmail import AgentMail
 from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from agentmail.errors import NotFoundError, ValidationError
-from live import Server
+from helpers import URL, exchange
+
+pytestmark = pytest.mark.live
 
 
 @pytest.fixture
@@ -64,48 +64,35 @@ def test_first_start_prints_a_working_key_and_the_sdk_works_end_to_end(live_serv
     assert e.value.status_code == 401
 
 
-def test_pods_api_key_from_the_environment(database, tmp_path, sdk):
+def test_pods_api_key_from_the_environment(database, tmp_path, sdk, servers):
     token = "operator-chosen-token-of-32-characters-or-more"
-    s = Server(database, env={"PODS_API_KEY": token}, workdir=tmp_path)
-    try:
-        assert not any(line.startswith("pods_") for line in s.stdout.splitlines())
-        assert sdk(s.url, token).pods.list().count == 0
-    finally:
-        s.stop()
-
-
-def raw_exchange(url, data: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(data)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+    s = servers(database, env={"PODS_API_KEY": token}, workdir=tmp_path)
+    assert not any(line.startswith("pods_") for line in s.stdout.splitlines())
+    assert sdk(s.url, token).pods.list().count == 0
 
 
 def test_http_level_errors_are_json_too(live_server):
     token = live_server.bootstrap_token
-    big = httpx.post(live_server.url + "/agent/v0/pods", content=b"x" * (100 * 1024),
+    big = httpx.post(live_server.url + URL, content=b"x" * (100 * 1024),
                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert big.status_code == 413
     assert big.json()["name"] == "PayloadTooLargeError"
     # A body too big even to buffer is answered from its headers alone, in JSON too.
-    answer = raw_exchange(live_server.url, b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\n"
+    answer = exchange(live_server.url, b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                           b"Authorization: Bearer " + token.encode() + b"\r\n"
                           b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head
     assert b'"PayloadTooLargeError"' in body
 
-    answer = raw_exchange(live_server.url, b"GARBAGE\r\n\r\n")
+    answer = exchange(live_server.url, b"GARBAGE\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400") and b"application/json" in head
     assert b'"ValidationError"' in body
 
     # Just over waitress's 256 KiB header limit, so that it reads every byte sent
     # (unread bytes would make the kernel answer the close with a reset).
-    answer = raw_exchange(live_server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n")
+    answer = exchange(live_server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_200 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 431") and b"application/json" in answer
     # And the server answers normally afterwards.
     assert httpx.get(live_server.url + "/healthz").json() == {"status": "ok"}
@@ -114,9 +101,9 @@ def test_http_level_errors_are_json_too(live_server):
 def test_head_and_get_answer_alike_minus_the_body(live_server):
     token = live_server.bootstrap_token
     with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}) as c:
-        pod = c.post("/agent/v0/pods", json={"name": "h"}).json()
-        got = c.get(f"/agent/v0/pods/{pod['pod_id']}")
-        head = c.head(f"/agent/v0/pods/{pod['pod_id']}")
+        pod = c.post(URL, json={"name": "h"}).json()
+        got = c.get(f"{URL}/{pod['pod_id']}")
+        head = c.head(f"{URL}/{pod['pod_id']}")
         assert (got.status_code, head.status_code) == (200, 200)
         assert head.content == b""
         assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.content))

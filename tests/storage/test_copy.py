@@ -10,13 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import new_database
 from dbtools import query
-from live import Server, run_app
+from helpers import AUTH, KEY, URL, Server, new_database, run_app
 
-URL = "/agent/v0/pods"
-KEY = "pods_copy-test-key-0123456789abcdefghijklmnopqrs"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+pytestmark = pytest.mark.live
+
 TABLES = ("organization", "api_key", "pod", "setting")
 
 
@@ -34,8 +32,7 @@ def test_a_copy_taken_while_a_server_writes_holds_one_consistent_moment_and_work
         tmp_path, request, source_backend, dest_backend):
     source = new_database("postgres", None, request) if source_backend == "postgres" else str(tmp_path / "source.db")
     dest = new_database("postgres", None, request) if dest_backend == "postgres" else str(tmp_path / "dest.db")
-    server = Server(source, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-    try:
+    with Server(source, env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
         with httpx.Client(base_url=server.url, headers=AUTH) as c:
             before = [c.post(URL, json={"name": f"before {i}", "client_id": f"b{i}"}).json() for i in range(30)]
             scoped_pod = before[0]["pod_id"]
@@ -56,8 +53,6 @@ def test_a_copy_taken_while_a_server_writes_holds_one_consistent_moment_and_work
         finally:
             stop.set()
             thread.join()
-    finally:
-        assert server.stop() == 0
     assert result.returncode == 0, result.stderr
     assert written, "nothing was written during the copy"
     counts = {name: int(n) for name, n in re.findall(r"(organizations|keys|pods|settings) (\d+)", result.stdout)}
@@ -73,8 +68,7 @@ def test_a_copy_taken_while_a_server_writes_holds_one_consistent_moment_and_work
     if not dest.startswith("postgresql"):
         assert os.stat(dest).st_mode & 0o777 == 0o600
     # Keys, page tokens and every answer work at DEST as they did at SOURCE.
-    served = Server(dest, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-    try:
+    with Server(dest, env={"PODS_API_KEY": KEY}, workdir=tmp_path) as served:
         with httpx.Client(base_url=served.url, headers=AUTH) as c:
             assert c.get(f"{URL}/{before[5]['pod_id']}").json() == before[5]
             page = c.get(URL, params={"limit": 7, "page_token": token})
@@ -83,8 +77,6 @@ def test_a_copy_taken_while_a_server_writes_holds_one_consistent_moment_and_work
         scoped_key = {"Authorization": f"Bearer {scoped['api_key']}"}
         assert [p["pod_id"] for p in httpx.get(served.url + URL, headers=scoped_key).json()["pods"]] == [scoped_pod]
         assert run_app("check", "--db", dest).returncode == 0
-    finally:
-        assert served.stop() == 0
 
 
 def test_a_destination_holding_pods_data_is_refused_and_left_as_it_was(tmp_path, request, backend):

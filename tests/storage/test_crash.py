@@ -5,13 +5,14 @@ import threading
 import time
 
 import httpx
+import pytest
 from dbtools import query
-from live import Server
+from helpers import KEY, URL, Server, wait_until
 
 from pods.storage import is_url
 
-URL = "/agent/v0/pods"
-KEY = "crash-test-key-with-at-least-32-characters"
+pytestmark = pytest.mark.live
+
 CYCLES = 4
 
 
@@ -71,19 +72,21 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(database, tmp_path)
     ledger = Ledger()
     rng = random.Random(20261129)
     for cycle in range(CYCLES):
-        server = Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-        stop = threading.Event()
-        clients = [
-            threading.Thread(target=client_loop, args=(server.url, ledger, stop, cycle * 100 + i))
-            for i in range(6)
-        ]
-        for t in clients:
-            t.start()
-        time.sleep(rng.uniform(0.3, 0.9))
-        server.kill()  # SIGKILL: no shutdown code runs
-        stop.set()
-        for t in clients:
-            t.join()
+        with Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
+            stop = threading.Event()
+            clients = [
+                threading.Thread(target=client_loop, args=(server.url, ledger, stop, cycle * 100 + i))
+                for i in range(6)
+            ]
+            for t in clients:
+                t.start()
+            # Enough acknowledged to prove something however slow the machine, then a random moment.
+            wait_until(lambda: len(ledger.created) >= 15 * (cycle + 1), timeout=60)
+            time.sleep(rng.uniform(0.3, 0.9))
+            server.kill()  # SIGKILL: no shutdown code runs
+            stop.set()
+            for t in clients:
+                t.join()
 
         # The file opens cleanly and holds exactly what was acknowledged.
         pods = stored(path)
@@ -96,16 +99,13 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(database, tmp_path)
 
     # A create whose answer was lost can be retried safely: its client_id finds
     # the pod if it was stored, or makes exactly one if it was not.
-    server = Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-    try:
+    with Server(path, env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
             for client_id in ledger.unanswered_creates:
                 first = c.post(URL, json={"client_id": client_id})
                 again = c.post(URL, json={"client_id": client_id})
                 assert first.status_code == again.status_code == 200
                 assert first.json() == again.json()
-    finally:
-        assert server.stop() == 0
     pods = stored(path)
     client_ids = [p["client_id"] for p in pods.values()]
     assert len(client_ids) == len(set(client_ids))

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from conftest import storage_of
+from helpers import storage_of
 
 from pods import create_app
 from pods.storage import sqlite as db

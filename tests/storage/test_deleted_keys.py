@@ -7,7 +7,7 @@ import sqlite3
 
 import dbtools
 import pytest
-from conftest import storage_of
+from helpers import storage_of
 
 from pods.api.auth import hash_key, new_token
 from pods.storage import is_url

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import Server
-
-from conftest import storage_of
+from helpers import Server, storage_of
 
 from pods import create_app
 from pods.storage import sqlite as db
@@ -98,14 +96,12 @@ def test_an_older_database_upgrades_keeping_every_pod_and_key_as_an_organization
         storage_of(app).close()
 
 
+@pytest.mark.live
 def test_serving_an_older_database_logs_each_step_sqlite(v1_copy):
-    server = Server(v1_copy)
-    try:
+    with Server(v1_copy) as server:
         r = httpx.get(server.url + "/agent/v0/pods", params={"limit": 100},
                       headers={"Authorization": "Bearer v1-token-acme"})
         assert r.status_code == 200 and r.json()["count"] == 12
-    finally:
-        assert server.stop() == 0
     steps = [line.split(" INFO pods.db ")[1] for line in server.stderr.splitlines() if " INFO pods.db " in line]
     assert steps == [f"migrating schema {v} → {v + 1}" for v in range(1, db.SCHEMA_VERSION)]
     assert version(v1_copy) == db.SCHEMA_VERSION

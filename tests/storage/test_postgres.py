@@ -13,18 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import dbtools
-from conftest import new_database, storage_of
 from dbtools import query
-from live import Server, run_app
+from helpers import AUTH, KEY, URL, Server, new_database, run_app, storage_of, wait_until
 from tcpproxy import TcpProxy
 
 from pods import close_app, create_app
 from pods.api.auth import hash_key, token_prefix
 from pods.storage import interface as base, postgres, same_database, sqlite
-
-URL = "/agent/v0/pods"
-KEY = "pods_postgres-test-key-0123456789abcdefghijklmn"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -34,19 +29,13 @@ def pg(request, tmp_path):
 
 
 @pytest.fixture
-def instances(pg, tmp_path):
-    """start(n, *args) -> n pods instances serving ``pg``; all stopped at the end."""
-    started = []
+def instances(pg, tmp_path, servers):
+    """start(n, *args) -> n pods instances serving ``pg``; all stopped at the end (``servers``)."""
 
     def start(n, *args, db=None):
-        servers = [Server(db or pg, *args, env={"PODS_API_KEY": KEY}, workdir=tmp_path) for _ in range(n)]
-        started.extend(servers)
-        return servers
+        return [servers(db or pg, *args, env={"PODS_API_KEY": KEY}, workdir=tmp_path) for _ in range(n)]
 
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            assert server.stop() == 0, server.stderr
+    return start
 
 
 def client(server, headers=AUTH) -> httpx.Client:
@@ -56,6 +45,7 @@ def client(server, headers=AUTH) -> httpx.Client:
 # -- one database, many instances -------------------------------------------------------
 
 
+@pytest.mark.live
 def test_a_pod_made_at_one_instance_is_read_listed_and_deleted_at_another(instances):
     a, b = instances(2)
     with client(a) as at_a, client(b) as at_b:
@@ -67,6 +57,7 @@ def test_a_pod_made_at_one_instance_is_read_listed_and_deleted_at_another(instan
         assert at_a.get(f"/pods/{pod['pod_id']}").status_code == 404
 
 
+@pytest.mark.live
 def test_concurrent_creates_with_one_client_id_across_instances_make_one_pod(instances, pg):
     servers = instances(3)
     barrier, answers = threading.Barrier(24), []
@@ -88,6 +79,7 @@ def test_concurrent_creates_with_one_client_id_across_instances_make_one_pod(ins
     assert query(pg, "SELECT count(*) FROM pod WHERE client_id = 'the-one'") == [(1,)]
 
 
+@pytest.mark.live
 def test_a_key_deleted_or_revoked_anywhere_is_refused_at_every_instance_on_the_next_request(instances, pg):
     a, b = instances(2)
     with client(a) as at_a:
@@ -108,6 +100,7 @@ def test_a_key_deleted_or_revoked_anywhere_is_refused_at_every_instance_on_the_n
         assert at_a.get("/pods").status_code == 200
 
 
+@pytest.mark.live
 def test_page_tokens_cross_instances_and_a_walk_across_them_under_churn_sees_every_stable_pod_once(instances):
     servers = instances(3)
     with client(servers[0]) as c:
@@ -154,7 +147,6 @@ def test_created_at_comes_from_the_database_servers_clock(pg, monkeypatch):
     app = create_app({"TESTING": True, "DB": pg})
     try:
         c = app.test_client()
-        from conftest import storage_of
         from pods.api.auth import hash_key, token_prefix
 
         storage_of(app).insert_api_key("acme", hash_key(KEY), token_prefix(KEY))
@@ -172,12 +164,13 @@ def _seconds(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def test_three_instances_starting_at_once_on_an_empty_database_apply_the_schema_once(pg, tmp_path):
-    servers, failures = [], []
+@pytest.mark.live
+def test_three_instances_starting_at_once_on_an_empty_database_apply_the_schema_once(pg, tmp_path, servers):
+    started, failures = [], []
 
     def start():
         try:
-            servers.append(Server(pg, env={"PODS_API_KEY": KEY}, workdir=tmp_path))
+            started.append(servers(pg, env={"PODS_API_KEY": KEY}, workdir=tmp_path))
         except RuntimeError as e:
             failures.append(e)
 
@@ -186,16 +179,14 @@ def test_three_instances_starting_at_once_on_an_empty_database_apply_the_schema_
         t.start()
     for t in threads:
         t.join()
-    try:
-        assert failures == [] and len(servers) == 3
-        for s in servers:
-            assert httpx.get(s.url + URL, headers=AUTH).status_code == 200
-        assert query(pg, "SELECT version FROM pods_schema") == [(postgres.SCHEMA_VERSION,)]
-        assert query(pg, "SELECT count(*) FROM api_key") == [(1,)]  # PODS_API_KEY, stored once
-    finally:
-        for s in servers:
-            assert s.stop() == 0
-    for s in servers:
+    assert failures == [] and len(started) == 3
+    for s in started:
+        assert httpx.get(s.url + URL, headers=AUTH).status_code == 200
+    assert query(pg, "SELECT version FROM pods_schema") == [(postgres.SCHEMA_VERSION,)]
+    assert query(pg, "SELECT count(*) FROM api_key") == [(1,)]  # PODS_API_KEY, stored once
+    for s in started:
+        s.close()
+    for s in started:
         assert "ERROR" not in s.stderr and "Traceback" not in s.stderr
 
 
@@ -254,14 +245,11 @@ def terminate_pods_connections(db):
 
 
 def wait_healthy(server, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(server.url + "/healthz").status_code == 200:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the server did not recover")
+    healthy = wait_until(lambda: httpx.get(server.url + "/healthz").status_code == 200, timeout, interval=0.1)
+    assert healthy, "the server did not recover"
 
 
+@pytest.mark.live
 def test_connections_killed_under_load_lose_nothing_and_service_resumes(instances, pg):
     a, b = instances(2)
     writers = Writers([a, b])
@@ -278,6 +266,7 @@ def test_connections_killed_under_load_lose_nothing_and_service_resumes(instance
     assert_every_acknowledged_pod_stored(pg, writers.acknowledged)
 
 
+@pytest.mark.live
 def test_the_database_unreachable_for_seconds_is_503_and_healthz_503_then_service_resumes(instances, pg):
     parts = urlsplit(pg)
     proxy = TcpProxy((parts.hostname, parts.port or 5432))
@@ -306,6 +295,7 @@ def test_the_database_unreachable_for_seconds_is_503_and_healthz_503_then_servic
         proxy.close()
 
 
+@pytest.mark.live
 def test_kill_9_of_one_instance_under_write_load_loses_nothing_and_the_others_serve(instances, pg):
     a, b = instances(2)
     writers = Writers([a, b])
@@ -349,6 +339,7 @@ def in_thread(function):
     return result[0]
 
 
+@pytest.mark.live
 def test_a_postgresql_server_has_four_request_threads_unless_told(instances):
     default, told = instances(1)[0], instances(1, "--threads", "2")[0]
     assert "1 worker(s), 4 thread(s) each)" in default.stdout and "1 worker(s), 2 thread(s) each)" in told.stdout
@@ -357,10 +348,8 @@ def test_a_postgresql_server_has_four_request_threads_unless_told(instances):
 def test_key_uses_are_recorded_while_every_request_thread_holds_its_connection(serving, pg):
     app = serving(THREADS=1, KEY_USE_FLUSH_SECONDS=0.05)
     assert in_thread(lambda: app.test_client().get(URL, headers=AUTH).status_code) == 200
-    deadline = time.monotonic() + 10
-    while query(pg, "SELECT used_at FROM api_key") == [(None,)]:
-        assert time.monotonic() < deadline, "used_at was never recorded"
-        time.sleep(0.05)
+    assert wait_until(lambda: query(pg, "SELECT used_at FROM api_key") != [(None,)], timeout=10), \
+        "used_at was never recorded"
 
 
 def test_a_connection_the_server_closed_between_requests_is_replaced_without_a_503(serving, pg):
@@ -405,10 +394,7 @@ def test_a_server_that_stops_answering_costs_requests_a_503_not_their_thread(ser
         assert (r.status_code, r.json["name"]) == (503, "ServiceUnavailableError")
         assert waited < 4
     proxy.unstall()
-    deadline = time.monotonic() + 20
-    while c.get("/healthz").status_code != 200:
-        assert time.monotonic() < deadline, "service did not resume"
-        time.sleep(0.1)
+    assert wait_until(lambda: c.get("/healthz").status_code == 200, timeout=20, interval=0.1), "service did not resume"
     assert [p["name"] for p in c.get(URL, headers=AUTH).json["pods"]] in ([], ["x"])  # the stalled create: either
     # Shutdown while stalled, with a key use still to record: it ends.
     assert c.post(URL, json={"name": "y"}, headers=AUTH).status_code == 200
@@ -418,6 +404,7 @@ def test_a_server_that_stops_answering_costs_requests_a_503_not_their_thread(ser
     assert not closing.is_alive() and waited < 10
 
 
+@pytest.mark.live
 def test_a_stalled_database_lets_the_server_answer_and_stop(instances, proxied):
     """Requests waiting on a database that stopped answering, and a SIGTERM meanwhile:
     each request gets its 503 and the server exits."""
@@ -584,6 +571,7 @@ def test_a_read_only_database_is_503_and_healthz_says_so(serving, pg):
 # -- refusals ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("rows", [0, 2])
 def test_a_version_table_without_exactly_one_row_is_one_line(pg, rows):
     assert run_app("init", "--db", pg).returncode == 0
@@ -597,6 +585,7 @@ def test_a_version_table_without_exactly_one_row_is_one_line(pg, rows):
         assert f"pods_schema holds {rows} rows, not 1" in lines[0]
 
 
+@pytest.mark.live
 def test_a_database_not_in_utf8_is_refused_in_one_line(postgres):
     admin = postgres.rsplit("/", 1)[0] + "/postgres"
     name = "pods_latin1_" + secrets.token_hex(3)
@@ -622,15 +611,13 @@ def with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}"))
 
 
+@pytest.mark.live
 def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
     password = "s3cret-Pa55word"
     url = with_password(pg, password)  # the local server trusts: any password will do
-    server = Server(url, env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-    try:
+    with Server(url, env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
         assert httpx.get(server.url + URL, headers=AUTH).status_code == 200
         assert "***" in server.stdout and password not in server.stdout
-    finally:
-        assert server.stop() == 0
     outputs = [server.stdout, server.stderr]
     unreachable = with_password(re.sub(r"@[^/]+/", "@127.0.0.1:9/", pg), password)
     missing = with_password(pg.replace(urlsplit(pg).path, "/no_such_database"), password)
@@ -643,6 +630,7 @@ def test_a_password_in_the_url_never_appears_in_any_output(pg, tmp_path):
     assert any("***" in text for text in outputs[2:])
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("url,secret", [
     ("postgresql://u:s3cr%3At@127.0.0.1:9/x", ["s3cr%3At", "s3cr:t"]),  # percent-encoded
     ("postgresql://u@127.0.0.1:9/x?password=hunter2&sslmode=disable", ["hunter2"]),  # in the query
@@ -680,6 +668,7 @@ def test_same_database_compares_what_libpq_connects_to(a, b, same):
     assert same_database(a, b) is same and same_database(b, a) is same
 
 
+@pytest.mark.live
 def test_copy_refuses_one_postgresql_database_however_spelled(pg):
     assert run_app("init", "--db", pg).returncode == 0
     result = run_app("copy", with_password(pg, "anything"), "POSTGRESQL" + pg[pg.index(":"):])
@@ -709,6 +698,7 @@ def current_schema(db):
     return query(db, "SELECT current_schema()")[0][0]
 
 
+@pytest.mark.live
 def test_check_and_migrate_work_on_postgresql(pg):
     assert run_app("init", "--db", pg).returncode == 0
     assert run_app("check", "--db", pg).stdout.strip().endswith(": ok")
@@ -727,6 +717,7 @@ def test_check_and_migrate_work_on_postgresql(pg):
     assert broken.returncode == 1 and "without table(s) setting" in broken.stderr
 
 
+@pytest.mark.live
 def test_a_database_of_another_program_is_refused(pg):
     query(pg, "CREATE TABLE invoices (id int)")
     result = run_app("--port", "0", "--db", pg)
@@ -734,12 +725,14 @@ def test_a_database_of_another_program_is_refused(pg):
     assert "is not a pods database (tables: invoices)" in result.stderr
 
 
+@pytest.mark.live
 def test_the_server_unreachable_at_start_is_one_line(tmp_path):
     result = run_app("--port", "0", "--db", "postgresql://postgres@127.0.0.1:9/x")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: database postgresql://")
 
 
+@pytest.mark.live
 def test_a_missing_psycopg_is_one_line(tmp_path):
     import subprocess
     import sys

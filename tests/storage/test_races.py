@@ -6,17 +6,15 @@ import threading
 import httpx
 import pytest
 from dbtools import query
-from live import Server
+from helpers import KEY, URL, Server
 
-URL = "/agent/v0/pods"
-KEY = "race-test-key-with-at-least-32-characters"
+pytestmark = pytest.mark.live
 
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
 def server(request, database, tmp_path):
-    s = Server(database, "--workers", str(request.param), env={"PODS_API_KEY": KEY}, workdir=tmp_path)
-    yield s
-    assert s.stop() == 0
+    with Server(database, "--workers", str(request.param), env={"PODS_API_KEY": KEY}, workdir=tmp_path) as s:
+        yield s
 
 
 def test_many_creates_with_one_client_id_make_one_pod(server):

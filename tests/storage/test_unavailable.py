@@ -4,12 +4,11 @@ import sqlite3
 
 import pytest
 
-from conftest import storage_of
+from helpers import URL, storage_of
 
 from pods import create_app
 from pods.storage import sqlite
 
-URL = "/agent/v0/pods"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``python tests/faultserver.py ARGS``: ``python app.py ARGS`` with two faults a
+"""``python tests/serving/faultserver.py ARGS``: ``python app.py ARGS`` with two faults a
 test can ask for, so that a real server shows its 500 and its 503: a pod list
 whose query says ``fault=internal`` fails with an unexpected exception (a bug),
 ``fault=unavailable`` with the database driver's "not answering" (what a lost
@@ -8,7 +8,7 @@ nothing differs. Used by test_errors_live.py only."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from flask import request  # noqa: E402
 
