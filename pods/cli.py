@@ -6,11 +6,11 @@ import os
 
 import click
 
-from . import __version__
 from .api import logstream
 from .api.auth import hash_key, token_prefix
 from .cli_keys import keys, orgs
 from .cli_options import (
+    show_version,
     ReplicaURLs,
     check_backup_destination,
     check_copy_destination,
@@ -23,6 +23,7 @@ from .cli_options import (
 )
 from .serving import channel, ratelimit, server
 from .serving.console import (
+    plug_closed_standard_streams,
     API_KEY_VARIABLE,
     DEFAULT_ORG,
     check_env_token,
@@ -42,7 +43,6 @@ from .storage import (
     same_database,
 )
 from .storage import litestream
-from .storage.migrations import schema_versions
 
 log = logging.getLogger("pods.cli")
 
@@ -77,19 +77,8 @@ def _limits(rate_limit, rate_burst, key_rate_limit, key_rate_burst) -> ratelimit
     )
 
 
-def _show_version(ctx, param, value):
-    """``--version``: this pods' version and the database schema versions it writes
-    (SQLite and PostgreSQL count their versions apart), read without psycopg."""
-    if not value or ctx.resilient_parsing:
-        return
-    versions = schema_versions()
-    click.echo(f"pods, version {__version__} (database schema version {versions['SQLite']} on SQLite,"
-               f" {versions['PostgreSQL']} on PostgreSQL)")
-    ctx.exit()
-
-
 @click.group(invoke_without_command=True)
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
               help="Show the version and the database schema versions, and exit.")
 @click.option("--host", envvar="PODS_HOST", default="127.0.0.1", show_default=True,
               help="Interface to listen on (env PODS_HOST).")
@@ -153,7 +142,7 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
     "default" and prints it once. PODS_API_KEY=<token> in the environment makes
     that token a key of "default".
     """
-    _plug_closed_standard_streams()
+    plug_closed_standard_streams()
     if ctx.invoked_subcommand is None:
         limits = _limits(rate_limit, rate_burst, key_rate_limit, key_rate_burst)
         configure_logging(log_level)
@@ -181,19 +170,6 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
 
 cli.add_command(keys)
 cli.add_command(orgs)
-
-
-def _plug_closed_standard_streams() -> None:
-    """Open /dev/null on any of file descriptors 0-2 that the process started without
-    (``2>&-``), so that no file or socket opened later takes that number and
-    receives what is meant for stdout or stderr (the log writes to descriptor 2).
-    ``sys.stdout`` stays None for a closed stdout, which is how a new key refuses
-    to be stored unseen."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def documented_variables(command: click.Command | None = None) -> set[str]:

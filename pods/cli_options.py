@@ -8,11 +8,12 @@ from contextlib import contextmanager
 import click
 from click.core import ParameterSource
 
+from . import __version__
 from .api import accesslog
 from .serving.console import clear_failures
-from .storage import describe, is_url, open_storage, same_database
+from .storage import companions, database_file_suffix, describe, is_url, open_storage, same_database
+from .storage.migrations import schema_versions
 from .storage.url import looks_like_connection_string
-from .storage import companions, database_file_suffix
 
 
 
@@ -168,3 +169,14 @@ def check_copy_destination(path: str) -> None:
             f"{in_use[0]} exists: {path} may be a database in use; stop what uses it or remove "
             f"{in_use[0]}, then run again"
         )
+
+
+def show_version(ctx, param, value):
+    """``--version``: this pods' version and the database schema versions it writes
+    (SQLite and PostgreSQL count their versions apart), read without psycopg."""
+    if not value or ctx.resilient_parsing:
+        return
+    versions = schema_versions()
+    click.echo(f"pods, version {__version__} (database schema version {versions['SQLite']} on SQLite,"
+               f" {versions['PostgreSQL']} on PostgreSQL)")
+    ctx.exit()

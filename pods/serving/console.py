@@ -159,3 +159,16 @@ def _discard_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+def plug_closed_standard_streams() -> None:
+    """Open /dev/null on any of file descriptors 0-2 that the process started without
+    (``2>&-``), so that no file or socket opened later takes that number and
+    receives what is meant for stdout or stderr (the log writes to descriptor 2).
+    ``sys.stdout`` stays None for a closed stdout, which is how a new key refuses
+    to be stored unseen."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
