@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from agentmail import AgentMail
+from agentmail.core.api_error import ApiError
 from agentmail.environment import AgentMailEnvironment
 from helpers import Server, new_database, run_app
 from dbtools import BACKENDS, query
@@ -201,6 +202,19 @@ def test_the_sdk_with_its_default_retries_carries_fifteen_calls_through_five_a_s
         assert s.stop() == 0
     assert " 429 " in s.stderr  # it was limited, and retried its way through
 
+
+
+def test_a_429_reaches_the_sdk_with_its_code_and_fix(tmp_path):
+    with start(tmp_path, "--rate-limit", "1/min") as s:
+        environment = AgentMailEnvironment(http=s.url + "/agent", websockets="ws://unused")
+        with httpx.Client(timeout=30) as transport:
+            client = AgentMail(api_key=KEY, environment=environment, httpx_client=transport)
+            client.pods.list()  # the one request a burst of one allows
+            with pytest.raises(ApiError) as caught:
+                client.pods.list(request_options={"max_retries": 0})
+    assert caught.value.status_code == 429
+    body = caught.value.body if isinstance(caught.value.body, dict) else caught.value.body.model_dump()
+    assert body["code"] == "rate_limit_exceeded" and "Retry-After" in body["fix"]
 
 # -- shedding ------------------------------------------------------------------------------
 
