@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every .sql file under pods/: the schema, and each backend's migrations.
 SQL_FILES = sorted(str(p.relative_to(ROOT / "pods")) for p in (ROOT / "pods").rglob("*.sql"))
 # pyproject.toml holds these to the minor version the tests ran against (why: there).
-BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth"]
+BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth", "prometheus-client"]
 
 
 class Dist(NamedTuple):
