@@ -171,9 +171,16 @@ def _existing_database(target: str, current: bool = True, read_only: bool = Fals
               show_default=True, type=click.IntRange(1, 1_000_000),
               help="Open connections per process; at the limit the one idle longest is closed to admit "
                    "a new one (env PODS_CONNECTION_LIMIT).")
+@click.option("--metrics-port", envvar="PODS_METRICS_PORT", default=None, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics at /metrics on this port, a listener of its own; off unless set; "
+                   "0 picks a free one (env PODS_METRICS_PORT).")
+@click.option("--metrics-host", envvar="PODS_METRICS_HOST", default="127.0.0.1", show_default=True,
+              help="Interface the metrics listener binds to (env PODS_METRICS_HOST).")
+@click.option("--metrics-by-org", envvar="PODS_METRICS_BY_ORG", is_flag=True, default=False,
+              help="Also count requests and 429s per organization, labelled by its name (env PODS_METRICS_BY_ORG).")
 @click.pass_context
 def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
-        send_timeout, connection_limit):
+        send_timeout, connection_limit, metrics_port, metrics_host, metrics_by_org):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -186,6 +193,8 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
         configure_logging(log_level)
         if _unknown_variables():
             log.warning(_unknown_variables_message())
+        if metrics_port is None and (metrics_by_org or _given(ctx, "metrics_host")):
+            log.warning("--metrics-host and --metrics-by-org do nothing without --metrics-port: no metrics served")
         serve(Settings(
             db=db,
             host=host,
@@ -196,6 +205,9 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             deadlines=Deadlines(header=header_timeout, keepalive=keepalive_timeout, send=send_timeout),
             connection_limit=connection_limit,
             api_key=os.environ.get(API_KEY_VARIABLE),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_by_org=metrics_by_org,
         ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
@@ -212,6 +224,11 @@ def _plug_closed_standard_streams() -> None:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was set, on the command line or by its variable."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 def documented_variables(command: click.Command | None = None) -> set[str]:

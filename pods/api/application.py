@@ -2,8 +2,23 @@
 only the methods it has."""
 
 from flask import Flask
+from flask.ctx import RequestContext
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
+
+from .accesslog import ROUTE_ENVIRON_KEY
+
+
+class RoutedRequestContext(RequestContext):
+    """Flask's request context, noting the rule a request matched in its environ
+    (``accesslog.ROUTE_ENVIRON_KEY``), where the access log, outside Flask, finds
+    it after the answer: metrics count answers by route template, never by path."""
+
+    def match_request(self) -> None:
+        super().match_request()
+        rule = self.request.url_rule
+        if rule is not None:
+            self.request.environ[ROUTE_ENVIRON_KEY] = rule.rule
 
 
 class StrictRoutingFlask(Flask):
@@ -26,6 +41,9 @@ class StrictRoutingFlask(Flask):
         # Rules take this when they are added, and none is yet. It spares every 404
         # a second match with the slashes merged.
         self.url_map.merge_slashes = False
+
+    def request_context(self, environ):
+        return RoutedRequestContext(self, environ)
 
     def raise_routing_exception(self, request):
         # Flask's error handlers never see a routing redirect: it is raised here and

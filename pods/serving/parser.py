@@ -2,6 +2,7 @@
 handing an oversized body to the app unread rather than refusing it itself."""
 
 import re
+import time
 
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.utilities import Error, RequestEntityTooLarge
@@ -42,6 +43,7 @@ class PodsRequestParser(HTTPRequestParser):
 
     too_large = False
     version_refused = False
+    read_at = 0.0  # time.perf_counter() when the request had arrived whole (or was refused)
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
@@ -73,6 +75,8 @@ class PodsRequestParser(HTTPRequestParser):
 
     def received(self, data):
         consumed = super().received(data)
+        if self.completed and not self.read_at:
+            self.read_at = time.perf_counter()  # from here, it waits for a thread (queue wait)
         if self.error is None:
             return consumed
         announced = None

@@ -12,6 +12,7 @@ from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
 from ..storage import EXTENSION_KEY, describe, open_storage
 from . import server, shutdown, workers
+from .metrics import Exporter
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
 
 log = logging.getLogger("pods.server")
@@ -30,6 +31,9 @@ class Settings:
     deadlines: server.Deadlines = server.Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
+    metrics_port: int | None = None  # None: no metrics
+    metrics_host: str = "127.0.0.1"
+    metrics_by_org: bool = False
 
     def app_config(self) -> dict:
         return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies}
@@ -46,36 +50,79 @@ def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT; exit status 1 if a worker failed."""
     check_env_token(settings.api_key)
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
-    # The port first: a server refused there must not have made a database and shown its first key.
+    # The ports first: a server refused there must not have made a database and shown its first key.
     sockets = _listen(settings.host, settings.port, settings.workers)
+    exporter = _metrics_listener(settings)
+    try:
+        _serve(settings, sockets, exporter)
+    finally:
+        if exporter is not None:
+            exporter.stop()
+
+
+def _serve(settings: Settings, sockets: list, exporter: Exporter | None) -> None:
     with open_database(settings.db) as storage:
         bootstrap_key(storage, settings.api_key)
+    metrics = exporter.server_metrics() if exporter is not None and settings.workers == 1 else None
     with clear_failures(settings.db):
         # One process builds its app now, so a failure shows before "serving on";
         # worker processes build their own after the fork (SQLite connections
         # must not cross one).
-        app = create_app(settings.app_config()) if settings.workers == 1 else None
+        app = create_app(settings.app_config(), observer=metrics) if settings.workers == 1 else None
 
     url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
-               f" (database {describe(settings.db)}, {settings.workers} worker(s),"
-               f" {settings.threads} thread(s) each)")
-    try:
-        click.echo(serving)
-    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
-        log.warning("%s; stdout could not be written", serving)
+    _say(f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
+         f" (database {describe(settings.db)}, {settings.workers} worker(s),"
+         f" {settings.threads} thread(s) each)")
+    if exporter is not None:
+        _say(f"pods metrics on {exporter.url}")
     if app is not None:
-        _serve_app(app, sockets[0], settings, on_exit=lambda: _close_database(app))
+        if exporter is not None:
+            metrics.watch_storage(app.extensions[EXTENSION_KEY])
+            exporter.start()
+
+        def on_exit():
+            if exporter is not None:
+                exporter.stop()  # no scrape reading the database as it is closed
+            _close_database(app)
+
+        _serve_app(app, sockets[0], settings, on_exit=on_exit, metrics=metrics)
         return
-    code = workers.run_workers([functools.partial(_serve_worker, settings, sock) for sock in sockets])
+    code = workers.run_workers(
+        [functools.partial(_serve_worker, settings, sock, exporter) for sock in sockets],
+        on_forked=None if exporter is None else exporter.workers_forked,
+        on_exit=None if exporter is None else exporter.worker_exited,
+    )
     for sock in sockets:
         sock.close()
+    if exporter is not None:
+        exporter.stop()
     # Once, after every worker is gone: a worker checkpointing while its siblings
     # still serve would find the WAL in use.
     with clear_failures(settings.db):
         open_storage(settings.db).checkpoint()
     if code:
         sys.exit(code)
+
+
+def _say(line: str) -> None:
+    try:
+        click.echo(line)
+    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
+        log.warning("%s; stdout could not be written", line)
+
+
+def _metrics_listener(settings: Settings) -> Exporter | None:
+    """The metrics listener (--metrics-port), bound now, or None when metrics are off."""
+    if settings.metrics_port is None:
+        return None
+    try:
+        return Exporter(settings.metrics_host, settings.metrics_port, settings.db, settings.workers,
+                        settings.metrics_by_org)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {settings.metrics_host}:{settings.metrics_port} for metrics: {e.strerror or e}"
+        ) from None
 
 
 def _listen(host: str, port: int, count: int):
@@ -95,19 +142,26 @@ def _fit_connection_limit(wanted: int) -> int:
     return fits
 
 
-def _serve_worker(settings: Settings, sock) -> None:
+def _serve_worker(settings: Settings, sock, exporter: Exporter | None) -> None:
+    metrics = None
+    if exporter is not None:
+        exporter.close_in_worker()
+        metrics = exporter.server_metrics()
     try:
         with clear_failures(settings.db):
-            app = create_app(settings.app_config())
+            app = create_app(settings.app_config(), observer=metrics)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    _serve_app(app, sock, settings, on_exit=lambda: close_app(app))
+    if metrics is not None:
+        metrics.watch_storage(app.extensions[EXTENSION_KEY])
+    _serve_app(app, sock, settings, on_exit=lambda: close_app(app), metrics=metrics)
 
 
-def _serve_app(app, sock, settings: Settings, on_exit) -> None:
+def _serve_app(app, sock, settings: Settings, on_exit, metrics=None) -> None:
     waitress_server = server.make_server(
-        app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies
+        app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies,
+        metrics,
     )
     shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
 

@@ -56,9 +56,12 @@ class PodsServer(TcpWSGIServer):
     channel_class = PodsChannel
     stopping = False  # set at shutdown: every answer from then on closes its connection
 
-    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies):
+    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies, metrics=None):
         self.deadlines = deadlines
         self.trusted_proxies = trusted_proxies
+        # serving/metrics.ServerMetrics, or None (metrics off): tasks record into it,
+        # and it samples this server once a second (``maintenance``).
+        self.metrics = metrics
         sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
         super().__init__(app, map={}, _sock=sock, adj=adj, bind_socket=False, sockinfo=sockinfo)
         self.pending_connections = select.poll()
@@ -123,6 +126,8 @@ class PodsServer(TcpWSGIServer):
     def maintenance(self, now):
         for channel in list(self.active_channels.values()):
             channel.enforce_deadlines(now, self.deadlines)
+        if self.metrics is not None:
+            self.metrics.sample(self)
 
 
 class QueueDepthSummary(logging.Filter):
@@ -160,8 +165,10 @@ def make_server(
     deadlines: Deadlines = Deadlines(),
     connection_limit: int = CONNECTION_LIMIT,
     trusted_proxies: tuple = (),
+    metrics=None,
 ):
-    """A waitress server for ``app`` on a bound socket, ready to ``run()``."""
+    """A waitress server for ``app`` on a bound socket, ready to ``run()``;
+    ``metrics``: a serving/metrics.ServerMetrics to record into, or None."""
     adj = Adjustments(
         sockets=[sock],
         threads=threads,
@@ -182,4 +189,4 @@ def make_server(
         # waitress's own handling would answer a malformed one in plain text.
         clear_untrusted_proxy_headers=False,
     )
-    return PodsServer(app, sock, adj, deadlines, trusted_proxies)
+    return PodsServer(app, sock, adj, deadlines, trusted_proxies, metrics)
