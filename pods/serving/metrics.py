@@ -32,6 +32,7 @@ states; with ``--metrics-by-org``, organization names, which the operator
 chooses. Never a path, an id, a token, a client_id or a pod's name.
 """
 
+import bisect
 import logging
 import os
 import shutil
@@ -138,6 +139,7 @@ class ServerMetrics:
                 registry=r)
         # Children looked up once (labels() validates and locks on every call).
         self._answers: dict[tuple, tuple] = {}
+        self._orgs: dict[str, Counter] = {}  # as many as there are organizations
         self._operations = {name: self.db_duration.labels(name) for name in OPERATIONS}
         self._errors = {kind: self.db_errors.labels(kind) for kind in ERROR_KINDS}
         self._states = {state: self.connections.labels(state) for state in CONNECTION_STATES}
@@ -159,9 +161,12 @@ class ServerMetrics:
         if series is None:
             series = self._answers[key] = (self.requests.labels(*key), self.request_duration.labels(method, route))
         series[0].inc()
-        series[1].observe(seconds)
+        observe(series[1], seconds)
         if self.by_org and caller is not None:
-            self.org_requests.labels(caller.org_name).inc()
+            org = self._orgs.get(caller.org_name)
+            if org is None:
+                org = self._orgs[caller.org_name] = self.org_requests.labels(caller.org_name)
+            org.inc()
         if status == "429":
             self.rate_limited(caller)
 
@@ -176,10 +181,10 @@ class ServerMetrics:
         self.shed_total.inc()
 
     def queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
+        observe(self.queue_wait_seconds, seconds)
 
     def db_operation(self, operation: str, seconds: float) -> None:
-        self._operations[operation].observe(seconds)
+        observe(self._operations[operation], seconds)
 
     def db_error(self, kind: str) -> None:
         self._errors[kind].inc()
@@ -220,6 +225,15 @@ class ServerMetrics:
         self.pool_waits.inc(queued - seen_queued)
         self.pool_wait_seconds.inc((wait_ms - seen_ms) / 1000)
         self._pool_seen = {"queued": queued, "wait_ms": wait_ms}
+
+
+def observe(histogram: Histogram, seconds: float) -> None:
+    """``histogram.observe(seconds)`` for a histogram without labels, or a child of
+    one, at a third of the cost: the bucket found by bisection instead of a scan,
+    without the checks for exemplars, which pods never gives. Three observations
+    per request: this is most of what metrics cost a GET."""
+    histogram._sum.inc(seconds)
+    histogram._buckets[bisect.bisect_left(histogram._upper_bounds, seconds)].inc(1)
 
 
 def sample_queue_depth(metrics: ServerMetrics, server) -> None:
