@@ -145,7 +145,7 @@ def floor(app, by_id, pod_id: str) -> list:
 
     from pods.api import auth
     from pods.api.schemas import pod_schema
-    from pods.storage import EXTENSION_KEY
+    from pods.api.application import STORAGE_EXTENSION as EXTENSION_KEY
     from pods.storage.interface import path_pod
     from pods.storage.sqlite import SQLiteStorage
 

@@ -1,7 +1,8 @@
 """pods: a self-hosted server for the AgentMail Pods API."""
 
-# The one place the version is written: pyproject.toml reads it from here.
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here. Bumped
+# with every change users can see; CHANGELOG.md's top entry names it.
+__version__ = "0.2.0"
 
 from .api import close_app, create_app  # noqa: E402  (flaskr's place for the factory)
 

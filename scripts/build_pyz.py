@@ -1,7 +1,11 @@
-"""Build pods.pyz: pods and its pure-Python dependencies in one file.
+"""Build pods.pyz: pods and its pure-Python dependencies in one file, serving SQLite.
 
     .venv/bin/python scripts/build_pyz.py          # writes ./pods.pyz
     python3 pods.pyz --db /var/lib/pods/pods.db    # the same interface as python app.py
+
+pods.pyz serves SQLite only: PostgreSQL's driver (psycopg) is compiled code, which a
+zip cannot carry. For PostgreSQL, install pods as a package from a clone instead:
+/usr/bin/python3 -m venv /opt/pods && /opt/pods/bin/pip install '.[postgres]' (in the clone).
 
 The file is a standard-library zipapp: Python imports everything straight from
 the zip, so nothing is extracted and nothing is written except the database.
@@ -47,7 +51,8 @@ def main() -> None:
         zipapp.create_archive(staging, args.output, interpreter="/usr/bin/env python3",
                               main="pods.cli:cli", compressed=True)
     version = ".".join(map(str, sys.version_info[:2]))
-    print(f"built {args.output}: {args.output.stat().st_size / 1e6:.1f} MB, bytecode for Python {version}")
+    print(f"built {args.output}: {args.output.stat().st_size / 1e6:.1f} MB, bytecode for Python {version};"
+          f" it serves SQLite only (for PostgreSQL, install pods as a package: pip install '.[postgres]' in a clone)")
 
 
 # Left out of the copy of the checkout that is built: build output of earlier runs
@@ -60,7 +65,7 @@ NOT_SOURCES = shutil.ignore_patterns("build", "dist", "*.egg-info", ".venv", ".g
 def install(target: Path, find_links: Path | None) -> None:
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--no-compile"]
     if find_links is not None:
-        command += ["--no-index", "--find-links", str(find_links), "pods"]
+        command += ["--no-index", "--find-links", str(find_links), "pods-server"]
         subprocess.run(command, check=True)
         return
     with tempfile.TemporaryDirectory() as clean:  # build from a clean copy, never from stale build output

@@ -6,7 +6,7 @@ import pytest
 
 from pods import close_app, create_app
 from pods.api.auth import hash_key, new_token, token_prefix
-from pods.storage import EXTENSION_KEY
+from pods.api.application import STORAGE_EXTENSION as EXTENSION_KEY
 from pods.storage.url import redact
 
 

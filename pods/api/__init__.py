@@ -6,9 +6,8 @@ import secrets
 from flask import Flask
 
 from . import accesslog, errors, httprules, keyuse
-from .leanflask import CompactJSONProvider, NoSessions
-from .application import StrictRoutingFlask
-from ..storage import EXTENSION_KEY, observed, open_storage
+from .application import STORAGE_EXTENSION, PodsFlask
+from ..storage import observed, open_storage
 
 def create_app(config: dict | None = None, observer=None) -> Flask:
     """Build the app and bring its database to the current schema.
@@ -22,9 +21,7 @@ def create_app(config: dict | None = None, observer=None) -> Flask:
     seconds, caller)`` (``accesslog.AccessLog``), ``observer.db_operation(name,
     seconds)`` and ``observer.db_error(kind)`` (``storage.observed``).
     """
-    app = StrictRoutingFlask("pods")
-    app.json = CompactJSONProvider(app)
-    app.session_interface = NoSessions()
+    app = PodsFlask("pods")
     app.config.from_mapping(
         DB="pods.db",
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -34,7 +31,7 @@ def create_app(config: dict | None = None, observer=None) -> Flask:
     if config is not None:
         app.config.from_mapping(config)
 
-    storage = app.extensions[EXTENSION_KEY] = open_storage(app.config["DB"], threads=app.config["THREADS"])
+    storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"])
     storage.prepare()
     if observer is not None:
         observed.instrument(storage, observer.db_operation, observer.db_error)
@@ -61,4 +58,4 @@ def create_app(config: dict | None = None, observer=None) -> Flask:
 def close_app(app: Flask) -> None:
     """At shutdown: record the key uses still pending, release the database."""
     app.extensions[keyuse.EXTENSION_KEY].flush()
-    app.extensions[EXTENSION_KEY].close()
+    app.extensions[STORAGE_EXTENSION].close()

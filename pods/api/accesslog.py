@@ -2,6 +2,8 @@
 
     2026-11-29T04:38:45.900Z INFO pods.access GET /agent/v0/pods 200 1.9ms request_id=4b1f... org=acme key=3fee6523bbdc6633 client=127.0.0.1
 
+With --workers above 1, `` worker=N`` ends the line (``logstream.WORKER``).
+
 Organization and key id are the authenticated caller's ("-" when there is none);
 the token never appears. Query strings are left out: they carry page tokens.
 Every field a client can influence is escaped (``escape``), so that no request can
@@ -151,7 +153,8 @@ def write_line(method, path, status, started, request_id, caller=None, client="-
     logstream.stderr.write(
         f"{logstream.utc_timestamp(time.time())} INFO {log.name} {field(method, MAX_METHOD)}"
         f" {field(path, MAX_PATH)} {status} {(time.perf_counter() - started) * 1000:.1f}ms"
-        f" request_id={field(request_id, MAX_REQUEST_ID)} org={org} key={key} client={field(client, MAX_CLIENT)}\n"
+        f" request_id={field(request_id, MAX_REQUEST_ID)} org={org} key={key} client={field(client, MAX_CLIENT)}"
+        f"{logstream.WORKER}\n"
     )
 
 

@@ -1,12 +1,71 @@
-"""Routing: a route has one spelling, routing never redirects, and a route answers
-only the methods it has."""
+"""The application class, and where a running app keeps its storage.
 
-from flask import Flask
+``PodsFlask`` is Flask set for a stateless JSON API: each of its settings removes
+a per-request cost or a second spelling of a route that this API gets nothing for.
+"""
+
+import json
+
+from flask import Flask, Response, current_app
 from flask.ctx import RequestContext
+from flask.json.provider import DefaultJSONProvider
+from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
 from .accesslog import ROUTE_ENVIRON_KEY
+from ..storage import Storage
+
+STORAGE_EXTENSION = "pods.storage"  # app.extensions[...]: the app's storage
+
+
+def get_storage() -> Storage:
+    """The storage of the app handling the current request."""
+    return current_app.extensions[STORAGE_EXTENSION]
+
+
+def empty_ok() -> Response:
+    """200 with an empty body and no Content-Type: nothing, not an empty document."""
+    response = Response(status=200)
+    del response.headers["Content-Type"]
+    return response
+
+
+class CompactJSONProvider(DefaultJSONProvider):
+    """Flask's default provider, compact, keys in the order the schemas dump them.
+
+    ``json.dumps`` with any option set builds a new JSONEncoder per call; on a
+    one-pod GET that was most of the cost of writing the body.
+    """
+
+    sort_keys = False
+
+    def __init__(self, app):
+        super().__init__(app)
+        self._encoder = json.JSONEncoder(
+            ensure_ascii=self.ensure_ascii, sort_keys=False, separators=(",", ":"), default=self.default
+        )
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(self._encoder.encode(obj) + "\n", mimetype=self.mimetype)
+
+
+class NoSessions(SessionInterface):
+    """No cookies, no session: callers authenticate every request with a key.
+
+    Flask's default interface builds a fresh null session per request and checks
+    it again before responding; one shared null session (it refuses every write)
+    does the same job.
+    """
+
+    _null = NullSession()
+
+    def open_session(self, app, request):
+        return self._null
+
+    def save_session(self, app, session, response):
+        pass
 
 
 class RoutedRequestContext(RequestContext):
@@ -21,8 +80,11 @@ class RoutedRequestContext(RequestContext):
             self.request.environ[ROUTE_ENVIRON_KEY] = rule.rule
 
 
-class StrictRoutingFlask(Flask):
-    """Flask answering 404, never a redirect, for a route spelled another way.
+class PodsFlask(Flask):
+    """The pods application: Flask for a stateless JSON API.
+
+    Compact JSON and no sessions (``CompactJSONProvider``, ``NoSessions``), and
+    strict routing: 404, never a redirect, for a route spelled another way.
 
     werkzeug redirects "/agent//v0/pods" to "/agent/v0/pods" (merge_slashes), a path
     missing the trailing slash of a route that has one (strict_slashes), and a rule's
@@ -33,6 +95,9 @@ class StrictRoutingFlask(Flask):
     empty text/html body, without a key. Here OPTIONS is a method no route has:
     the JSON 405 with Allow, as for any other.
     """
+
+    json_provider_class = CompactJSONProvider
+    session_interface = NoSessions()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

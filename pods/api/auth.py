@@ -15,9 +15,9 @@ from werkzeug.datastructures import Authorization
 
 from .permissions import Caller, missing_permission_message
 from .accesslog import CALLER_ENVIRON_KEY
+from .application import get_storage
 from .errors import error_response
 from .keyuse import EXTENSION_KEY as KEY_USE
-from ..storage import get_storage
 from ..storage.interface import path_pod
 
 TOKEN_PREFIX = "pods_"
@@ -100,3 +100,19 @@ def auth_error(status: int):
         abort(403, description=missing_permission_message(g.missing_permission))
     # A (body, status) tuple: a bare Response would keep status 200.
     return error_response(status)
+
+
+def visible_pod(caller: Caller, pod_id: str):
+    """The pod, if it is the caller's to see.
+
+    :raise 404: no such pod in the caller's organization, or outside its key's scope
+        (answered alike: another pod's existence is not revealed).
+    """
+    if not caller.sees_pod(pod_id):
+        abort(404, description="Pod not found.")
+    read_id, pod = g.get("path_pod", (None, None))  # read with the caller's key (auth.verify_token)
+    if read_id != pod_id:
+        pod = get_storage().find_pod(caller.org_id, pod_id)
+    if pod is None:
+        abort(404, description="Pod not found.")
+    return pod

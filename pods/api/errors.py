@@ -8,7 +8,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from . import accesslog
-from ..storage import EXTENSION_KEY as STORAGE
+from .application import STORAGE_EXTENSION as STORAGE
 
 # status: (name, code, default message)
 KNOWN = {

@@ -9,8 +9,8 @@ it did not exist), the body (413, 415, 400), then no escalation (403).
 from flask import Blueprint, abort
 
 from .permissions import Caller, check_grant, check_regrant, require_organization_scope, stored_permissions
-from .pods import empty_ok, visible_pod
-from .auth import auth, current_caller, new_token, hash_key, token_prefix
+from .application import empty_ok, get_storage
+from .auth import auth, current_caller, hash_key, new_token, token_prefix, visible_pod
 from .bodies import json_body
 from .paging import keyset_page
 from .schemas import (
@@ -21,7 +21,6 @@ from .schemas import (
     api_key_schema,
     api_key_update_schema,
 )
-from ..storage import get_storage
 
 bp = Blueprint("keys", __name__, url_prefix="/agent/v0")
 

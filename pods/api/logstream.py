@@ -26,6 +26,16 @@ BATCH_DELAY = 0.01  # seconds a woken writer waits, so that one write carries ma
 
 _second = (None, "")  # (whole second, its text): one tuple, swapped atomically
 
+# With --workers N above 1, " worker=K" ends every line a process writes: K is the
+# worker (1 to N), 0 their parent. Empty with one process, so its lines stay as they were.
+WORKER = ""
+
+
+def name_worker(number: int) -> None:
+    """From now on, every line this process logs ends with ``worker=NUMBER``."""
+    global WORKER
+    WORKER = f" worker={number}"
+
 
 def utc_timestamp(now: float) -> str:
     """``now`` as every log line shows it: 2026-11-29T04:38:45.900Z."""
@@ -113,7 +123,7 @@ class LogStream:
                 dropped, self._dropped = self._dropped + lost, 0
             if dropped and self._send(
                 f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"
-                " while the log stream was not being read or could not be written\n"
+                f" while the log stream was not being read or could not be written{WORKER}\n"
             ):
                 with self._drop_lock:  # not written either: said once the stream works again
                     self._dropped += dropped
@@ -191,12 +201,13 @@ class LogFormatter(logging.Formatter):
     def format(self, record):
         record.message = record.getMessage()
         record.asctime = self.formatTime(record)
-        lines = [plain(self.formatMessage(record))]
+        lines = [plain(self.formatMessage(record)) + WORKER]
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         for details in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
             if details:
-                lines += [CONTINUATION + plain(line) for line in details.splitlines()]
+                # A long traceback goes out in several writes: each line names its worker too.
+                lines += [CONTINUATION + plain(line) + WORKER for line in details.splitlines()]
         return "\n".join(lines)
 
 

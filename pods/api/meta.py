@@ -3,8 +3,8 @@
 from flask import Blueprint
 
 from . import openapi
+from .application import get_storage
 from .errors import error_response
-from ..storage import get_storage
 
 bp = Blueprint("meta", __name__)
 

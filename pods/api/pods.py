@@ -1,14 +1,14 @@
 """The pod endpoints: one blueprint, mounted at /agent/v0."""
 
-from flask import Blueprint, Response, abort, g
+from flask import Blueprint, abort
 
-from .permissions import Caller, require_organization_scope
-from .auth import auth, current_caller
+from .permissions import require_organization_scope
+from .application import empty_ok, get_storage
+from .auth import auth, current_caller, visible_pod
 from .bodies import json_body
 from .pagetokens import ORGANIZATION_PODS
 from .paging import keyset_page
 from .schemas import list_args_schema, pod_create_schema, pod_list_schema, pod_schema
-from ..storage import get_storage
 
 bp = Blueprint("pods", __name__, url_prefix="/agent/v0")
 
@@ -53,25 +53,3 @@ def delete_pod(pod_id):
         abort(404, description="Pod not found.")
     return empty_ok()
 
-
-def visible_pod(caller: Caller, pod_id: str):
-    """The pod, if it is the caller's to see.
-
-    :raise 404: no such pod in the caller's organization, or outside its key's scope
-        (answered alike: another pod's existence is not revealed).
-    """
-    if not caller.sees_pod(pod_id):
-        abort(404, description="Pod not found.")
-    read_id, pod = g.get("path_pod", (None, None))  # read with the caller's key (auth.verify_token)
-    if read_id != pod_id:
-        pod = get_storage().find_pod(caller.org_id, pod_id)
-    if pod is None:
-        abort(404, description="Pod not found.")
-    return pod
-
-
-def empty_ok() -> Response:
-    """200 with an empty body and no Content-Type: nothing, not an empty document."""
-    response = Response(status=200)
-    del response.headers["Content-Type"]
-    return response

@@ -2,18 +2,15 @@
 at a time."""
 
 import contextlib
+import dataclasses
 import functools
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from waitress.channel import HTTPChannel
 
 from .parser import PodsRequestParser
 from .task import CoalescingTask, JsonErrorTask
-
-if TYPE_CHECKING:
-    from .server import Deadlines
 
 # What is left of an oversized body is read and dropped, up to these bounds (nginx's
 # lingering close), so that a client that writes its whole body before it reads
@@ -22,6 +19,21 @@ DISCARD_MAX_BYTES = 16 * 1024 * 1024
 DISCARD_MAX_SECONDS = 10.0
 # Once the answer is sent, a client that sends nothing for this long is done.
 LINGER_IDLE_SECONDS = 2.0
+
+
+# Defaults of the serve flags of the same names (docs/operations.md).
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 30.0
+SEND_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Deadlines:
+    """Seconds allowed, as the serve flags of the same names set them."""
+
+    header: float = HEADER_TIMEOUT
+    keepalive: float = KEEPALIVE_TIMEOUT
+    send: float = SEND_TIMEOUT
 
 
 class PodsChannel(HTTPChannel):
@@ -73,7 +85,7 @@ class PodsChannel(HTTPChannel):
 
     # -- deadlines ---------------------------------------------------------------
 
-    def enforce_deadlines(self, now: float, limits: "Deadlines") -> None:
+    def enforce_deadlines(self, now: float, limits: Deadlines) -> None:
         """Close this connection if it is past a deadline (``now`` is time.time()).
 
         A request's head must arrive within ``limits.header`` of its first byte

@@ -2,6 +2,7 @@
 one line (never a traceback, never a password), and a new key's token shown once."""
 
 import contextlib
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ import click
 
 from ..api import accesslog
 from ..api.auth import hash_key, new_token, token_prefix
+from ..api.permissions import PERMISSIONS, stored_permissions
 from ..storage import UnusableDatabase, describe, driver_errors, error_text, open_storage
 
 DEFAULT_ORG = "default"
@@ -83,34 +85,44 @@ def require_stdout() -> None:
 
 
 def create_key(storage, org: str, pod_id: str | None = None, name: str | None = None,
-                first: bool = False) -> None:
-    """Store a new key for ``org`` (scoped to ``pod_id``, if given) and print it:
-    once, as the last line. ``first``: only if the database has no key yet (another
-    server starting at the same moment may have made it).
+               first: bool = False, permissions: frozenset | None = None, expires_at: str | None = None,
+               notice: str | None = None) -> None:
+    """Store a new key for ``org`` (scoped to ``pod_id``, if given; with
+    ``permissions``, None for every one, and ``expires_at``) and print its token on
+    stdout, once, as the last line. ``first``: only if the database has no key yet
+    (another server starting at the same moment may have made it). ``notice``: a
+    line for stderr once the key is stored (a new organization started, say).
 
-    Storing and showing are one step: the key is committed only once its token has
-    been written and flushed to stdout, so no key is ever stored unseen.
+    The token is shown and the key stored, never one without the other:
+    - The token is stdout's only line, written and flushed inside the transaction
+      that stores the key, which commits only once that write succeeded. A stdout
+      that cannot take it (closed, full, a pipe whose reader left) rolls the key back:
+      "nothing was stored", and nothing on stdout claimed otherwise.
+    - Only after the commit does stderr say "Created API key ID ..." (the log, when
+      serving): nothing announces a key that is not stored. A reader that keeps only
+      the first line (``| head -1``) keeps the token itself.
+    - Should the commit fail after the token was written (a full disk), the error
+      says that the token printed is void.
     """
     require_stdout()
     token = new_token()
 
-    shown = []
+    written = []  # the token, once on stdout
 
     def show(key) -> None:
-        scope = f'pod {pod_id} of organization "{org}"' if pod_id else f'organization "{org}"'
         try:
-            click.echo(f"Created API key {key['key_id']} for {scope}. It is shown only once:")
             click.echo(token)
             sys.stdout.flush()
         except (OSError, ValueError) as e:  # ValueError: written to a closed file
             raise _StdoutUnwritable(getattr(e, "strerror", None) or str(e)) from None
-        shown.append(True)
+        written.append(key)
 
     try:
-        storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id, before_commit=show,
-                               only_if_first=first)
+        stored = storage.insert_api_key(org, hash_key(token), token_prefix(token), name, pod_id,
+                                        stored_permissions(permissions), expires_at, before_commit=show,
+                                        only_if_first=first)
     except driver_errors() as e:
-        if not shown:
+        if not written:
             raise
         # Shown, then the commit failed (a full disk, say): the token printed is void.
         raise click.ClickException(
@@ -123,6 +135,21 @@ def create_key(storage, org: str, pod_id: str | None = None, name: str | None = 
         raise click.ClickException(
             f"cannot write a new API key to stdout ({e}); nothing was stored"
         ) from None
+    if stored is None:  # first: another server made the first key meanwhile; nothing was shown
+        return
+    scope = f'pod {pod_id} of organization "{shown(org)}"' if pod_id else f'organization "{shown(org)}"'
+    if first:  # serving: the log is stderr, one entry a line
+        logging.getLogger("pods.cli").info(
+            "created API key %s for %s; its token, printed on stdout, is shown only once", stored["key_id"], scope)
+        return
+    grants = "every permission" if permissions is None else (
+        "permissions " + (", ".join(p for p in PERMISSIONS if p in permissions) or "none"))
+    until = f"expires {expires_at}" if expires_at else "no expiry"
+    with contextlib.suppress(OSError, ValueError):  # stored and shown already: the notes are a courtesy
+        if notice is not None:
+            click.echo(notice, err=True)
+        click.echo(f"Created API key {stored['key_id']} for {scope} ({grants}; {until}). "
+                   f"Its token, on stdout, is shown only once.", err=True)
 
 
 def _discard_stdout() -> None:

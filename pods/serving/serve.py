@@ -1,19 +1,23 @@
 """Serving, start to stop: listen, prepare the database (its first key), build the
 app, serve until signalled with one process or several, and close the database."""
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
 
 import click
 
 from ..api import close_app, create_app, logstream
 from ..api.auth import hash_key, token_prefix
-from ..storage import EXTENSION_KEY, describe, open_storage
+from ..api.application import STORAGE_EXTENSION
+from ..storage import describe, is_url, open_storage
 from . import server, shutdown, workers
+from .channel import Deadlines
 from .metrics import Exporter
-from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, shown
+from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
 
 log = logging.getLogger("pods.server")
 
@@ -28,7 +32,7 @@ class Settings:
     threads: int = 1
     workers: int = 1
     trusted_proxies: tuple = ()
-    deadlines: server.Deadlines = server.Deadlines()
+    deadlines: Deadlines = Deadlines()
     connection_limit: int = server.CONNECTION_LIMIT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
     metrics_port: int | None = None  # None: no metrics
@@ -48,6 +52,8 @@ def configure_logging(level: str) -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT; exit status 1 if a worker failed."""
+    if settings.workers > 1:
+        logstream.name_worker(0)  # the parent; each worker names itself 1..N in _serve_worker
     check_env_token(settings.api_key)
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
     # The ports first: a server refused there must not have made a database and shown its first key.
@@ -61,8 +67,7 @@ def serve(settings: Settings) -> None:
 
 
 def _serve(settings: Settings, sockets: list, exporter: Exporter | None) -> None:
-    with open_database(settings.db) as storage:
-        bootstrap_key(storage, settings.api_key)
+    _prepare_database(settings.db, settings.api_key)
     metrics = exporter.server_metrics() if exporter is not None and settings.workers == 1 else None
     with clear_failures(settings.db):
         # One process builds its app now, so a failure shows before "serving on";
@@ -78,7 +83,7 @@ def _serve(settings: Settings, sockets: list, exporter: Exporter | None) -> None
         _say(f"pods metrics on {exporter.url}")
     if app is not None:
         if exporter is not None:
-            metrics.watch_storage(app.extensions[EXTENSION_KEY])
+            metrics.watch_storage(app.extensions[STORAGE_EXTENSION])
             exporter.start()
 
         def on_exit():
@@ -89,7 +94,8 @@ def _serve(settings: Settings, sockets: list, exporter: Exporter | None) -> None
         _serve_app(app, sockets[0], settings, on_exit=on_exit, metrics=metrics)
         return
     code = workers.run_workers(
-        [functools.partial(_serve_worker, settings, sock, exporter) for sock in sockets],
+        [functools.partial(_serve_worker, settings, sock, number, exporter)
+         for number, sock in enumerate(sockets, start=1)],
         on_forked=None if exporter is None else exporter.workers_forked,
         on_exit=None if exporter is None else exporter.worker_exited,
     )
@@ -103,6 +109,15 @@ def _serve(settings: Settings, sockets: list, exporter: Exporter | None) -> None
         open_storage(settings.db).checkpoint()
     if code:
         sys.exit(code)
+
+
+def _listen(host: str, port: int, count: int):
+    """The listening sockets, one per worker, sharing the port; one server per
+    address and port, whatever --workers says (``workers.listening_sockets``)."""
+    try:
+        return workers.listening_sockets(host, port, count)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def _say(line: str) -> None:
@@ -125,15 +140,6 @@ def _metrics_listener(settings: Settings) -> Exporter | None:
         ) from None
 
 
-def _listen(host: str, port: int, count: int):
-    """The listening sockets, one per worker, sharing the port; one server per
-    address and port, whatever --workers says (``workers.listening_sockets``)."""
-    try:
-        return workers.listening_sockets(host, port, count)
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-
-
 def _fit_connection_limit(wanted: int) -> int:
     fits = workers.raise_open_file_limit(wanted)
     if fits < wanted:
@@ -142,7 +148,33 @@ def _fit_connection_limit(wanted: int) -> int:
     return fits
 
 
-def _serve_worker(settings: Settings, sock, exporter: Exporter | None) -> None:
+def _prepare_database(db: str, env_token: str | None) -> None:
+    """The database made or brought to the current schema, with its first key.
+
+    A first start that cannot show its first key leaves no database behind (``init``
+    could not make one after it): with stdout closed it makes none; when the token
+    could not be written, the file it has just made is removed again."""
+    new = not is_url(db) and not os.path.lexists(db)
+    if new and not env_token:
+        require_stdout()
+    with open_database(db) as storage:
+        try:
+            bootstrap_key(storage, env_token)
+        except BaseException:
+            if new:
+                _discard_unused(storage)
+            raise
+
+
+def _discard_unused(storage) -> None:
+    """Remove a database made by this start, if it still holds no key and no pod."""
+    with contextlib.suppress(Exception):  # unsure what it holds: leave it
+        if storage.count_api_keys() == 0 and storage.count_pods() == 0:
+            storage.discard_new()
+
+
+def _serve_worker(settings: Settings, sock, number: int, exporter: Exporter | None) -> None:
+    logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
     metrics = None
     if exporter is not None:
         exporter.close_in_worker()
@@ -154,7 +186,7 @@ def _serve_worker(settings: Settings, sock, exporter: Exporter | None) -> None:
         e.show()
         sys.exit(e.exit_code)
     if metrics is not None:
-        metrics.watch_storage(app.extensions[EXTENSION_KEY])
+        metrics.watch_storage(app.extensions[STORAGE_EXTENSION])
     _serve_app(app, sock, settings, on_exit=lambda: close_app(app), metrics=metrics)
 
 
@@ -168,7 +200,7 @@ def _serve_app(app, sock, settings: Settings, on_exit, metrics=None) -> None:
 
 def _close_database(app) -> None:
     close_app(app)
-    app.extensions[EXTENSION_KEY].checkpoint()
+    app.extensions[STORAGE_EXTENSION].checkpoint()
 
 
 def bootstrap_key(storage, env_token: str | None) -> None:

@@ -8,7 +8,6 @@ internals, so pyproject.toml pins waitress to the minor version they were writte
 and tested against (tests/test_pinned_internals.py names each one).
 """
 
-import dataclasses
 import logging
 import select
 import socket
@@ -19,12 +18,8 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 
-from .channel import PodsChannel
+from .channel import Deadlines, PodsChannel
 
-# Defaults of the serve flags of the same names (see the README's configuration table).
-HEADER_TIMEOUT = 10.0
-KEEPALIVE_TIMEOUT = 30.0
-SEND_TIMEOUT = 30.0
 CONNECTION_LIMIT = 4096
 # A request's line and headers together: a Pods API request needs a few hundred
 # bytes (a page token, a key); waitress allows 256 KiB, which thousands of
@@ -35,15 +30,6 @@ BACKLOG = 1024
 # At the connection limit, a connection idle for less than this is never closed to
 # make room: a new one gets a fair chance to send its request.
 EVICTION_MIN_IDLE_SECONDS = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Deadlines:
-    """Seconds allowed, as the serve flags of the same names set them."""
-
-    header: float = HEADER_TIMEOUT
-    keepalive: float = KEEPALIVE_TIMEOUT
-    send: float = SEND_TIMEOUT
 
 
 class PodsServer(TcpWSGIServer):

@@ -8,25 +8,51 @@ database driver; each backend module holds every statement it runs.
 import os
 import sys
 
-from flask import current_app
-
 from .interface import NotEmpty, NotPodsDatabase, SchemaTooNew, Storage, UnusableDatabase, utc_now, utc_text
 from .url import redact, scrub
 
 __all__ = [
     "BackendMissing", "NotEmpty", "NotPodsDatabase", "SchemaTooNew", "Storage", "UnusableDatabase",
-    "describe", "driver_errors", "error_text", "get_storage", "is_url", "open_storage", "same_database", "utc_now",
+    "describe", "driver_errors", "error_text", "is_url", "open_storage", "same_database", "utc_now",
     "utc_text",
 ]
-
-EXTENSION_KEY = "pods.storage"
-
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class BackendMissing(UnusableDatabase):
     """The backend a URL asks for is not installed."""
+
+
+# What the postgres extra of pyproject.toml installs (tests/cli/test_packaging.py keeps
+# the two alike), for the one-line hint of a pods installed without it.
+POSTGRES_REQUIREMENTS = ("psycopg[binary]>=3.2,<4", "psycopg-pool>=3.2,<4")
+
+
+def running_from_zip() -> bool:
+    """Whether this pods runs from a zip (``pods.pyz``), not from installed files."""
+    import zipimport
+
+    return isinstance(sys.modules["pods"].__spec__.loader, zipimport.zipimporter)
+
+
+def postgres_missing_message() -> str:
+    """One line: PostgreSQL's driver is missing, and the command that installs it
+    into this very pods (never a package index's other "pods")."""
+    if running_from_zip():
+        return (
+            "pods.pyz serves SQLite only: a zip cannot carry PostgreSQL's driver (psycopg, compiled code). For"
+            " PostgreSQL, install pods as a package from a clone of its repository:"
+            " /usr/bin/python3 -m venv /opt/pods && /opt/pods/bin/pip install '.[postgres]' (in the clone),"
+            " then run /opt/pods/bin/pods"
+        )
+    import shlex
+
+    command = " ".join([shlex.quote(sys.executable), "-m", "pip", "install", *map(shlex.quote, POSTGRES_REQUIREMENTS)])
+    return (
+        f"a postgresql:// database needs the postgres extra (psycopg), not installed with this pods: {command}"
+        f" (or, in a clone of pods: pip install '.[postgres]')"
+    )
 
 
 def is_url(target: str) -> bool:
@@ -72,9 +98,7 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
         try:
             from .postgres import PostgresStorage
         except ImportError:
-            raise BackendMissing(
-                "a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
-            ) from None
+            raise BackendMissing(postgres_missing_message()) from None
         return PostgresStorage(
             _lower_scheme(target), max_connections=None if threads is None else threads + 2, read_only=read_only
         )
@@ -102,7 +126,3 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     psycopg = sys.modules.get("psycopg")
     return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
-
-def get_storage() -> Storage:
-    """The current app's storage."""
-    return current_app.extensions[EXTENSION_KEY]

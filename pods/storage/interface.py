@@ -136,7 +136,16 @@ class Storage(Protocol):
 
     def count_api_keys(self) -> int: ...
 
-    def list_api_keys(self) -> list: ...
+    def list_api_keys(self) -> list:
+        """Every key (for the operator), revoked ones included, oldest first: key_id,
+        org_name, created_at, revoked_at, name, pod_id, expires_at, permissions (as
+        stored), prefix, used_at."""
+
+    def list_organizations(self) -> list:
+        """Every organization, oldest first: name, created_at, keys (not revoked), pods."""
+
+    def is_new_organization(self, name: str) -> bool:
+        """Whether ``name`` has no key (revoked ones included) and no pod, or does not exist."""
 
     def revoke_api_key(self, key_id: str): ...
 

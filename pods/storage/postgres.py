@@ -568,9 +568,25 @@ class PostgresStorage:
     def list_api_keys(self) -> list:
         return self._query(
             f"SELECT k.key_id, o.name AS org_name, {_text('k.created_at', 'created_at')},"
-            f" {_text('k.revoked_at', 'revoked_at')}, k.name, k.pod_id"
+            f" {_text('k.revoked_at', 'revoked_at')}, k.name, k.pod_id, {_text('k.expires_at', 'expires_at')},"
+            f" k.permissions, k.prefix, {_text('k.used_at', 'used_at')}"
             f" FROM api_key k JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
         )
+
+    def list_organizations(self) -> list:
+        return self._query(
+            f"SELECT o.name, {_text('o.created_at', 'created_at')},"
+            f" (SELECT count(*) FROM api_key k WHERE k.org_id = o.org_id AND k.revoked_at IS NULL) AS keys,"
+            f" (SELECT count(*) FROM pod p WHERE p.org_id = o.org_id) AS pods"
+            f" FROM organization o ORDER BY o.created_at, o.name COLLATE \"C\""
+        )
+
+    def is_new_organization(self, name: str) -> bool:
+        return not self._one(
+            "SELECT EXISTS (SELECT 1 FROM api_key k JOIN organization o ON o.org_id = k.org_id WHERE o.name = %s)"
+            " OR EXISTS (SELECT 1 FROM pod p JOIN organization o ON o.org_id = p.org_id WHERE o.name = %s) AS used",
+            (name, name),
+        )["used"]
 
     def revoke_api_key(self, key_id: str):
         conn = self.connection()

@@ -564,11 +564,32 @@ class SQLiteStorage:
 
     def list_api_keys(self) -> list:
         """Every key of every organization (for the operator), revoked ones
-        included, oldest first: key_id, org_name, created_at, revoked_at, name, pod_id."""
+        included, oldest first: key_id, org_name, created_at, revoked_at, name, pod_id,
+        expires_at, permissions (as stored: None for every one), prefix, used_at."""
         return self.connection().execute(
-            "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at, k.name, k.pod_id FROM api_key k"
+            "SELECT k.key_id, o.name AS org_name, k.created_at, k.revoked_at, k.name, k.pod_id,"
+            " k.expires_at, k.permissions, k.prefix, k.used_at FROM api_key k"
             " JOIN organization o ON o.org_id = k.org_id ORDER BY k.created_at, k.key_id"
         ).fetchall()
+
+    def list_organizations(self) -> list:
+        """Every organization (for the operator), oldest first: name, created_at,
+        keys (those not revoked: the ones the API lists, expired ones included), pods."""
+        return self.connection().execute(
+            "SELECT o.name, o.created_at,"
+            " (SELECT count(*) FROM api_key k WHERE k.org_id = o.org_id AND k.revoked_at IS NULL) AS keys,"
+            " (SELECT count(*) FROM pod p WHERE p.org_id = o.org_id) AS pods"
+            " FROM organization o ORDER BY o.created_at, o.name"
+        ).fetchall()
+
+    def is_new_organization(self, name: str) -> bool:
+        """Whether the organization ``name`` has no key (revoked ones count) and no
+        pod, or does not exist: a key made for it starts a new organization."""
+        return self.connection().execute(
+            "SELECT EXISTS (SELECT 1 FROM api_key k JOIN organization o ON o.org_id = k.org_id WHERE o.name = ?)"
+            " OR EXISTS (SELECT 1 FROM pod p JOIN organization o ON o.org_id = p.org_id WHERE o.name = ?)",
+            (name, name),
+        ).fetchone()[0] == 0
 
     def revoke_api_key(self, key_id: str):
         """Revoke a key. Returns its revocation time (the earlier one if it was already

@@ -118,7 +118,7 @@ def test_an_older_destination_holding_pods_data_is_refused_before_it_is_migrated
     source = str(tmp_path / "source.db")
     assert run_app("init", "--db", source).returncode == 0
     dest = str(tmp_path / "old-v1.db")
-    shutil.copy(Path(__file__).parent / "fixtures" / "v1.db", dest)
+    shutil.copy(Path(__file__).parent.parent / "fixtures" / "v1.db", dest)
     before = Path(dest).read_bytes()
     result = copy(source, dest)
     assert result.returncode == 1 and "holds pods data" in result.stderr, result.stderr

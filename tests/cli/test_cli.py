@@ -22,7 +22,7 @@ from pods.api.auth import hash_key, token_prefix
 from pods.cli import cli, documented_variables
 from pods.serving.serve import bootstrap_key as _bootstrap_key
 
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURE_V1 = Path(__file__).parent.parent / "fixtures" / "v1.db"
 
 
 @pytest.fixture
@@ -98,25 +98,25 @@ def authenticates(path, token):
 def test_keys_create_prints_the_token_last(dbpath):
     result = run("keys", "create", "--org", "acme", "--db", dbpath)
     assert result.exit_code == 0
-    token = result.output.splitlines()[-1]
+    token = result.stdout.splitlines()[-1]
     assert token.startswith("pods_") and len(token) > 40
     assert authenticates(dbpath, token)
 
 
 def test_keys_list_shows_id_org_created_revoked_name_scope_and_never_the_token(dbpath):
-    tokens = [run("keys", "create", "--org", org, "--db", dbpath).output.splitlines()[-1] for org in ("a", "b")]
+    tokens = [run("keys", "create", "--org", org, "--db", dbpath).stdout.splitlines()[-1] for org in ("a", "b")]
     out = run("keys", "list", "--db", dbpath).output
     lines = out.splitlines()
     assert len(lines) == 3
     rows = [line.split("\t") for line in lines]
     assert [r[1] for r in rows] == ["default", "a", "b"]
-    assert all(len(r) == 6 and r[3] == "-" and r[5] == "org" for r in rows)
+    assert all(len(r) == 8 and r[3] == "-" and r[5] == "org" and r[6:] == ["-", "all"] for r in rows)
     assert [r[4] for r in rows[1:]] == [t[:12] for t in tokens]  # named after the token's prefix
     assert all(t not in out for t in tokens)
 
 
 def test_keys_revoke_takes_effect_and_is_listed(dbpath):
-    token = run("keys", "create", "--org", "acme", "--db", dbpath).output.splitlines()[-1]
+    token = run("keys", "create", "--org", "acme", "--db", dbpath).stdout.splitlines()[-1]
     key_id = run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")[0]
     result = run("keys", "revoke", key_id, "--db", dbpath)
     assert result.exit_code == 0
@@ -142,7 +142,7 @@ def bearer(token) -> dict:
 @pytest.fixture
 def acme_pod(dbpath):
     """(token of an acme organization key, the id of a pod of acme)."""
-    token = run("keys", "create", "--org", "acme", "--db", dbpath).output.splitlines()[-1]
+    token = run("keys", "create", "--org", "acme", "--db", dbpath).stdout.splitlines()[-1]
     with api(dbpath) as c:
         return token, c.post("/agent/v0/pods", json={"name": "p"}, headers=bearer(token)).json["pod_id"]
 
@@ -151,9 +151,11 @@ def test_keys_create_with_pod_and_name_makes_a_scoped_key(dbpath, acme_pod):
     org_token, pod_id = acme_pod
     result = run("keys", "create", "--org", "acme", "--pod", pod_id, "--name", "edge agent", "--db", dbpath)
     assert result.exit_code == 0, result.output
-    *_, said, token = result.output.splitlines()
+    token = result.stdout.splitlines()[-1]
+    [said] = result.stderr.splitlines()  # once the key is stored: no new-organization notice for a pod's key
     key_id = said.split()[3]
-    assert said == f'Created API key {key_id} for pod {pod_id} of organization "acme". It is shown only once:'
+    assert said == (f'Created API key {key_id} for pod {pod_id} of organization "acme" (every permission; no expiry).'
+                    f' Its token, on stdout, is shown only once.')
     row = run("keys", "list", "--db", dbpath).output.splitlines()[-1].split("\t")
     assert (row[0], row[1], row[3], row[4], row[5]) == (key_id, "acme", "-", "edge agent", pod_id)
     with api(dbpath) as c:
@@ -200,9 +202,9 @@ def test_keys_list_shows_keys_made_over_the_api_with_name_and_scope(dbpath, acme
         assert c.delete(f"/agent/v0/api-keys/{deleted['api_key_id']}", headers=bearer(org_token)).status_code == 200
     out = run("keys", "list", "--db", dbpath).output
     rows = {line.split("\t")[0]: line.split("\t") for line in out.splitlines()}
-    assert all(len(row) == 6 for row in rows.values())
-    assert rows[made["api_key_id"]][4:] == ["ci", "org"]
-    assert rows[scoped["api_key_id"]][4:] == [scoped["api_key"][:12], pod_id]  # named after its prefix
+    assert all(len(row) == 8 for row in rows.values())
+    assert rows[made["api_key_id"]][4:] == ["ci", "org", "-", "all"]
+    assert rows[scoped["api_key_id"]][4:6] == [scoped["api_key"][:12], pod_id]  # named after its prefix
     # A name a terminal would obey (C1 CSI, a line separator) is shown escaped, on its one line.
     assert rows[sneaky["api_key_id"]][4] == "a\\xc2\\x9b2Jb\\xe2\\x80\\xa8c"
     assert "\x9b" not in out and "\u2028" not in out
@@ -314,8 +316,9 @@ def test_pods_api_key_is_stored_once_across_restarts(newpath, capsys):
 def test_init_creates_an_owner_only_database_and_prints_its_first_key(newpath):
     result = run("init", "--db", newpath)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-2].endswith('for organization "default". It is shown only once:')
-    token = result.output.splitlines()[-1]
+    assert result.stderr.splitlines()[-1].endswith(
+        'for organization "default" (every permission; no expiry). Its token, on stdout, is shown only once.')
+    token = result.stdout.splitlines()[-1]
     assert token.startswith("pods_") and authenticates(newpath, token)
     assert os.stat(newpath).st_mode & 0o777 == 0o600
     conn = sqlite3.connect(newpath)

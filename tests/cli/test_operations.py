@@ -32,7 +32,7 @@ from pods.cli import cli
 from pods.serving.server import QueueDepthSummary
 
 URL = "/agent/v0/pods"
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURE_V1 = Path(__file__).parent.parent / "fixtures" / "v1.db"
 
 
 def pods_in(database):
@@ -585,11 +585,7 @@ def test_a_first_start_with_stdout_closed_stores_no_key(tmp_path):
     closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, APP, "--db", str(path)]
     result = subprocess.run([*closed, "--port", "0"], stderr=subprocess.PIPE, text=True, timeout=30)
     assert_one_line_failure(result, "stdout is closed", "nothing was stored")
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT count(*) FROM api_key").fetchone() == (0,)
-    finally:
-        conn.close()
+    assert os.listdir(tmp_path) == []  # no database left behind: init can make it now
     # With a key of the operator's own, there is nothing to show: it serves.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -694,4 +690,4 @@ def test_the_same_database_spelled_two_ways_before_and_after_the_command_is_one_
     monkeypatch.chdir(tmp_path)
     assert run_cli("init", "--db", "b.db").exit_code == 0
     result = run_cli("--db", "./b.db", "keys", "list", "--db", "b.db")
-    assert result.exit_code == 0 and result.stdout.count("\t") == 5
+    assert result.exit_code == 0 and result.stdout.count("\t") == 7

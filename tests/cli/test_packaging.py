@@ -1,22 +1,26 @@
 """pods as it ships: the sdist, the wheel installed in a fresh venv, and pods.pyz
 run by a Python that has none of the dependencies. Each serves, from outside the
-source tree, a round trip of the official SDK."""
+source tree, a round trip of the official SDK. The distribution is pods-server;
+what each install says to get PostgreSQL is a command that works."""
 
 import ast
 import hashlib
 import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from email.parser import HeaderParser
 from pathlib import Path
 from typing import NamedTuple
 
+import dbtools
 import httpx
 import pytest
 from agentmail import AgentMail
@@ -28,13 +32,19 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import pods
+from pods.storage import POSTGRES_REQUIREMENTS
 from pods.storage import sqlite as db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 # Every .sql file under pods/: the schema, and each backend's migrations.
 SQL_FILES = sorted(str(p.relative_to(ROOT / "pods")) for p in (ROOT / "pods").rglob("*.sql"))
 # pyproject.toml holds these to the minor version the tests ran against (why: there).
 BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth", "prometheus-client"]
+DIST = "pods-server"  # "pods" on PyPI is another project
+WHEEL_NAME = "pods_server"  # the distribution's name in file names
+POSTGRES_MIGRATIONS = len(list((ROOT / "pods" / "storage" / "postgres_migrations").glob("[0-9]*.sql")))
+VERSION_LINE = (f"pods, version {pods.__version__} (database schema version {db.SCHEMA_VERSION} on SQLite,"
+                f" {POSTGRES_MIGRATIONS} on PostgreSQL)\n")
 
 
 class Dist(NamedTuple):
@@ -56,12 +66,14 @@ def dist(tmp_path_factory) -> Dist:
     sdist (so a file missing from the sdist is missing from the wheel too)."""
     out = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT])
-    wheel = next(out.glob("pods-*.whl"))
+    wheel = next(out.glob(f"{WHEEL_NAME}-*.whl"))
     wheelhouse = out / "wheelhouse"
-    # Dependencies as wheels, from pip's cache when it has them, so that installs
-    # into fresh environments below need no index.
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", wheelhouse, wheel])
-    return Dist(next(out.glob("pods-*.tar.gz")), wheel, wheelhouse)
+    # Dependencies as wheels (the postgres extra's too, and setuptools to build a
+    # clone), from pip's cache when it has them, so that installs into fresh
+    # environments below need no index.
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", wheelhouse, f"{wheel}[postgres]",
+         "setuptools>=68"])
+    return Dist(next(out.glob(f"{WHEEL_NAME}-*.tar.gz")), wheel, wheelhouse)
 
 
 def fresh_python(path: Path) -> Path:
@@ -118,14 +130,15 @@ def test_the_sdist_and_the_wheel_carry_the_schema_and_migrations_as_package_data
     with zipfile.ZipFile(dist.wheel) as wheel:
         for name in SQL_FILES:
             assert wheel.read(f"pods/{name}") == (ROOT / "pods" / name).read_bytes(), name
-        assert not [n for n in wheel.namelist() if not n.startswith(("pods/", "pods-"))]
-        assert "pods = pods.cli:cli" in wheel.read(f"pods-{pods.__version__}.dist-info/entry_points.txt").decode()
+        assert not [n for n in wheel.namelist() if not n.startswith(("pods/", f"{WHEEL_NAME}-"))]
+        entry_points = wheel.read(f"{WHEEL_NAME}-{pods.__version__}.dist-info/entry_points.txt").decode()
+        assert "pods = pods.cli:cli" in entry_points
 
 
 def test_the_wheel_declares_every_package_pods_imports_and_bounds_the_fragile_ones(dist):
     with zipfile.ZipFile(dist.wheel) as wheel:
         sources = {n: wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".py")}
-        metadata = HeaderParser().parsestr(wheel.read(f"pods-{pods.__version__}.dist-info/METADATA").decode())
+        metadata = HeaderParser().parsestr(wheel.read(f"{WHEEL_NAME}-{pods.__version__}.dist-info/METADATA").decode())
     assert metadata["Version"] == pods.__version__
     declared = list(map(Requirement, metadata.get_all("Requires-Dist")))
     requires = {canonicalize_name(r.name): r for r in declared if not r.marker}  # extras carry a marker
@@ -147,9 +160,32 @@ def test_the_wheel_declares_every_package_pods_imports_and_bounds_the_fragile_on
         assert tested in requires[name].specifier and next_minor not in requires[name].specifier, name
 
 
+def test_the_distribution_is_pods_server_giving_the_pods_command(dist):
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        metadata = HeaderParser().parsestr(wheel.read(f"{WHEEL_NAME}-{pods.__version__}.dist-info/METADATA").decode())
+    assert metadata["Name"] == DIST
+    declared = list(map(Requirement, metadata.get_all("Requires-Dist")))
+    extra = sorted(str(r).split(";")[0] for r in declared if r.marker and r.marker.evaluate({"extra": "postgres"}))
+    # The hint of a pods installed without the extra installs what the extra would.
+    assert extra == sorted(str(Requirement(r)) for r in POSTGRES_REQUIREMENTS)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == DIST and pyproject["project"]["scripts"] == {"pods": "pods.cli:cli"}
+    assert f"{DIST}[postgres]" in pyproject["project"]["optional-dependencies"]["test"]
+
+
 def test_one_version_everywhere(dist):
-    assert run_app("--version").stdout == f"pods, version {pods.__version__}\n"
-    assert dist.wheel.name.startswith(f"pods-{pods.__version__}-")
+    """pods --version, the package metadata (read from pods.__version__, as pyproject.toml
+    says) and the top entry of CHANGELOG.md name one version."""
+    assert run_app("--version").stdout == VERSION_LINE
+    assert dist.wheel.name.startswith(f"{WHEEL_NAME}-{pods.__version__}-")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pods.__version__"}
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    top = re.search(r"^## (\S+) \((\d{4}-\d\d-\d\d)\)$", changelog, re.MULTILINE)
+    assert top and top.group(1) == pods.__version__, "CHANGELOG.md's top entry is not this version"
+    versions = re.findall(r"^## (\S+) ", changelog, re.MULTILINE)
+    assert versions == sorted(set(versions), key=Version, reverse=True)  # newest first, each once
 
 
 # -- installed from the wheel -------------------------------------------------------
@@ -160,7 +196,7 @@ def installed(dist, tmp_path_factory) -> Path:
     """A fresh venv outside the source tree with the wheel installed; its bin/."""
     python = fresh_python(tmp_path_factory.mktemp("installed") / "venv")
     run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-         "--no-index", "--find-links", dist.wheelhouse, "pods"])
+         "--no-index", "--find-links", dist.wheelhouse, DIST])
     return python.parent
 
 
@@ -183,7 +219,7 @@ def test_the_installed_pods_command_serves_from_any_directory(installed, tmp_pat
 @pytest.mark.parametrize("command, prog", [(["pods"], "pods"), (["python", "-m", "pods"], "python -m pods")])
 def test_pods_and_python_m_pods_are_the_same_command_line(installed, tmp_path, command, prog):
     command = [installed / command[0], *command[1:]]
-    assert run([*command, "--version"], cwd=tmp_path).stdout == f"pods, version {pods.__version__}\n"
+    assert run([*command, "--version"], cwd=tmp_path).stdout == VERSION_LINE
     assert run([*command, "--help"], cwd=tmp_path).stdout == run_app("--help").stdout.replace("app.py", prog)
     wrong = subprocess.run([*command, "nosuch"], capture_output=True, text=True, cwd=tmp_path)
     assert wrong.returncode == 2
@@ -221,7 +257,7 @@ def test_the_pyz_alone_in_a_folder_serves_with_a_bare_python(pyz, tmp_path):
     before = hashlib.sha256(pyz.read_bytes()).hexdigest()
     command = [python, "-I", "pods.pyz"]
 
-    assert run([*command, "--version"], cwd=edge).stdout == f"pods, version {pods.__version__}\n"
+    assert run([*command, "--version"], cwd=edge).stdout == VERSION_LINE
     assert run([*command, "--help"], cwd=edge).stdout == run_app("--help").stdout.replace("app.py", "pods.pyz")
 
     # HOME and TMPDIR are where a cache or extraction would go; nothing may land there.
@@ -236,3 +272,72 @@ def test_the_pyz_alone_in_a_folder_serves_with_a_bare_python(pyz, tmp_path):
     assert hashlib.sha256((edge / "pods.pyz").read_bytes()).hexdigest() == before
     assert os.listdir(home) == []
     assert set(os.listdir(data)) <= {"pods.db", "pods.db-wal", "pods.db-shm"}
+
+
+# -- what each install says to get PostgreSQL, followed ----------------------------------
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def offline(wheelhouse: Path) -> dict:
+    """pip's own variables (pip reads them for every command): no index, only the
+    wheels built for the test, so a hinted command runs as written, without a network."""
+    return {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.mark.live
+def test_a_pure_sqlite_install_names_a_command_that_adds_postgresql(dist, tmp_path, postgres):
+    venv = tmp_path / "sqlite-only"
+    run([sys.executable, "-m", "venv", venv])
+    run([venv / "bin" / "pip", "install", "--quiet", DIST], env=offline(dist.wheelhouse))
+    url = dbtools.new_schema(postgres)
+    line = one_error_line(subprocess.run([venv / "bin" / "pods", "init", "--db", url], capture_output=True,
+                                         text=True, cwd=tmp_path))
+    hinted = re.fullmatch(r"Error: a postgresql:// database needs the postgres extra \(psycopg\), not installed"
+                          r" with this pods: (.+) \(or, in a clone of pods: pip install '\.\[postgres\]'\)", line)
+    assert hinted, line
+    command = shlex.split(hinted.group(1))
+    python = Path(command[0])
+    assert python.parent == venv / "bin" and python.name.startswith("python")  # into this very pods
+    assert command[1:4] == ["-m", "pip", "install"]
+    run(command, env=offline(dist.wheelhouse))
+    assert run([venv / "bin" / "pods", "init", "--db", url], cwd=tmp_path).stdout.startswith("pods_")
+    assert run([venv / "bin" / "pods", "check", "--db", url], cwd=tmp_path).stdout.strip().endswith(": ok")
+
+
+@pytest.mark.live
+def test_the_pyz_says_it_serves_sqlite_only_and_its_install_command_works(pyz, dist, tmp_path, postgres):
+    """pods.pyz names the install docs/deployment.md makes: run as written in a clone
+    (the sdist, unpacked: the whole project), it gives /opt/pods/bin/pods (here under a
+    temporary root), which serves PostgreSQL, and which the systemd unit runs."""
+    url = dbtools.new_schema(postgres)
+    bare = fresh_python(tmp_path / "bare")
+    line = one_error_line(subprocess.run([bare, "-I", pyz, "check", "--db", url], capture_output=True, text=True,
+                                         cwd=tmp_path))
+    hinted = re.fullmatch(r"Error: pods\.pyz serves SQLite only: a zip cannot carry PostgreSQL's driver \(psycopg,"
+                          r" compiled code\)\. For PostgreSQL, install pods as a package from a clone of its"
+                          r" repository: (.+) \(in the clone\), then run (\S+)", line)
+    assert hinted, line
+    command, program = hinted.groups()
+    steps = (ROOT / "docs" / "deployment.md").read_text()
+    assert "\n".join(command.split(" && ")) in steps  # the documented install, line for line
+    unit = (ROOT / "contrib" / "systemd" / "pods.service").read_text()
+    assert f"\nExecStart={program}\n" in unit
+
+    with tarfile.open(dist.sdist) as sdist:
+        sdist.extractall(tmp_path / "clone", filter="data")
+    clone = next((tmp_path / "clone").iterdir())
+    prefix = tmp_path / "root"
+    env = {**offline(dist.wheelhouse), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # As written, but under a temporary root, and with this test's Python for the system's.
+    as_written = command.replace("/opt/pods", f"{prefix}/opt/pods").replace("/usr/bin/python3", sys.executable)
+    run(["bash", "-ec", as_written], cwd=clone, env=env)
+    installed = prefix / program.lstrip("/")
+    assert run([installed, "--version"], cwd=tmp_path).stdout == VERSION_LINE
+    assert run([installed, "init", "--db", url], cwd=tmp_path).stdout.startswith("pods_")
+    assert run([installed, "check", "--db", url], cwd=tmp_path).stdout.strip().endswith(": ok")

@@ -31,7 +31,7 @@ def test_get_answers_compact_json_in_the_documented_key_order(client, headers, c
         "00000000-0000-0000-0000-000000000000",
         "x" * 5000,
         "é🙂",
-        "a%00b",  # "a/b/c" is no route: tests/test_routing.py
+        "a%00b",  # "a/b/c" is no route: tests/api/test_routing.py
         "0%0A",  # werkzeug's path converter stops at a newline: found by fuzzing
         "%0D%0A%09",
         "%2e%2e",

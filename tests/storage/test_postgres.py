@@ -748,5 +748,8 @@ def test_a_missing_psycopg_is_one_line(tmp_path):
             "from pods.cli import cli; cli()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Error: a postgresql:// database needs the postgres extra: pip install 'pods[postgres]'"
+    assert result.stderr.strip() == (
+        f"Error: a postgresql:// database needs the postgres extra (psycopg), not installed with this pods:"
+        f" {sys.executable} -m pip install 'psycopg[binary]>=3.2,<4' 'psycopg-pool>=3.2,<4'"
+        f" (or, in a clone of pods: pip install '.[postgres]')")
 

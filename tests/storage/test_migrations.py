@@ -13,7 +13,7 @@ from conftest import storage_of
 from pods import create_app
 from pods.storage import sqlite as db
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 # Both fixtures hold the same data: v2.db is v1.db taken to version 2 by the pods of then.
 TOKENS = {"v1-token-acme": "acme", "v1-token-globex": "globex", "v1-token-initech": "initech"}
 REVOKED = "v1-token-acme-revoked"

@@ -243,7 +243,7 @@ def test_every_sdk_permission_name_is_accepted_and_returned(client, world):
 def test_keys_made_by_the_cli_are_organization_keys_with_every_permission(app, client, world):
     result = CliRunner().invoke(cli, ["keys", "create", "--org", "acme", "--name", "ops", "--db", app.config["DB"]])
     assert result.exit_code == 0, result.output
-    token = result.output.splitlines()[-1]
+    token = result.stdout.splitlines()[-1]
     listed = call(client, "GET", "/api-keys", world.root, query_string={"limit": 100}).json["api_keys"]
     mine = [k for k in listed if k["prefix"] == token[:12]]
     assert len(mine) == 1 and mine[0]["name"] == "ops"

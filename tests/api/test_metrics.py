@@ -1,14 +1,11 @@
 """Metrics, in process: each series moves as it should, by exactly what was done,
 and no label ever holds what a client sent. (Real servers, promtool and a real
-Prometheus: test_metrics_live.py.)"""
+Prometheus: tests/serving/test_metrics_live.py.)"""
 
 import os
 import re
-import signal
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import dbtools
@@ -17,9 +14,9 @@ import pytest
 from flask import abort
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import values as prometheus_values
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import new_database, storage_of
+from conftest import storage_of
+from metricstools import by_labels, exposition, label_values, samples, value
 from pods import close_app, create_app
 from pods.api import accesslog, logstream
 from pods.api.auth import auth, hash_key, new_token, token_prefix
@@ -30,46 +27,6 @@ from pods.storage.postgres import PostgresStorage
 from pods.storage.sqlite import SQLiteStorage
 
 URL = "/agent/v0/pods"
-
-
-# -- reading an exposition ----------------------------------------------------------------
-
-
-def samples(text: str) -> dict:
-    """{(sample name, ((label, value), ...)): value} of a text exposition, parsed by
-    prometheus_client's own parser (which refuses a malformed one)."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: dict, name: str, **labels) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def by_labels(found: dict, name: str, *keys: str) -> dict:
-    """{(values of ``keys``): value} of every sample of ``name``, summed over other labels."""
-    out = {}
-    for (sample, labels), v in found.items():
-        if sample == name:
-            labels = dict(labels)
-            key = tuple(labels[k] for k in keys)
-            out[key] = out.get(key, 0) + v
-    return out
-
-
-def exposition(registry) -> dict:
-    return samples(generate_latest(registry).decode())
-
-
-def label_values(found: dict) -> dict[str, set]:
-    values = {}
-    for _, labels in found:
-        for label, v in labels:
-            values.setdefault(label, set()).add(v)
-    return values
 
 
 # -- an app reporting to metrics of its own -------------------------------------------------

@@ -6,7 +6,6 @@ promtool and Prometheus come from Debian's prometheus package (.ci/run installs
 it); without them their tests are skipped, with the reason, except under CI=true,
 where that fails them."""
 
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from live import Server, raw_request
-from test_metrics import by_labels, label_values, samples, value
+from metricstools import by_labels, label_values, samples, value
 
 from conftest import new_database
 from pods.serving.metrics import METHODS
@@ -275,11 +274,12 @@ def test_queue_wait_and_depth_while_the_only_thread_is_held_and_a_scrape_still_a
     assert value(after, "pods_org_http_requests_total", org="default") >= 4
 
 
-def test_metrics_are_off_unless_asked(tmp_path):
-    server = Server(tmp_path / "off.db", env={"PODS_API_KEY": KEY})
+def test_metrics_are_off_unless_a_port_is_given(tmp_path):
+    server = Server(tmp_path / "off.db", "--metrics-by-org", env={"PODS_API_KEY": KEY, "PODS_METRICS_HOST": "0.0.0.0"})
     try:
         assert "pods metrics on" not in server.stdout
         assert httpx.get(server.url + "/metrics").status_code == 404
+        assert "--metrics-host and --metrics-by-org do nothing without --metrics-port" in server.stderr
     finally:
         assert server.stop() == 0
 
