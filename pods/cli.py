@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .api import logstream

@@ -274,12 +274,14 @@ def test_queue_wait_and_depth_while_the_only_thread_is_held_and_a_scrape_still_a
     assert value(after, "pods_org_http_requests_total", org="default") >= 4
 
 
-def test_metrics_are_off_unless_a_port_is_given(tmp_path):
-    server = Server(tmp_path / "off.db", "--metrics-by-org", env={"PODS_API_KEY": KEY, "PODS_METRICS_HOST": "0.0.0.0"})
+@pytest.mark.parametrize("given", [{}, {"PODS_METRICS_HOST": "0.0.0.0"}, {"PODS_METRICS_BY_ORG": "1"}])
+def test_metrics_are_off_unless_a_port_is_given(given, tmp_path):
+    server = Server(tmp_path / "off.db", env={"PODS_API_KEY": KEY, **given})
     try:
         assert "pods metrics on" not in server.stdout
         assert httpx.get(server.url + "/metrics").status_code == 404
-        assert "--metrics-host and --metrics-by-org do nothing without --metrics-port" in server.stderr
+        warned = "--metrics-host and --metrics-by-org do nothing without --metrics-port" in server.stderr
+        assert warned == bool(given)
     finally:
         assert server.stop() == 0
 
