@@ -2,7 +2,7 @@
 or this version with metrics on against off.
 
     python bench/compare.py REF [--rounds 5] [--duration 3]
-    python bench/compare.py --metrics [--rounds 5] [--duration 3]
+    python bench/compare.py --metrics [--rounds 5] [--duration 3] [--scrape-interval 1]
 
 REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
 temporary worktree; the database is seeded (1,000 pods) by REF's own
@@ -14,8 +14,8 @@ median req/s and the median of the per-round ratios (this / REF).
 
 With ``--metrics``, both sides are this checkout on copies of one seeded
 database: "off" as it starts by default, "on" with ``--metrics-port`` (and its
-/metrics scraped every second meanwhile, far more often than Prometheus usually
-does). Scenarios: GET one pod and create at 8 connections, creates on a database of
+/metrics scraped every ``--scrape-interval`` seconds meanwhile: every second by
+default, far more often than Prometheus usually does; 0, never). Scenarios: GET one pod and create at 8 connections, creates on a database of
 each side's own; the contract's target is GET within 3% (on / off >= 0.97).
 
 Needs wrk (Debian: apt-get install wrk) and git.
@@ -79,10 +79,9 @@ def metrics_on_against_off(args) -> None:
                 procs[side, role] = run.Process(
                     f"{side}-{role}", [sys.executable, ROOT / "app.py", "--port", "{port}",
                                        "--db", work / f"{side}-{role}.db", *flags], work)
-        scraped = threading.Thread(target=scrape_every_second,
-                                   args=([metrics_url(procs["on", r], work) for r in ("reads", "writes")], scraping),
-                                   daemon=True)
-        scraped.start()
+        if args.scrape_interval > 0:
+            urls = [metrics_url(procs["on", r], work) for r in ("reads", "writes")]
+            threading.Thread(target=scrape_every, args=(urls, args.scrape_interval, scraping), daemon=True).start()
         runs = {name: {"off": [], "on": []} for name, *_ in METRICS_SCENARIOS}
         cpu = {name: {"off": [], "on": []} for name, *_ in METRICS_SCENARIOS}
         for round_no in range(args.rounds):
@@ -110,7 +109,8 @@ def metrics_on_against_off(args) -> None:
         print(f"| {name} | {statistics.median(by_side['off']):.0f} | {statistics.median(by_side['on']):.0f} |"
               f" {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
               f" {statistics.median(cpu[name]['off']):.0f} / {statistics.median(cpu[name]['on']):.0f} |")
-    print(json.dumps({"metrics": "on vs off", "rounds": args.rounds, "duration_s": args.duration, "rps": runs,
+    print(json.dumps({"metrics": "on vs off", "rounds": args.rounds, "duration_s": args.duration,
+                      "scrape_interval_s": args.scrape_interval, "rps": runs,
                       "cpu_us_per_request": cpu}), file=sys.stderr)
 
 
@@ -127,8 +127,8 @@ def metrics_url(proc: run.Process, work: Path) -> str:
     return re.search(r"pods metrics on (\S+)", (work / f"{proc.name}.log").read_text()).group(1)
 
 
-def scrape_every_second(urls: list[str], stop: threading.Event) -> None:
-    while not stop.wait(1.0):
+def scrape_every(urls: list[str], interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
         for url in urls:
             with urllib.request.urlopen(url, timeout=5) as r:
                 r.read()
@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true", help="this version with metrics on against off")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--scrape-interval", type=float, default=1.0,
+                        help="with --metrics: seconds between scrapes of the metrics side (0: none)")
     args = parser.parse_args()
     if (args.ref is None) == (not args.metrics):
         parser.error("give REF, or --metrics")

@@ -15,6 +15,11 @@ Who records what, layer by layer (nothing below this module knows Prometheus):
 - a scrape reads the rest itself: the counts of organizations, keys and pods
   (``_Counts``), the build, the processes.
 
+A request's records go to tallies of its thread's own (plain numbers, no lock),
+which ``ServerMetrics.fold`` adds to the series: at every scrape of one process,
+and once a second on each worker's event loop (so with ``--workers`` a scrape is
+up to about two seconds behind), and as a worker stops.
+
 One process (``--workers 1``): the series live in this process's registry, and
 the listener is a thread of it. Several: the parent makes a private directory
 (mode 0700) before it forks, and each worker writes its series there, each in
@@ -41,6 +46,7 @@ import socketserver
 import tempfile
 import threading
 import time
+from threading import get_ident
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
@@ -60,6 +66,7 @@ log = logging.getLogger("pods.metrics")
 # (a request held by a lock or a stalled database); queue waits alike.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # The values of the ``method`` label; a client may send any token as a method.
+BUCKET_SLOTS = len(BUCKETS) + 1  # and +Inf
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 OTHER_METHOD = "other"
 CONNECTION_STATES = ("idle", "reading", "mid_request")
@@ -83,6 +90,8 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None, by_org: bool = False, pool: bool = False):
         r = registry
         self.by_org = by_org
+        if registry is not None:
+            registry.register(_FoldFirst(self))  # before the series: a scrape folds, then reads them
         self.requests = Counter(
             "pods_http_requests", "Answers, by method, route template and status; waitress's own refusals"
             " (malformed, head too large) under the route http_error, unknown paths under unmatched.",
@@ -137,11 +146,16 @@ class ServerMetrics:
             self.org_rate_limited = Counter(
                 "pods_org_rate_limited", "Requests refused 429 over a rate limit, by organization.", ["org"],
                 registry=r)
-        # Children looked up once (labels() validates and locks on every call).
-        self._answers: dict[tuple, tuple] = {}
-        self._orgs: dict[str, Counter] = {}  # as many as there are organizations
-        self._operations = {name: self.db_duration.labels(name) for name in OPERATIONS}
+        # Every histogram child exists from the start (at 0), as do the error kinds.
+        self._operations = {name: _parts(self.db_duration.labels(name)) for name in OPERATIONS}
+        self._queue_wait = _parts(self.queue_wait_seconds)
         self._errors = {kind: self.db_errors.labels(kind) for kind in ERROR_KINDS}
+        # Tallies: thread ident -> {what: [numbers]}, each written by its own thread only.
+        self._tallies: dict[int, dict] = {}
+        self._tallies_lock = threading.Lock()
+        self._folded: dict[tuple, list] = {}  # (ident, what) -> its numbers when last folded
+        self._fold_lock = threading.Lock()
+        self._answers: dict[tuple, tuple] = {}  # (method, route, status) -> (counter, histogram parts)
         self._states = {state: self.connections.labels(state) for state in CONNECTION_STATES}
         self._pool = pool
         self._storage = None
@@ -149,6 +163,12 @@ class ServerMetrics:
         self._pool_seen = {}
 
     # -- recorded as requests are answered ----------------------------------------------
+    #
+    # A request thread adds to tallies of its own: plain lists in a dict only it
+    # writes to, a third of the cost of prometheus-client's values (each a lock, a
+    # method, a check). ``fold`` moves what is new into the series: at every scrape
+    # of one process, once a second on every worker's event loop (``sample``), and
+    # as a worker stops. Its cost grows with the series, not with the requests.
 
     def answer(self, method: str, route: str, status: str, seconds: float, caller=None) -> None:
         """One answer (``AccessLog`` and ``task.record_refusal``): ``route`` is a
@@ -156,17 +176,20 @@ class ServerMetrics:
         (accesslog.CALLER_ENVIRON_KEY), or None."""
         if method not in METHODS:
             method = OTHER_METHOD
-        key = (method, route, status)
-        series = self._answers.get(key)
-        if series is None:
-            series = self._answers[key] = (self.requests.labels(*key), self.request_duration.labels(method, route))
-        series[0]._value.inc(1)  # Counter.inc without its checks (as ``observe``)
-        observe(series[1], seconds)
+        tally = self._tallies.get(get_ident()) or self._tally()
+        key = ("answer", method, route, status)
+        numbers = tally.get(key)
+        if numbers is None:
+            numbers = tally[key] = [0] * (2 + BUCKET_SLOTS)  # count, sum, one per bucket
+        numbers[0] += 1
+        numbers[1] += seconds
+        numbers[2 + bisect.bisect_left(BUCKETS, seconds)] += 1
         if self.by_org and caller is not None:
-            org = self._orgs.get(caller.org_name)
-            if org is None:
-                org = self._orgs[caller.org_name] = self.org_requests.labels(caller.org_name)
-            org.inc()
+            key = ("org", caller.org_name)
+            numbers = tally.get(key)
+            if numbers is None:
+                numbers = tally[key] = [0]
+            numbers[0] += 1
         if status == "429":
             self.rate_limited(caller)
 
@@ -181,10 +204,53 @@ class ServerMetrics:
         self.shed_total.inc()
 
     def queue_wait(self, seconds: float) -> None:
-        observe(self.queue_wait_seconds, seconds)
+        self._observe("queue", seconds)
 
     def db_operation(self, operation: str, seconds: float) -> None:
-        observe(self._operations[operation], seconds)
+        self._observe(operation, seconds)
+
+    def _observe(self, key, seconds: float) -> None:
+        tally = self._tallies.get(get_ident()) or self._tally()
+        numbers = tally.get(key)
+        if numbers is None:
+            numbers = tally[key] = [0] * (1 + BUCKET_SLOTS)  # sum, one per bucket
+        numbers[0] += seconds
+        numbers[1 + bisect.bisect_left(BUCKETS, seconds)] += 1
+
+    def _tally(self) -> dict:
+        """This thread's tallies (made on its first record). A thread that ends
+        leaves them, folded; one started later under the same ident goes on with them."""
+        with self._tallies_lock:
+            return self._tallies.setdefault(get_ident(), {})
+
+    def fold(self) -> None:
+        """Move what the threads tallied since the last fold into the series."""
+        with self._fold_lock:
+            for ident, tally in list(self._tallies.items()):
+                for key, numbers in list(tally.items()):  # list() and copy(): whole, under the GIL
+                    now = numbers.copy()
+                    before = self._folded.get((ident, key))
+                    if now == before:
+                        continue
+                    self._folded[ident, key] = now
+                    self._add(key, now if before is None else [a - b for a, b in zip(now, before)])
+
+    def _add(self, key, new: list) -> None:
+        if key == "queue":
+            _add_observations(self._queue_wait, new)
+        elif key in self._operations:
+            _add_observations(self._operations[key], new)
+        elif key[0] == "answer":
+            targets = self._answers.get(key)
+            if targets is None:
+                _, method, route, status = key
+                targets = self._answers[key] = (self.requests.labels(method, route, status),
+                                                _parts(self.request_duration.labels(method, route)))
+            if new[0]:
+                targets[0].inc(new[0])
+            _add_observations(targets[1], new[1:])
+        else:  # ("org", name)
+            self.org_requests.labels(key[1]).inc(new[0])
 
     def db_error(self, kind: str) -> None:
         self._errors[kind].inc()
@@ -196,7 +262,8 @@ class ServerMetrics:
         self._storage = storage
 
     def sample(self, server) -> None:
-        """What is only a number somewhere: read it into the series."""
+        """What is only a number somewhere: read it into the series; and fold."""
+        self.fold()
         sample_queue_depth(self, server)
         sample_connections(self, server)
         self._sample_log()
@@ -227,14 +294,35 @@ class ServerMetrics:
         self._pool_seen = {"queued": queued, "wait_ms": wait_ms}
 
 
-def observe(histogram: Histogram, seconds: float) -> None:
-    """``histogram.observe(seconds)`` for a histogram without labels, or a child of
-    one, at a third of the cost: the bucket found by bisection instead of a scan,
-    without the checks for exemplars, which pods never gives. Three observations
-    per request: this is most of what metrics cost a GET. (prometheus-client's
-    internals: pyproject.toml holds it to the minor version tested.)"""
-    histogram._sum.inc(seconds)
-    histogram._buckets[bisect.bisect_left(histogram._upper_bounds, seconds)].inc(1)
+class _FoldFirst:
+    """Registered before a process's series: a scrape folds the tallies first."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        self.metrics.fold()
+        return []
+
+
+def _parts(histogram: Histogram) -> tuple:
+    """What observing ``histogram`` (one without labels, or a child) writes: its sum
+    and its buckets (prometheus-client's values, one per bucket, not cumulative),
+    which ``fold`` adds to as ``Histogram.observe`` would, many observations at a
+    time. (prometheus-client's internals: pyproject.toml holds it to the minor
+    version tested; tests/api/test_metrics.py checks the result against ``observe``.)"""
+    assert list(histogram._upper_bounds) == [*BUCKETS, float("inf")]
+    return histogram._sum, histogram._buckets
+
+
+def _add_observations(parts: tuple, new: list) -> None:
+    """Add tallied observations, ``new`` = [sum, count in each bucket], to a histogram's ``parts``."""
+    total, buckets = parts
+    if new[0]:
+        total.inc(new[0])
+    for bucket, count in zip(buckets, new[1:]):
+        if count:
+            bucket.inc(count)
 
 
 def sample_queue_depth(metrics: ServerMetrics, server) -> None:

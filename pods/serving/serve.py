@@ -187,7 +187,13 @@ def _serve_worker(settings: Settings, sock, number: int, exporter: Exporter | No
         sys.exit(e.exit_code)
     if metrics is not None:
         metrics.watch_storage(app.extensions[STORAGE_EXTENSION])
-    _serve_app(app, sock, settings, on_exit=lambda: close_app(app), metrics=metrics)
+
+    def on_exit():
+        close_app(app)
+        if metrics is not None:
+            metrics.fold()  # this worker's last figures (key uses recorded at close included)
+
+    _serve_app(app, sock, settings, on_exit=on_exit, metrics=metrics)
 
 
 def _serve_app(app, sock, settings: Settings, on_exit, metrics=None) -> None:

@@ -164,6 +164,74 @@ def test_no_label_value_ever_holds_what_a_client_sent(app, registry):
         assert secret not in text
 
 
+def test_recording_writes_what_prometheus_clients_own_observe_and_inc_would():
+    from prometheus_client import Counter, Histogram
+
+    from pods.serving.metrics import BUCKETS
+
+    seconds = [0, 0.0001, 0.00010001, 0.25, 10, 10.5, 1e9, -1] + [i / 997 for i in range(3000)]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = ServerMetrics(ours)
+    duration = Histogram("pods_http_request_duration_seconds", "x", ["method", "route"], buckets=BUCKETS,
+                         registry=theirs)
+    wait = Histogram("pods_http_queue_wait_seconds", "x", buckets=BUCKETS, registry=theirs)
+    operation = Histogram("pods_db_operation_duration_seconds", "x", ["operation"], buckets=BUCKETS,
+                          registry=theirs)
+    requests = Counter("pods_http_requests", "x", ["method", "route", "status"], registry=theirs)
+    for s in seconds:
+        metrics.answer("GET", URL, "200", s)
+        metrics.queue_wait(s)
+        metrics.db_operation("find_pod", s)
+        duration.labels("GET", URL).observe(s)
+        wait.observe(s)
+        operation.labels("find_pod").observe(s)
+        requests.labels("GET", URL, "200").inc()
+    found, expected = exposition(ours), exposition(theirs)
+    for (name, labels), v in expected.items():
+        if not name.endswith("_created"):
+            assert found[name, labels] == pytest.approx(v), (name, labels)
+
+
+def test_threads_recording_while_scrapes_fold_lose_and_double_nothing(registry):
+    import threading
+
+    metrics = ServerMetrics(registry, by_org=True)
+
+    class Caller:
+        org_name = "acme"
+
+    def record(n):
+        for i in range(4000):
+            metrics.answer("GET", URL, "200", (i % 7) / 1000, Caller)
+            metrics.queue_wait(0.002)
+            metrics.db_operation("find_pod", 0.0003)
+
+    stop = threading.Event()
+
+    def scrape():
+        while not stop.is_set():
+            exposition(registry)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    scraper.join()
+    found = exposition(registry)
+    assert value(found, "pods_http_requests_total", method="GET", route=URL, status="200") == 24000
+    assert value(found, "pods_org_http_requests_total", org="acme") == 24000
+    assert value(found, "pods_http_request_duration_seconds_bucket", method="GET", route=URL, le="0.001") == \
+        6 * (4000 // 7 * 2 + 2)  # 0 and 1 ms of every 7
+    assert value(found, "pods_http_request_duration_seconds_sum", method="GET", route=URL) == \
+        pytest.approx(6 * sum((i % 7) / 1000 for i in range(4000)))
+    assert value(found, "pods_http_queue_wait_seconds_count") == 24000
+    assert value(found, "pods_db_operation_duration_seconds_count", operation="find_pod") == 24000
+
+
 def test_a_shed_request_is_counted_and_nothing_else_moves(registry):
     metrics = ServerMetrics(registry)
     before = exposition(registry)
@@ -510,6 +578,7 @@ def _worker(answers: int, depth: int) -> int:
             for _ in range(answers):
                 m.answer("GET", URL, "200", 0.001)
             m.queue_depth.set(depth)
+            m.fold()  # as a worker does once a second, and as it stops
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
