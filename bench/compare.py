@@ -1,6 +1,8 @@
-"""An earlier version of pods against this one, side by side, on the read paths.
+"""An earlier version of pods against this one, side by side, on the read paths;
+or this version with metrics on against off.
 
     python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3]
+    python bench/compare.py --metrics [--rounds 5] [--duration 3] [--scrape-interval 1]
 
 REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
 temporary worktree; the database is seeded (1,000 pods) by REF's own
@@ -13,16 +15,26 @@ CPU time per request (user + system, from /proc), which a machine shared with
 other work disturbs far less than throughput. ``--this REF2`` puts another
 revision in place of the working tree.
 
+With ``--metrics``, both sides are this checkout on copies of one seeded
+database: "off" as it starts by default, "on" with ``--metrics-port`` (and its
+/metrics scraped every ``--scrape-interval`` seconds meanwhile: every second by
+default, far more often than Prometheus usually does; 0, never). Scenarios: GET one pod and create at 8 connections, creates on a database of
+each side's own; the contract's target is GET within 3% (on / off >= 0.97).
+
 Needs wrk (Debian: apt-get install wrk) and git.
 """
 
 import argparse
 import json
+import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -51,15 +63,97 @@ def server(name: str, root: Path, db: Path, work: Path) -> run.Process:
     return run.Process(name, [sys.executable, root / "app.py", "--port", "{port}", "--db", db], work)
 
 
+METRICS_SCENARIOS = [  # name, wrk script, connections, which servers (reads or writes)
+    ("GET one pod @8", "get_pod.lua", 8, "reads"),
+    ("create @8", "create.lua", 8, "writes"),
+]
+
+
+def metrics_on_against_off(args) -> None:
+    """This version, metrics off ("off") against on ("on"), side by side."""
+    work = Path(tempfile.mkdtemp(prefix="pods-compare-metrics-"))
+    procs, scraping = {}, threading.Event()
+    try:
+        ids_file = run.write_ids(work, run.seed(work / "seed.db", 1000))
+        for side in ("off", "on"):
+            for role in ("reads", "writes"):
+                shutil.copy(work / "seed.db", work / f"{side}-{role}.db")
+                flags = ["--metrics-port", "0"] if side == "on" else []
+                procs[side, role] = run.Process(
+                    f"{side}-{role}", [sys.executable, ROOT / "app.py", "--port", "{port}",
+                                       "--db", work / f"{side}-{role}.db", *flags], work)
+        if args.scrape_interval > 0:
+            urls = [metrics_url(procs["on", r], work) for r in ("reads", "writes")]
+            threading.Thread(target=scrape_every, args=(urls, args.scrape_interval, scraping), daemon=True).start()
+        runs = {name: {"off": [], "on": []} for name, *_ in METRICS_SCENARIOS}
+        cpu = {name: {"off": [], "on": []} for name, *_ in METRICS_SCENARIOS}
+        for round_no in range(args.rounds):
+            sides = ["off", "on"] if round_no % 2 == 0 else ["on", "off"]
+            for name, script, conns, role in METRICS_SCENARIOS:
+                for side in sides:
+                    used = cpu_seconds(procs[side, role].proc.pid)
+                    result = run.wrk(procs[side, role], script, conns, args.duration, {"BENCH_IDS": str(ids_file)})
+                    used = cpu_seconds(procs[side, role].proc.pid) - used
+                    assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
+                    runs[name][side].append(result["rps"])
+                    cpu[name][side].append(used / result["requests"] * 1e6)
+                    print(f"round {round_no + 1} {name:16} metrics {side:3} {result['rps']:7.0f} req/s"
+                          f" {cpu[name][side][-1]:6.1f} CPU us/request", file=sys.stderr)
+    finally:
+        scraping.set()
+        for p in procs.values():
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("| scenario | metrics off req/s median | metrics on req/s median | on / off, median of rounds (min–max) "
+          "| server CPU µs per request, off / on (medians) |")
+    print("|---|---|---|---|---|")
+    for name, by_side in runs.items():
+        ratios = [on / off for off, on in zip(by_side["off"], by_side["on"])]
+        print(f"| {name} | {statistics.median(by_side['off']):.0f} | {statistics.median(by_side['on']):.0f} |"
+              f" {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
+              f" {statistics.median(cpu[name]['off']):.0f} / {statistics.median(cpu[name]['on']):.0f} |")
+    print(json.dumps({"metrics": "on vs off", "rounds": args.rounds, "duration_s": args.duration,
+                      "scrape_interval_s": args.scrape_interval, "rps": runs,
+                      "cpu_us_per_request": cpu}), file=sys.stderr)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) the process ``pid`` has used: a cost per request
+    that the machine's other load moves far less than it moves throughput."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics_url(proc: run.Process, work: Path) -> str:
+    """The /metrics URL a server printed as it started."""
+    return re.search(r"pods metrics on (\S+)", (work / f"{proc.name}.log").read_text()).group(1)
+
+
+def scrape_every(urls: list[str], interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ref")
+    parser.add_argument("ref", nargs="?", help="the revision to compare this one with")
+    parser.add_argument("--metrics", action="store_true", help="this version with metrics on against off")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--this", default=None, help="a revision to compare instead of the working tree")
+    parser.add_argument("--scrape-interval", type=float, default=1.0,
+                        help="with --metrics: seconds between scrapes of the metrics side (0: none)")
     args = parser.parse_args()
+    if (args.ref is None) == (not args.metrics):
+        parser.error("give REF, or --metrics")
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    if args.metrics:
+        metrics_on_against_off(args)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", args.ref], capture_output=True, text=True,
                             check=True, cwd=ROOT).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="pods-compare-"))

@@ -5,6 +5,7 @@ import logging
 import os
 
 import click
+from click.core import ParameterSource
 
 from .api import logstream
 from .api.auth import hash_key, token_prefix
@@ -131,10 +132,18 @@ def _limits(rate_limit, rate_burst, key_rate_limit, key_rate_burst) -> ratelimit
               type=click.FloatRange(0.001, 3600),
               help="Seconds a request may wait for a worker thread; past it, it is answered 503 with Retry-After "
                    "and not executed (env PODS_QUEUE_TIMEOUT).")
+@click.option("--metrics-port", envvar="PODS_METRICS_PORT", default=None, show_default="off",
+              type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics at /metrics on this port, a listener of its own; "
+                   "0 picks a free one (env PODS_METRICS_PORT).")
+@click.option("--metrics-host", envvar="PODS_METRICS_HOST", default="127.0.0.1", show_default=True,
+              help="Interface the metrics listener binds to (env PODS_METRICS_HOST).")
+@click.option("--metrics-by-org", envvar="PODS_METRICS_BY_ORG", is_flag=True, default=False, show_default="off",
+              help="Also count requests and 429s per organization, labelled by its name (env PODS_METRICS_BY_ORG).")
 @click.pass_context
 def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_timeout, keepalive_timeout,
         send_timeout, connection_limit, replica, rate_limit, rate_burst, key_rate_limit, key_rate_burst,
-        queue_timeout):
+        queue_timeout, metrics_port, metrics_host, metrics_by_org):
     """Serve the Pods API, or manage its API keys and database.
 
     With no COMMAND, serves on HOST:PORT until SIGTERM or SIGINT. On the first
@@ -150,6 +159,8 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             logstream.name_worker(0)  # the parent: its lines too end with worker=0, this warning's included
         if _unknown_variables():
             log.warning(_unknown_variables_message())
+        if metrics_port is None and (metrics_by_org or _given(ctx, "metrics_host")):
+            log.warning("--metrics-host and --metrics-by-org do nothing without --metrics-port: no metrics served")
         serve(Settings(
             db=db,
             host=host,
@@ -163,6 +174,9 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
             queue_timeout=queue_timeout,
             api_key=os.environ.get(API_KEY_VARIABLE),
             replicas=tuple(url for url in replica if url),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_by_org=metrics_by_org,
         ))
     elif _unknown_variables():
         click.echo(f"warning: {_unknown_variables_message()}", err=True)
@@ -170,6 +184,11 @@ def cli(ctx, host, port, db, threads, workers, log_level, trusted_proxy, header_
 
 cli.add_command(keys)
 cli.add_command(orgs)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was set, on the command line or by its variable."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 def documented_variables(command: click.Command | None = None) -> set[str]:

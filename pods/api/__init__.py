@@ -7,14 +7,19 @@ from flask import Flask
 
 from . import accesslog, errors, httprules, keyuse
 from .application import STORAGE_EXTENSION, PodsFlask
-from ..storage import open_storage
+from ..storage import observed, open_storage
 
-def create_app(config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None, observer=None) -> Flask:
     """Build the app and bring its database to the current schema.
 
     Config comes from defaults, then ``config``, and from nowhere else: the CLI
     resolves flags and their documented variables, so no other ``PODS_*``
     variable can change a limit, and no token lands in ``app.config``.
+
+    ``observer``, if given, is told of every answer and every storage operation
+    (metrics, pods/serving/metrics.py): ``observer.answer(method, route, status,
+    seconds, caller)`` (``accesslog.AccessLog``), ``observer.db_operation(name,
+    seconds)`` and ``observer.db_error(kind)`` (``storage.observed``).
     """
     app = PodsFlask("pods")
     app.config.from_mapping(
@@ -28,6 +33,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"])
     storage.prepare()
+    if observer is not None:
+        observed.instrument(storage, observer.db_operation, observer.db_error)
     # Shared by every process on this database, so any worker accepts any token.
     app.config["PAGE_TOKEN_SECRET"] = storage.setting("page_token_secret", lambda: secrets.token_bytes(32))
     storage.end_thread()  # this thread serves no request: what it used goes back (a pool's connection)
@@ -38,7 +45,7 @@ def create_app(config: dict | None = None) -> Flask:
     # Middleware, wrapped as Flask's documentation does (to mypy, a method replaced).
     app.wsgi_app = httprules.HttpRules(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = accesslog.AccessLog(  # type: ignore[method-assign]
-        app.wsgi_app, app.config.get("TRUSTED_PROXIES", ())
+        app.wsgi_app, app.config.get("TRUSTED_PROXIES", ()), observe=None if observer is None else observer.answer
     )
 
     from . import keys, meta, pods

@@ -35,6 +35,14 @@ log = logging.getLogger("pods.access")
 CALLER_ENVIRON_KEY = "pods.caller"
 # Set here, for the log line of an unhandled error (errors.log_unhandled).
 REQUEST_ID_ENVIRON_KEY = "pods.request_id"
+# Set by routing (application.py) to the rule the request matched, as Flask writes
+# it ("/agent/v0/pods/<pod_id>"), or by HttpRules to HTTP_ERROR_ROUTE.
+ROUTE_ENVIRON_KEY = "pods.route"
+
+# The route of an answer, for whoever counts answers (``AccessLog``'s ``observe``):
+# a route template ("/agent/v0/pods/{pod_id}"), never the path as sent.
+UNMATCHED_ROUTE = "unmatched"  # no route has this path (404), or not this method (405)
+HTTP_ERROR_ROUTE = "http_error"  # refused before routing: malformed, head too large, bad Host
 
 # An incoming X-Request-Id is honoured when it is short and plain enough to be
 # logged and echoed safely; otherwise the server makes its own.
@@ -150,10 +158,33 @@ def write_line(method, path, status, started, request_id, caller=None, client="-
     )
 
 
+_RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+_templates: dict[str, str] = {}  # Flask rule -> its template; as many as the app has rules
+
+
+def route_of(environ) -> str:
+    """The route template an answer was for, such as "/agent/v0/pods/{pod_id}", or
+    UNMATCHED_ROUTE, or HTTP_ERROR_ROUTE: always one of a fixed set, whatever the
+    path sent."""
+    rule = environ.get(ROUTE_ENVIRON_KEY)
+    if rule is None:
+        return UNMATCHED_ROUTE
+    template = _templates.get(rule)
+    if template is None:
+        template = _templates[rule] = _RULE_VARIABLE.sub(r"{\1}", rule)
+    return template
+
+
 class AccessLog:
-    def __init__(self, wsgi_app, trusted_proxies: tuple = ()):
+    """Logs each answer (``write_line``) and, given ``observe``, reports it:
+    ``observe(method, route, status, seconds, caller)`` with the method as sent,
+    ``route_of`` the request, the status as three digits ("-" when the app never
+    started an answer), the app's time and the authenticated caller (or None)."""
+
+    def __init__(self, wsgi_app, trusted_proxies: tuple = (), observe=None):
         self.wsgi_app = wsgi_app
         self.trusted_proxies = trusted_proxies
+        self.observe = observe
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -172,12 +203,7 @@ class AccessLog:
         try:
             return self.wsgi_app(environ, start_with_id)
         finally:
-            write_line(
-                environ.get("REQUEST_METHOD", "-"),
-                environ.get("PATH_INFO", ""),
-                status,
-                started,
-                request_id,
-                environ.get(CALLER_ENVIRON_KEY),
-                client,
-            )
+            method, caller = environ.get("REQUEST_METHOD", "-"), environ.get(CALLER_ENVIRON_KEY)
+            write_line(method, environ.get("PATH_INFO", ""), status, started, request_id, caller, client)
+            if self.observe is not None:
+                self.observe(method, route_of(environ), status, time.perf_counter() - started, caller)

@@ -7,11 +7,13 @@ a per-request cost or a second spelling of a route that this API gets nothing fo
 import json
 
 from flask import Flask, Response, current_app
+from flask.ctx import RequestContext
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
+from .accesslog import ROUTE_ENVIRON_KEY
 from ..storage import Storage
 
 STORAGE_EXTENSION = "pods.storage"  # app.extensions[...]: the app's storage
@@ -66,6 +68,18 @@ class NoSessions(SessionInterface):
         pass
 
 
+class RoutedRequestContext(RequestContext):
+    """Flask's request context, noting the rule a request matched in its environ
+    (``accesslog.ROUTE_ENVIRON_KEY``), where the access log, outside Flask, finds
+    it after the answer: metrics count answers by route template, never by path."""
+
+    def match_request(self) -> None:
+        super().match_request()
+        rule = self.request.url_rule
+        if rule is not None:
+            self.request.environ[ROUTE_ENVIRON_KEY] = rule.rule
+
+
 class PodsFlask(Flask):
     """The pods application: Flask for a stateless JSON API.
 
@@ -92,6 +106,9 @@ class PodsFlask(Flask):
         # Rules take this when they are added, and none is yet. It spares every 404
         # a second match with the slashes merged.
         self.url_map.merge_slashes = False
+
+    def request_context(self, environ):
+        return RoutedRequestContext(self, environ)
 
     def raise_routing_exception(self, request):
         # Flask's error handlers never see a routing redirect: it is raised here and

@@ -10,6 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 from werkzeug.wrappers import Response
 
+from .accesslog import HTTP_ERROR_ROUTE, ROUTE_ENVIRON_KEY
 from .errors import error_json
 
 HOST_RULE = "An HTTP/1.1 request needs exactly one Host header."
@@ -45,5 +46,7 @@ class HttpRules:
 
 
 def _answer(environ, start_response, status: int, errors: dict | None = None):
+    if status == 400:  # refused as malformed, before routing; a 404 is an unknown route
+        environ[ROUTE_ENVIRON_KEY] = HTTP_ERROR_ROUTE
     response = Response(error_json(status, errors=errors), status, content_type="application/json")
     return response(environ, start_response)

@@ -59,7 +59,8 @@ class LogStream:
 
     def _reset(self) -> None:
         self._pending: collections.deque[str] = collections.deque()
-        self._dropped = 0
+        self._dropped = 0  # since the last warning about them
+        self.dropped_total = 0  # since the process started (metrics read it)
         self._drop_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._idle = threading.Event()
@@ -72,6 +73,7 @@ class LogStream:
         if len(self._pending) >= MAX_PENDING:
             with self._drop_lock:
                 self._dropped += 1
+                self.dropped_total += 1
             return
         self._pending.append(line)
         if self._thread is None:
@@ -117,6 +119,7 @@ class LogStream:
                 for piece in pieces:
                     lost += self._send(piece)
             with self._drop_lock:
+                self.dropped_total += lost
                 dropped, self._dropped = self._dropped + lost, 0
             if dropped and self._send(
                 f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"

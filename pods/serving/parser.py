@@ -68,6 +68,7 @@ class PodsRequestParser(HTTPRequestParser):
     refusal: Refusal | None = None  # answered so, the app not run (429, or 503 once shed)
     head_done: float | None = None  # time.time() when its head was in: its body is due within --header-timeout
     error: Error | None  # waitress's, declared for the type checker
+    read_at = 0.0  # time.perf_counter() when the request had arrived whole (or was refused)
 
     def __init__(self, adj, channel=None):
         super().__init__(adj)
@@ -102,6 +103,8 @@ class PodsRequestParser(HTTPRequestParser):
         head_before = self.header_plus  # waitress keeps it as it was when it refuses a head
         consumed = super().received(data)
         channel = self.channel
+        if self.completed and not self.read_at:
+            self.read_at = time.perf_counter()  # from here, it waits for a thread (queue wait)
         if self.error is None:
             if not (in_head and self.headers_finished) or channel is None:
                 return consumed

@@ -19,6 +19,7 @@ from ..storage import UnusableDatabase, describe, is_url, open_storage
 from ..storage.litestream import check_replica_url, find_litestream, hold_open
 from . import ratelimit, server, shutdown, workers
 from .channel import Deadlines
+from .metrics import Exporter
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
 from .replication import Replication
 
@@ -41,6 +42,9 @@ class Settings:
     queue_timeout: float = server.QUEUE_TIMEOUT
     api_key: str | None = dataclasses.field(default=None, repr=False)  # PODS_API_KEY: never printed
     replicas: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # --replica URLs: may hold a secret
+    metrics_port: int | None = None  # None: no metrics
+    metrics_host: str = "127.0.0.1"
+    metrics_by_org: bool = False
 
     def app_config(self) -> dict:
         return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies}
@@ -60,18 +64,20 @@ def serve(settings: Settings) -> None:
     check_env_token(settings.api_key)
     litestream = _litestream_for(settings)  # refused in one line before anything is done
     settings = dataclasses.replace(settings, connection_limit=_fit_connection_limit(settings.connection_limit))
-    # The port first: a server refused there must not have made a database and shown its first key.
+    # The ports first: a server refused there must not have made a database and shown its first key.
     sockets = _listen(settings.host, settings.port, settings.workers)
     # Replicating, the database is held open until Litestream has it open too (``hold_open``).
     keeper = hold_open(settings.db) if litestream else None
     replication = None
+    exporter = _metrics_listener(settings)
+    metrics = exporter.server_metrics() if exporter is not None and settings.workers == 1 else None
     try:
         _prepare_database(settings.db, settings.api_key)
         with clear_failures(settings.db):
             # One process builds its app now, so a failure shows before "serving on";
             # worker processes build their own after the fork (SQLite connections
             # must not cross one).
-            app = create_app(settings.app_config()) if settings.workers == 1 else None
+            app = create_app(settings.app_config(), observer=metrics) if settings.workers == 1 else None
         if litestream:
             # Before the workers fork: they share its lag (an anonymous shared mapping).
             replication = Replication(settings.db, settings.replicas[0], litestream)
@@ -87,20 +93,35 @@ def serve(settings: Settings) -> None:
     serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"
                f" (database {describe(settings.db)}, {settings.workers} worker(s),"
                f" {settings.threads} thread(s) each)")
-    try:
-        click.echo(serving)
-    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
-        log.warning("%s; stdout could not be written", serving)
+    _say(serving)
+    if exporter is not None:
+        _say(f"pods metrics on {exporter.url}")
     # Made before the workers are forked: they share it, so a limit holds for the whole server.
     buckets = ratelimit.SharedBuckets() if settings.limits else None
     try:
         if app is not None:
-            _serve_app(app, sockets[0], settings, buckets, on_exit=lambda: _close_database(app, replication))
+            if exporter is not None:
+                assert metrics is not None  # one process: it records for the exporter
+                metrics.watch_storage(app.extensions[STORAGE_EXTENSION])
+                exporter.start()
+
+            def on_exit():
+                if exporter is not None:
+                    exporter.stop()  # no scrape reading the database as it is closed
+                _close_database(app, replication)
+
+            _serve_app(app, sockets[0], settings, buckets, on_exit=on_exit, metrics=metrics)
             return
-        code = workers.run_workers([functools.partial(_serve_worker, settings, sock, number, lag, buckets)
-                                    for number, sock in enumerate(sockets, start=1)])
+        code = workers.run_workers(
+            [functools.partial(_serve_worker, settings, sock, number, lag, buckets, exporter)
+             for number, sock in enumerate(sockets, start=1)],
+            on_forked=None if exporter is None else exporter.workers_forked,
+            on_exit=None if exporter is None else exporter.worker_exited,
+        )
         for sock in sockets:
             sock.close()
+        if exporter is not None:
+            exporter.stop()
         if replication is not None:
             replication.stop()  # every worker is gone: the last write is made
         else:
@@ -109,6 +130,8 @@ def serve(settings: Settings) -> None:
             with clear_failures(settings.db):
                 open_storage(settings.db).checkpoint()
     finally:
+        if exporter is not None:
+            exporter.stop()
         if replication is not None:
             replication.stop()  # also when serving failed: Litestream never outlives the server
     if code:
@@ -151,6 +174,26 @@ def _listen(host: str, port: int, count: int):
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
+def _say(line: str) -> None:
+    try:
+        click.echo(line)
+    except OSError:  # stdout unwritable (/dev/full, a closed pipe): say it where it can be seen
+        log.warning("%s; stdout could not be written", line)
+
+
+def _metrics_listener(settings: Settings) -> Exporter | None:
+    """The metrics listener (--metrics-port), bound now, or None when metrics are off."""
+    if settings.metrics_port is None:
+        return None
+    try:
+        return Exporter(settings.metrics_host, settings.metrics_port, settings.db, settings.workers,
+                        settings.metrics_by_org)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {settings.metrics_host}:{settings.metrics_port} for metrics: {e.strerror or e}"
+        ) from None
+
+
 def _fit_connection_limit(wanted: int) -> int:
     fits = workers.raise_open_file_limit(wanted)
     if fits < wanted:
@@ -184,23 +227,36 @@ def _discard_unused(storage) -> None:
             storage.discard_new()
 
 
-def _serve_worker(settings: Settings, sock, number: int, replica_lag=None, buckets=None) -> None:
+def _serve_worker(settings: Settings, sock, number: int, replica_lag=None, buckets=None,
+                  exporter: Exporter | None = None) -> None:
     logstream.name_worker(number)  # every log line of this process ends with worker=NUMBER
+    metrics = None
+    if exporter is not None:
+        exporter.close_in_worker()
+        metrics = exporter.server_metrics()
     try:
         with clear_failures(settings.db):
-            app = create_app(settings.app_config())
+            app = create_app(settings.app_config(), observer=metrics)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     if replica_lag is not None:
         app.extensions[REPLICA_LAG_KEY] = replica_lag
-    _serve_app(app, sock, settings, buckets, on_exit=lambda: close_app(app))
+    if metrics is not None:
+        metrics.watch_storage(app.extensions[STORAGE_EXTENSION])
+
+    def on_exit():
+        close_app(app)
+        if metrics is not None:
+            metrics.fold()  # this worker's last figures (key uses recorded at close included)
+
+    _serve_app(app, sock, settings, buckets, on_exit=on_exit, metrics=metrics)
 
 
-def _serve_app(app, sock, settings: Settings, buckets, on_exit) -> None:
+def _serve_app(app, sock, settings: Settings, buckets, on_exit, metrics=None) -> None:
     waitress_server = server.make_server(
         app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies,
-        settings.limits, buckets, settings.queue_timeout,
+        settings.limits, buckets, settings.queue_timeout, metrics,
     )
     shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
 

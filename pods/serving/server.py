@@ -52,10 +52,13 @@ class PodsServer(TcpWSGIServer):
     stopping = False  # set at shutdown: every answer from then on closes its connection
     next_channel_cleanup: float  # waitress's, declared for the type checker
 
-    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies, admission: Admission):
+    def __init__(self, app, sock, adj, deadlines: Deadlines, trusted_proxies, admission: Admission, metrics=None):
         self.deadlines = deadlines
         self.trusted_proxies = trusted_proxies
         self.admission = admission
+        # serving/metrics.ServerMetrics, or None (metrics off): tasks record into it,
+        # and it samples this server once a second (``maintenance``).
+        self.metrics = metrics
         dispatcher = FairDispatcher(self.tenant_of, admission.queue_timeout, self.shed)
         dispatcher.set_thread_count(adj.threads)
         sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
@@ -176,6 +179,8 @@ class PodsServer(TcpWSGIServer):
         for channel, waited in self.task_dispatcher.take_expired(time.monotonic()):
             self.shed(channel, waited)
             channel.service()
+        if self.metrics is not None:
+            self.metrics.sample(self)
 
 
 class QueueDepthSummary(logging.Filter):
@@ -216,10 +221,12 @@ def make_server(
     limits: ratelimit.Limits = ratelimit.Limits(),
     buckets: ratelimit.SharedBuckets | None = None,
     queue_timeout: float = QUEUE_TIMEOUT,
+    metrics=None,
 ):
     """A waitress server for ``app`` on a bound socket, ready to ``run()``.
     ``buckets``: the rate limits' shared state (made before the worker processes
-    are forked); made here when ``limits`` are set and none is given."""
+    are forked); made here when ``limits`` are set and none is given. ``metrics``:
+    a serving/metrics.ServerMetrics to record into, or None."""
     adj = Adjustments(
         sockets=[sock],
         threads=threads,
@@ -247,4 +254,4 @@ def make_server(
         admission.know_live_keys()
     except Exception as e:  # a convenience: each key is learned from its first request anyway
         logging.getLogger("pods.server").warning("could not read the live keys to schedule by: %s", e)
-    return PodsServer(app, sock, adj, deadlines, trusted_proxies, admission)
+    return PodsServer(app, sock, adj, deadlines, trusted_proxies, admission, metrics)

@@ -66,6 +66,7 @@ class CoalescingTask(WSGITask):
 
     def start(self):
         super().start()
+        record_queue_wait(self)
         if self.request.withheld or self.channel.server.stopping:
             self.set_close_on_finish()
 
@@ -84,11 +85,18 @@ class CoalescingTask(WSGITask):
         self.complete = True
         self.content_length = len(refusal.body)
         self.write(refusal.body)
+        caller = logged_caller(request.tenant)
         accesslog.write_line(
-            request.command, request.path, refusal.status[:3], started, request_id, logged_caller(request.tenant),
+            request.command, request.path, refusal.status[:3], started, request_id, caller,
             client=accesslog.client_address(
                 channel.addr[0], request.headers.get("X_FORWARDED_FOR"), channel.server.trusted_proxies),
         )
+        metrics = channel.server.metrics
+        if metrics is not None:  # a 429 is counted as limited by its status, a 503 here as shed
+            metrics.answer(request.command, accesslog.HTTP_ERROR_ROUTE, refusal.status[:3],
+                           time.perf_counter() - started, caller)
+            if refusal.status.startswith("503"):
+                metrics.shed()
 
     def get_environment(self):
         environ = super().get_environment()
@@ -179,10 +187,30 @@ class CoalescingTask(WSGITask):
             super().write(data)
 
 
+def record_queue_wait(task) -> None:
+    """Metrics: how long ``task``'s request waited, from arriving whole (the
+    parser's ``read_at``) to a thread starting it."""
+    metrics = task.channel.server.metrics
+    if metrics is not None and task.request.read_at:
+        metrics.queue_wait(time.perf_counter() - task.request.read_at)
+
+
+def record_refusal(task, method: str, status: int, started: float) -> None:
+    """Metrics: an answer waitress gave itself, counted under the route
+    ``accesslog.HTTP_ERROR_ROUTE`` (it was never routed)."""
+    metrics = task.channel.server.metrics
+    if metrics is not None:
+        metrics.answer(method, accesslog.HTTP_ERROR_ROUTE, str(status), time.perf_counter() - started, None)
+
+
 class JsonErrorTask(ErrorTask):
     """waitress's own answers (a malformed request, a request line or headers too
     large, an error escaping the app) in the contract's JSON error shape instead of text/plain,
-    with a request id, and logged like every other answer."""
+    with a request id, and logged (and counted) like every other answer."""
+
+    def start(self):
+        super().start()
+        record_queue_wait(self)
 
     def execute(self):
         started = time.perf_counter()
@@ -200,8 +228,9 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
         # A head too large to parse says nothing reliable about method or path.
         parsed = e.code not in (414, 431)
+        method = getattr(request, "command", "") if parsed else ""
         accesslog.write_line(
-            getattr(request, "command", "") if parsed else "",
+            method,
             getattr(request, "path", "") if parsed else "",
             e.code,
             started,
@@ -210,3 +239,4 @@ class JsonErrorTask(ErrorTask):
                 channel.addr[0], request.headers.get("X_FORWARDED_FOR"), channel.server.trusted_proxies
             ),
         )
+        record_refusal(self, method, e.code, started)

@@ -95,11 +95,13 @@ def _wait_for_one_of(pids: set) -> tuple[int, int]:
         time.sleep(0.05)  # another's child: its owner reaps it in a moment
 
 
-def run_workers(jobs: list) -> int:
+def run_workers(jobs: list, on_forked=None, on_exit=None) -> int:
     """Fork one process per job (each serves until signalled), forward SIGTERM and
     SIGINT to them, and wait. If one dies unasked, stop the others too, so that a
     supervisor such as systemd restarts the whole server; if the parent dies, the
-    workers stop. Returns 0 when every worker exited cleanly after a signal."""
+    workers stop. Returns 0 when every worker exited cleanly after a signal.
+    ``on_forked(pids)``, if given, is called in this process once every worker is
+    forked, and ``on_exit(pid)`` once each is gone (metrics keep their books by them)."""
     parent = os.getpid()
     pids = set()
     for job in jobs:
@@ -120,6 +122,8 @@ def run_workers(jobs: list) -> int:
                     sys.stdout.flush()
                 os._exit(code)
         pids.add(pid)
+    if on_forked is not None:
+        on_forked(sorted(pids))
 
     stopping = False
 
@@ -136,6 +140,8 @@ def run_workers(jobs: list) -> int:
     while pids:
         pid, wait_status = _wait_for_one_of(pids)
         pids.discard(pid)
+        if on_exit is not None:
+            on_exit(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if code != 0 or not stopping:
             log.error("worker %d exited with status %d%s", pid, code, "" if stopping else "; stopping the others")

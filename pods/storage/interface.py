@@ -396,3 +396,16 @@ class OperatorStorage(Storage, Protocol):
         :raise CopyMismatch: the counts differ; nothing is written.
         """
 
+
+    # -- what metrics read (pods/serving/metrics.py) ----------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        """{"organizations", "api_keys" (those not revoked or deleted), "pods"}:
+        exact, or estimated where counting would scan a large table."""
+
+    def pool_stats(self) -> dict[str, int] | None:
+        """The connection pool's figures (psycopg_pool's get_stats()), or None."""
+
+    def error_kind(self, error: BaseException) -> str | None:
+        """"locked", "unavailable", "timeout" or "other" for a database error (see
+        ``observed.ERROR_KINDS``); None for an exception that is not one."""

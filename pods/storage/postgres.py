@@ -64,6 +64,13 @@ STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (
 # Seconds a serving statement may wait on the server: past STATEMENT_TIMEOUT with a
 # margin, and short enough that a request cut is answered within the shutdown grace.
 STALL_LIMIT = 8.0
+# Metrics' counts of rows: exact below this many rows (by the planner's estimate), estimated above.
+EXACT_COUNT_BELOW = 100_000
+COUNTED_ROWS = {
+    "organizations": "FROM organization",
+    "api_keys": "FROM api_key WHERE revoked_at IS NULL",
+    "pods": "FROM pod",
+}
 PING_LOCK_TIMEOUT = "500ms"  # /healthz: a table locked this long is a table requests cannot read
 # libpq settings, unless the URL gives its own.
 LIBPQ_DEFAULTS = {
@@ -696,3 +703,52 @@ class PostgresStorage(SQLStorage):
             conn.execute("DELETE FROM api_key WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
             conn.execute("DELETE FROM pod WHERE pod_id = %s AND org_id = %s", (pod_id, org_id))
         return True
+
+
+    # -- what metrics read ------------------------------------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        """Organizations, keys that authenticate (not revoked or deleted) and pods:
+        exact where the planner expects fewer than EXACT_COUNT_BELOW rows (a count of
+        that many takes milliseconds), else the planner's own estimate, which costs
+        no scan: PostgreSQL's count(*) reads every row (or index entry), and on a
+        table of millions, from every instance at every scrape, that is load for
+        nothing. The estimate scales the last ANALYZE's rows per page by the table's
+        current size, so it follows growth between autovacuum runs."""
+        conn = self.connection()
+        counts = {}
+        with conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+            for name, rows in COUNTED_ROWS.items():
+                explained = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 {rows}").fetchone()
+                assert explained is not None  # EXPLAIN always answers a row
+                estimate = int(explained["QUERY PLAN"][0]["Plan"]["Plan Rows"])
+                if estimate < EXACT_COUNT_BELOW:
+                    counted = conn.execute(f"SELECT count(*) AS n {rows}").fetchone()
+                    assert counted is not None  # count(*) always answers a row
+                    estimate = counted["n"]
+                counts[name] = estimate
+        return counts
+
+    def pool_stats(self) -> dict[str, int] | None:
+        """The serving pool's figures (psycopg_pool's get_stats()), or None without one."""
+        pool = self._pool
+        return None if pool is None else pool.get_stats()
+
+    def error_kind(self, error: BaseException) -> str | None:
+        """What a database error escaping an operation was: "timeout" (no pool
+        connection within POOL_WAIT, a statement past STATEMENT_TIMEOUT, a server
+        the watchdog gave up on), "locked" (a lock not granted within the lock
+        timeout, a deadlock, a serialization failure), "unavailable" (the server
+        unreachable, closing, read-only), "other" (any other database error);
+        None for anything else."""
+        if isinstance(error, (psycopg_pool.PoolTimeout, psycopg.errors.QueryCanceled)):
+            return "timeout"
+        if isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+                              psycopg.errors.SerializationFailure)):
+            return "locked"
+        if isinstance(error, self.unavailable):
+            conn = getattr(self._local, "conn", None)
+            cut = conn is not None and self._watchdog is not None and self._watchdog.was_cut(conn)
+            return "timeout" if cut else "unavailable"
+        return "other" if isinstance(error, psycopg.Error) else None

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # Every .sql file under pods/: the schema, and each backend's migrations.
 SQL_FILES = sorted(str(p.relative_to(ROOT / "pods")) for p in (ROOT / "pods").rglob("*.sql"))
 # pyproject.toml holds these to the minor version the tests ran against (why: there).
-BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth"]
+BOUNDED = ["flask", "waitress", "marshmallow", "flask-httpauth", "prometheus-client"]
 DIST = "pods-server"  # "pods" on PyPI is another project
 WHEEL_NAME = "pods_server"  # the distribution's name in file names
 POSTGRES_MIGRATIONS = len(list((ROOT / "pods" / "storage" / "postgres_migrations").glob("[0-9]*.sql")))

@@ -1,0 +1,612 @@
+"""Prometheus metrics (``--metrics-port``): every series, the calls that record
+them, and the listener that serves them. docs/metrics.md says what each means.
+
+Who records what, layer by layer (nothing below this module knows Prometheus):
+
+- the Flask side reports each answer through the ``observer`` given to
+  ``create_app``: ``AccessLog`` calls ``ServerMetrics.answer`` with a route
+  template, never a path; the storage, instrumented by ``storage.observed``,
+  calls ``db_operation`` and ``db_error`` with the backend's own error kinds;
+- the waitress side (``task.py``) calls ``queue_wait`` as a thread takes a
+  request, and ``answer`` for the refusals waitress makes itself; the event loop
+  calls ``sample`` once a second (``PodsServer.maintenance``), which reads what
+  is only a number somewhere (the queue's length, the connections' states, the
+  database pool's figures, the log lines dropped);
+- a scrape reads the rest itself: the counts of organizations, keys and pods
+  (``_Counts``), the build, the processes.
+
+A request's records go to tallies of its thread's own (plain numbers, no lock),
+which ``ServerMetrics.fold`` adds to the series: at every scrape of one process,
+and once a second on each worker's event loop (so with ``--workers`` a scrape is
+up to about two seconds behind), and as a worker stops.
+
+One process (``--workers 1``): the series live in this process's registry, and
+the listener is a thread of it. Several: the parent makes a private directory
+(mode 0700) before it forks, and each worker writes its series there, each in
+files of its own (prometheus_client's multiprocess mode); the listener is a
+thread of the parent, which serves no request, so a scrape costs the workers
+nothing. A scrape sums the workers' files; a worker that is gone is marked dead
+(its gauges leave the sum, its counts stay in it), so a worker started again
+under a new pid neither resets nor doubles what was counted. The directory is
+removed when the server stops.
+
+Labels take values from fixed sets only: methods (anything else is "other"),
+route templates and two route names of our own (``accesslog.UNMATCHED_ROUTE``,
+``HTTP_ERROR_ROUTE``), statuses, error kinds, storage operations, connection
+states; with ``--metrics-by-org``, organization names, which the operator
+chooses. Never a path, an id, a token, a client_id or a pod's name.
+"""
+
+import bisect
+import logging
+import os
+import shutil
+import socket
+import socketserver
+import tempfile
+import threading
+import time
+from threading import get_ident
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client import multiprocess
+from prometheus_client import values as prometheus_values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
+from .. import __version__
+from ..api import logstream
+from ..storage import OperatorStorage, is_url, open_storage
+from ..storage.observed import ERROR_KINDS, OPERATIONS
+
+log = logging.getLogger("pods.metrics")
+
+# Seconds. Answers from a tenth of a millisecond (a 404, a cached GET) to ten seconds
+# (a request held by a lock or a stalled database); queue waits alike.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# The values of the ``method`` label; a client may send any token as a method.
+BUCKET_SLOTS = len(BUCKETS) + 1  # and +Inf
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+OTHER_METHOD = "other"
+CONNECTION_STATES = ("idle", "reading", "mid_request")
+# A count of rows that took less than this (seconds) is taken again at every scrape;
+# a slower one at most every RECOUNT_FACTOR times as long as it took (1% of the time).
+ALWAYS_RECOUNT_UNDER = 0.05
+RECOUNT_FACTOR = 100
+SCRAPE_TIMEOUT = 10  # seconds a scrape's client may take to send its request
+METRICS_PATH = "/metrics"
+
+
+class ServerMetrics:
+    """The series one serving process records, and the calls that record them.
+
+    ``registry``: where the series are registered (one process), or None (a worker
+    with several: prometheus_client's multiprocess files hold them). ``by_org``:
+    also count requests and 429s per organization (``--metrics-by-org``).
+    ``pool``: the database has a connection pool (PostgreSQL), with series of its own.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None, by_org: bool = False, pool: bool = False):
+        r = registry
+        self.by_org = by_org
+        if registry is not None:
+            registry.register(_FoldFirst(self))  # before the series: a scrape folds, then reads them
+        self.requests = Counter(
+            "pods_http_requests", "Answers, by method, route template and status; waitress's own refusals"
+            " (malformed, head too large) under the route http_error, unknown paths under unmatched.",
+            ["method", "route", "status"], registry=r)
+        self.request_duration = Histogram(
+            "pods_http_request_duration_seconds", "Time the app took to answer, by method and route template.",
+            ["method", "route"], buckets=BUCKETS, registry=r)
+        self.queue_wait_seconds = Histogram(
+            "pods_http_queue_wait_seconds", "Time a request waited, from arriving whole to a thread taking it.",
+            buckets=BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "pods_http_queue_depth", "Connections whose request waits for a thread (sampled every second).",
+            multiprocess_mode="livesum", registry=r)
+        self.connections = Gauge(
+            "pods_http_connections", "Open client connections by state: idle (between requests), reading"
+            " (a request arriving), mid_request (queued, being answered, or its answer being sent).",
+            ["state"], multiprocess_mode="livesum", registry=r)
+        self.rate_limited_total = Counter(
+            "pods_rate_limited", "Requests refused 429 over a rate limit.", registry=r)
+        self.shed_total = Counter(
+            "pods_shed", "Requests answered 503 unexecuted after waiting past the queue timeout.", registry=r)
+        self.db_errors = Counter(
+            "pods_db_errors", "Storage operations failed by a database error, by kind: locked, unavailable,"
+            " timeout, other.", ["kind"], registry=r)
+        self.db_duration = Histogram(
+            "pods_db_operation_duration_seconds", "Time of each storage operation (its statements, and its waits"
+            " for SQLite's write lock or a pool connection), by operation.", ["operation"], buckets=BUCKETS,
+            registry=r)
+        if pool:
+            self.pool_connections = Gauge(
+                "pods_db_pool_connections", "PostgreSQL pool connections by state: idle (in the pool), in_use"
+                " (held by a request thread or the key-use recorder).", ["state"], multiprocess_mode="livesum",
+                registry=r)
+            self.pool_max = Gauge(
+                "pods_db_pool_max_connections", "Most connections the PostgreSQL pool may open.",
+                multiprocess_mode="livesum", registry=r)
+            self.pool_waiting = Gauge(
+                "pods_db_pool_waiting", "Threads waiting for a PostgreSQL pool connection now.",
+                multiprocess_mode="livesum", registry=r)
+            self.pool_waits = Counter(
+                "pods_db_pool_waits", "Times a thread found no idle PostgreSQL pool connection and waited.",
+                registry=r)
+            self.pool_wait_seconds = Counter(
+                "pods_db_pool_wait_seconds", "Time threads spent waiting for a PostgreSQL pool connection.",
+                registry=r)
+        self.log_lines_dropped = Counter(
+            "pods_log_lines_dropped", "Log lines dropped because stderr was not being read or could not be written.",
+            registry=r)
+        if by_org:
+            self.org_requests = Counter(
+                "pods_org_http_requests", "Answers to authenticated requests, by organization.", ["org"], registry=r)
+            self.org_rate_limited = Counter(
+                "pods_org_rate_limited", "Requests refused 429 over a rate limit, by organization.", ["org"],
+                registry=r)
+        # Every histogram child exists from the start (at 0), as do the error kinds.
+        self._operations = {name: _parts(self.db_duration.labels(name)) for name in OPERATIONS}
+        self._queue_wait = _parts(self.queue_wait_seconds)
+        self._errors = {kind: self.db_errors.labels(kind) for kind in ERROR_KINDS}
+        # Tallies: thread ident -> {what: [numbers]}, each written by its own thread only.
+        self._tallies: dict[int, dict] = {}
+        self._tallies_lock = threading.Lock()
+        self._folded: dict[tuple, list] = {}  # (ident, what) -> its numbers when last folded
+        self._fold_lock = threading.Lock()
+        self._answers: dict[tuple, tuple] = {}  # (method, route, status) -> (counter, histogram parts)
+        self._states = {state: self.connections.labels(state) for state in CONNECTION_STATES}
+        self._pool = pool
+        self._storage = None
+        self._dropped_seen = 0
+        self._pool_seen: dict[str, float] = {}
+
+    # -- recorded as requests are answered ----------------------------------------------
+    #
+    # A request thread adds to tallies of its own: plain lists in a dict only it
+    # writes to, a third of the cost of prometheus-client's values (each a lock, a
+    # method, a check). ``fold`` moves what is new into the series: at every scrape
+    # of one process, once a second on every worker's event loop (``sample``), and
+    # as a worker stops. Its cost grows with the series, not with the requests.
+
+    def answer(self, method: str, route: str, status: str, seconds: float, caller=None) -> None:
+        """One answer (``AccessLog`` and ``task.record_refusal``): ``route`` is a
+        template or a route name of accesslog's, ``caller`` the authenticated key's
+        (accesslog.CALLER_ENVIRON_KEY), or None."""
+        if method not in METHODS:
+            method = OTHER_METHOD
+        tally = self._tallies.get(get_ident()) or self._tally()
+        key: tuple = ("answer", method, route, status)
+        numbers = tally.get(key)
+        if numbers is None:
+            numbers = tally[key] = [0] * (2 + BUCKET_SLOTS)  # count, sum, one per bucket
+        numbers[0] += 1
+        numbers[1] += seconds
+        numbers[2 + bisect.bisect_left(BUCKETS, seconds)] += 1
+        if self.by_org and caller is not None:
+            key = ("org", caller.org_name)
+            numbers = tally.get(key)
+            if numbers is None:
+                numbers = tally[key] = [0]
+            numbers[0] += 1
+        if status == "429":
+            self.rate_limited(caller)
+
+    def rate_limited(self, caller=None) -> None:
+        """A request refused over a rate limit; ``caller`` as for ``answer``."""
+        self.rate_limited_total.inc()
+        if self.by_org and caller is not None:
+            self.org_rate_limited.labels(caller.org_name).inc()
+
+    def shed(self) -> None:
+        """A request answered 503 without being run: it waited too long for a thread."""
+        self.shed_total.inc()
+
+    def queue_wait(self, seconds: float) -> None:
+        self._observe("queue", seconds)
+
+    def db_operation(self, operation: str, seconds: float) -> None:
+        self._observe(operation, seconds)
+
+    def _observe(self, key, seconds: float) -> None:
+        tally = self._tallies.get(get_ident()) or self._tally()
+        numbers = tally.get(key)
+        if numbers is None:
+            numbers = tally[key] = [0] * (1 + BUCKET_SLOTS)  # sum, one per bucket
+        numbers[0] += seconds
+        numbers[1 + bisect.bisect_left(BUCKETS, seconds)] += 1
+
+    def _tally(self) -> dict:
+        """This thread's tallies (made on its first record). A thread that ends
+        leaves them, folded; one started later under the same ident goes on with them."""
+        with self._tallies_lock:
+            return self._tallies.setdefault(get_ident(), {})
+
+    def fold(self) -> None:
+        """Move what the threads tallied since the last fold into the series."""
+        with self._fold_lock:
+            for ident, tally in list(self._tallies.items()):
+                for key, numbers in list(tally.items()):  # list() and copy(): whole, under the GIL
+                    now = numbers.copy()
+                    before = self._folded.get((ident, key))
+                    if now == before:
+                        continue
+                    self._folded[ident, key] = now
+                    self._add(key, now if before is None else [a - b for a, b in zip(now, before)])
+
+    def _add(self, key, new: list) -> None:
+        if key == "queue":
+            _add_observations(self._queue_wait, new)
+        elif key in self._operations:
+            _add_observations(self._operations[key], new)
+        elif key[0] == "answer":
+            targets = self._answers.get(key)
+            if targets is None:
+                _, method, route, status = key
+                targets = self._answers[key] = (self.requests.labels(method, route, status),
+                                                _parts(self.request_duration.labels(method, route)))
+            if new[0]:
+                targets[0].inc(new[0])
+            _add_observations(targets[1], new[1:])
+        else:  # ("org", name)
+            self.org_requests.labels(key[1]).inc(new[0])
+
+    def db_error(self, kind: str) -> None:
+        self._errors[kind].inc()
+
+    # -- sampled once a second, on the event loop ----------------------------------------
+
+    def watch_storage(self, storage) -> None:
+        """Sample ``storage``'s connection pool from now on (PostgreSQL)."""
+        self._storage = storage
+
+    def sample(self, server) -> None:
+        """What is only a number somewhere: read it into the series; and fold."""
+        self.fold()
+        sample_queue_depth(self, server)
+        sample_connections(self, server)
+        self._sample_log()
+        if self._pool and self._storage is not None:
+            self._sample_pool(self._storage.pool_stats())
+
+    def _sample_log(self) -> None:
+        dropped = logstream.stderr.dropped_total
+        if dropped > self._dropped_seen:
+            self.log_lines_dropped.inc(dropped - self._dropped_seen)
+        self._dropped_seen = dropped
+
+    def _sample_pool(self, stats: dict | None) -> None:
+        if stats is None:
+            return
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        self.pool_connections.labels("idle").set(idle)
+        self.pool_connections.labels("in_use").set(max(size - idle, 0))
+        self.pool_max.set(stats.get("pool_max", 0))
+        self.pool_waiting.set(stats.get("requests_waiting", 0))
+        # Counters since the pool opened: what is new since the last sample.
+        queued, wait_ms = stats.get("requests_queued", 0), stats.get("requests_wait_ms", 0)
+        seen_queued, seen_ms = self._pool_seen.get("queued", 0), self._pool_seen.get("wait_ms", 0)
+        if queued < seen_queued or wait_ms < seen_ms:  # a new pool: start again from it
+            seen_queued = seen_ms = 0
+        self.pool_waits.inc(queued - seen_queued)
+        self.pool_wait_seconds.inc((wait_ms - seen_ms) / 1000)
+        self._pool_seen = {"queued": queued, "wait_ms": wait_ms}
+
+
+class _FoldFirst:
+    """Registered before a process's series: a scrape folds the tallies first."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        self.metrics.fold()
+        return []
+
+
+def _parts(histogram: Histogram) -> tuple:
+    """What observing ``histogram`` (one without labels, or a child) writes: its sum
+    and its buckets (prometheus-client's values, one per bucket, not cumulative),
+    which ``fold`` adds to as ``Histogram.observe`` would, many observations at a
+    time. (prometheus-client's internals: pyproject.toml holds it to the minor
+    version tested; tests/api/test_metrics.py checks the result against ``observe``.)"""
+    assert list(histogram._upper_bounds) == [*BUCKETS, float("inf")]
+    return histogram._sum, histogram._buckets
+
+
+def _add_observations(parts: tuple, new: list) -> None:
+    """Add tallied observations, ``new`` = [sum, count in each bucket], to a histogram's ``parts``."""
+    total, buckets = parts
+    if new[0]:
+        total.inc(new[0])
+    for bucket, count in zip(buckets, new[1:]):
+        if count:
+            bucket.inc(count)
+
+
+def sample_queue_depth(metrics: ServerMetrics, server) -> None:
+    """Connections whose next request waits for a thread: waitress's task queue."""
+    metrics.queue_depth.set(len(server.task_dispatcher.queue))
+
+
+def sample_connections(metrics: ServerMetrics, server) -> None:
+    counts = dict.fromkeys(CONNECTION_STATES, 0)
+    for channel in list(server.active_channels.values()):
+        if channel.requests or channel.total_outbufs_len:
+            counts["mid_request"] += 1
+        elif channel.request is not None:
+            counts["reading"] += 1
+        else:
+            counts["idle"] += 1
+    for state, count in counts.items():
+        metrics._states[state].set(count)
+
+
+# -- what a scrape reads itself ----------------------------------------------------------
+
+
+class _BuildInfo:
+    def __init__(self, db: str):
+        self.labels = [__version__, "postgresql" if is_url(db) else "sqlite", str(_target_version(db))]
+
+    def collect(self):
+        info = GaugeMetricFamily("pods_build_info", "Always 1: this server's version, database backend and the"
+                                 " schema version it keeps the database at.",
+                                 labels=["version", "backend", "schema_version"])
+        info.add_metric(self.labels, 1)
+        yield info
+
+
+def _target_version(db: str) -> int:
+    return open_storage(db, read_only=True).target_version  # a class attribute: nothing opened
+
+
+COUNTED = {  # row_counts() name: (series, help)
+    "organizations": ("pods_organizations", "Organizations in the database."),
+    "api_keys": ("pods_api_keys", "API keys that authenticate (not revoked or deleted), in every organization."),
+    "pods": ("pods_pods", "Pods in the database, in every organization."),
+}
+
+
+class _Counts:
+    """Organizations, keys and pods, read from the database at scrape time through a
+    read-only connection of the scraper's own (never a request thread's).
+
+    Exact on SQLite and on PostgreSQL tables under 100,000 rows; estimated by
+    PostgreSQL's planner above that (``row_counts``). A count that took less than
+    ALWAYS_RECOUNT_UNDER is taken again at every scrape; a slower one (SQLite with
+    millions of rows) is reused until RECOUNT_FACTOR times its duration has passed,
+    so counting never takes more than 1% of the scraper's time. While the database
+    does not answer, the series are left out (and ``pods_db_errors_total`` of the
+    serving processes says why)."""
+
+    def __init__(self, db: str):
+        self.db = db
+        self.storage: OperatorStorage | None = None
+        self.lock = threading.Lock()
+        self.values: dict[str, int] | None = None
+        self.taken = self.took = 0.0
+        self.failing = False
+
+    def collect(self):
+        values = self.read()
+        for name, (series, text) in COUNTED.items():
+            if values is not None:
+                yield GaugeMetricFamily(series, text, value=values[name])
+
+    def read(self) -> dict | None:
+        if not self.lock.acquire(timeout=SCRAPE_TIMEOUT / 2):  # another scrape is counting: its figures
+            return self.values
+        try:
+            now = time.monotonic()
+            if self.values is not None and self.took >= ALWAYS_RECOUNT_UNDER \
+                    and now - self.taken < RECOUNT_FACTOR * self.took:
+                return self.values
+            fresh = self.storage is None  # its first count connects too: not a count's time
+            try:
+                if self.storage is None:
+                    self.storage = open_storage(self.db, read_only=True)
+                values = self.storage.row_counts()
+            except Exception as e:  # the database is away: no figures rather than no scrape
+                if not self.failing:
+                    log.warning("metrics: cannot count rows: %s", " ".join(str(e).split()))
+                self.failing = True
+                self.close()
+                return None
+            finally:
+                if self.storage is not None:
+                    self.storage.end_thread()  # SQLite: this thread's connection; the scrape thread ends
+            self.failing = False
+            self.values, self.taken, self.took = values, now, 0.0 if fresh else time.monotonic() - now
+            return values
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+
+
+class _ServerProcesses:
+    """The standard process series for the whole server: the parent's and every
+    live worker's, summed (CPU, memory, open descriptors); the start time is the
+    parent's, the descriptor limit each process's own (they share it)."""
+
+    KEEP_FIRST = ("process_start_time_seconds", "process_max_fds")
+
+    def __init__(self):
+        self.collectors = {os.getpid(): ProcessCollector(registry=None)}
+        self.lock = threading.Lock()
+
+    def started(self, pid: int) -> None:
+        with self.lock:
+            self.collectors[pid] = ProcessCollector(pid=lambda: pid, registry=None)
+
+    def exited(self, pid: int) -> None:
+        with self.lock:
+            self.collectors.pop(pid, None)
+
+    def collect(self):
+        with self.lock:
+            collectors = list(self.collectors.values())  # the parent's first
+        merged = {}
+        for collector in collectors:
+            for family in collector.collect():
+                if not family.samples:
+                    continue
+                if family.name not in merged:
+                    merged[family.name] = family
+                elif family.name not in self.KEEP_FIRST:
+                    first = merged[family.name]
+                    first.samples[0] = first.samples[0]._replace(value=first.samples[0].value + family.samples[0].value)
+        return list(merged.values())
+
+
+# -- the listener -----------------------------------------------------------------------
+
+
+class Exporter:
+    """The metrics listener on ``host``:``port`` (bound here: an address in use
+    raises OSError before anything else starts), and the registry a scrape reads.
+    With ``workers`` > 1, switches this process to prometheus_client's
+    multiprocess mode first (``ServerMetrics`` made from then on, in the workers
+    after the fork, write to files in a private directory)."""
+
+    def __init__(self, host: str, port: int, db: str, workers: int = 1, by_org: bool = False):
+        self.by_org = by_org
+        self.pool = is_url(db)  # PostgreSQL: a connection pool in each serving process
+        self.httpd = _listen(host, port)
+        # No pods_*_created series: a second sample per counter and histogram, which
+        # Prometheus's text format does not use (a server's start shows in
+        # process_start_time_seconds).
+        disable_created_metrics()
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}{METRICS_PATH}"
+        self.registry = CollectorRegistry()
+        self.processes: _ServerProcesses | None = None
+        self.multiprocess_dir = None
+        if workers > 1:
+            self.multiprocess_dir = _use_multiprocess_files()
+            multiprocess.MultiProcessCollector(self.registry, path=self.multiprocess_dir)
+            self.processes = _ServerProcesses()
+            self.registry.register(self.processes)
+        else:
+            _use_one_process()
+            ProcessCollector(registry=self.registry)
+        self.registry.register(_BuildInfo(db))
+        self.counts = _Counts(db)
+        self.registry.register(self.counts)
+        self.httpd.set_app(_metrics_only(make_wsgi_app(self.registry)))
+        self._thread: threading.Thread | None = None
+
+    def server_metrics(self) -> ServerMetrics:
+        """The series this serving process records into (in a worker: after the fork)."""
+        return ServerMetrics(None if self.multiprocess_dir else self.registry, self.by_org, self.pool)
+
+    def start(self) -> None:
+        """Answer scrapes from a thread of this process (the parent, with workers)."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="pods-metrics", daemon=True)
+        self._thread.start()
+
+    def workers_forked(self, pids: list[int]) -> None:
+        """Every worker is forked: answer scrapes from this process now (a thread
+        started before a fork could hold a lock the child would inherit held)."""
+        assert self.processes is not None  # with workers
+        for pid in pids:
+            self.processes.started(pid)
+        self.start()
+
+    def worker_exited(self, pid: int) -> None:
+        """A worker is gone: its gauges leave the sums, its counts stay."""
+        assert self.processes is not None  # with workers
+        self.processes.exited(pid)
+        multiprocess.mark_process_dead(pid, self.multiprocess_dir)
+
+    def close_in_worker(self) -> None:
+        """In a forked worker: the listener is the parent's."""
+        self.httpd.socket.close()
+
+    def stop(self) -> None:
+        """Stop listening; remove the multiprocess directory."""
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.httpd.server_close()
+        self.counts.close()
+        if self.multiprocess_dir is not None:
+            shutil.rmtree(self.multiprocess_dir, ignore_errors=True)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self.multiprocess_dir:
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            self.multiprocess_dir = None
+
+
+def _use_multiprocess_files() -> str:
+    """A new private directory (mode 0700, mkdtemp's) for the workers' files, named
+    where prometheus_client looks for it, and its file-backed values from now on."""
+    path = tempfile.mkdtemp(prefix="pods-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # prometheus_client picks its value class when it is first imported, from the
+    # environment as it was then; this process decides now.
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
+    return path
+
+
+def _use_one_process() -> None:
+    """In-memory values, whatever PROMETHEUS_MULTIPROC_DIR said when prometheus_client
+    was imported: one process needs no files."""
+    prometheus_values.ValueClass = prometheus_values.MutexValue
+
+
+def _metrics_only(metrics_app):
+    """``GET /metrics`` and nothing else: other paths 404, other methods 405."""
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            return _plain(start_response, "404 Not Found", f"Not found: the metrics are at {METRICS_PATH}.\n")
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", "Only GET.\n", [("Allow", "GET")])
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def _plain(start_response, status: str, text: str, headers=()):
+    body = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *headers])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # a client that sends nothing is let go
+
+    def log_message(self, format, *args):  # wsgiref writes every request to stderr
+        pass
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds up shutdown
+    allow_reuse_address = True
+
+    def server_bind(self):
+        # HTTPServer's looks the host's name up in DNS (getfqdn), which may hang.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]  # type: ignore[assignment]
+        self.setup_environ()
+
+    def handle_error(self, request, client_address):
+        log.debug("metrics: a scrape failed", exc_info=True)  # a client gone mid-answer, say
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+def _listen(host: str, port: int) -> _MetricsServer:
+    """:raise OSError: the address cannot be listened on."""
+    server_class = _MetricsServer6 if ":" in host else _MetricsServer
+    return server_class((host, port), _QuietHandler)
