@@ -673,8 +673,7 @@ class SQLiteStorage(SQLStorage):
         """No pool: each thread has its own connection."""
         return None
 
-    @staticmethod
-    def error_kind(error: BaseException) -> str | None:
+    def error_kind(self, error: BaseException) -> str | None:
         """What a database error escaping an operation was: "locked" (busy past the
         busy timeout), "unavailable" (the file gone, unreadable, the disk full),
         "other" (any other SQLite error); None for anything else."""
