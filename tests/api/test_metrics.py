@@ -318,18 +318,19 @@ def test_a_locked_and_a_full_sqlite_database_count_errors_by_kind(tmp_path, regi
         close_app(app)
 
 
-def test_sqlite_error_kinds():
+def test_sqlite_error_kinds(tmp_path):
+    kind = SQLiteStorage(str(tmp_path / "pods.db")).error_kind  # it opens nothing until asked
     busy = sqlite3.connect(":memory:")
     locked = sqlite3.OperationalError("database is locked")
     locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
-    assert SQLiteStorage.error_kind(locked) == "locked"
+    assert kind(locked) == "locked"
     try:
         raise sqlite3.OperationalError("database is locked") from locked  # as ping raises it
     except sqlite3.OperationalError as e:
-        assert SQLiteStorage.error_kind(e) == "locked"
-    assert SQLiteStorage.error_kind(sqlite3.OperationalError("unable to open database file")) == "unavailable"
-    assert SQLiteStorage.error_kind(sqlite3.IntegrityError("UNIQUE")) == "other"
-    assert SQLiteStorage.error_kind(LookupError("no pod")) is None
+        assert kind(e) == "locked"
+    assert kind(sqlite3.OperationalError("unable to open database file")) == "unavailable"
+    assert kind(sqlite3.IntegrityError("UNIQUE")) == "other"
+    assert kind(LookupError("no pod")) is None
     busy.close()
 
 
