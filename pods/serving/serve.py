@@ -19,7 +19,7 @@ from ..storage import UnusableDatabase, describe, is_url, open_storage
 from ..storage.litestream import check_replica_url, find_litestream, hold_open
 from . import ratelimit, server, shutdown, workers
 from .channel import Deadlines
-from .metrics import Exporter
+from .exporter import Exporter
 from .console import DEFAULT_ORG, check_env_token, clear_failures, create_key, open_database, require_stdout, shown
 from .replication import Replication
 

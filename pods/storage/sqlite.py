@@ -662,7 +662,7 @@ class SQLiteStorage(SQLStorage):
         counted exactly in one read. SQLite counts a whole table from its smallest
         index's pages without reading the rows (50 ms for a million pods, measured);
         the keys' count reads their rows (a quarter of a second for a million), so
-        the caller decides how often to ask (pods/serving/metrics.py)."""
+        the caller decides how often to ask (pods/serving/exporter.py)."""
         row = self.connection().execute(
             "SELECT (SELECT count(*) FROM organization), (SELECT count(*) FROM api_key WHERE revoked_at IS NULL),"
             " (SELECT count(*) FROM pod)"

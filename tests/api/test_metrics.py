@@ -20,8 +20,9 @@ from metricstools import by_labels, exposition, label_values, samples, value
 from pods import close_app, create_app
 from pods.api import accesslog, logstream
 from pods.api.auth import auth, hash_key, new_token, token_prefix
-from pods.serving import metrics as metrics_module
-from pods.serving.metrics import METHODS, Exporter, ServerMetrics
+from pods.serving import exporter as exporter_module
+from pods.serving.exporter import Exporter
+from pods.serving.metrics import METHODS, ServerMetrics
 from pods.storage import observed, open_storage, sqlite
 from pods.storage.postgres import PostgresStorage
 from pods.storage.sqlite import SQLiteStorage
@@ -417,8 +418,8 @@ def test_pool_waits_are_counted_from_the_pools_own_figures(registry):
 
 
 def test_counts_follow_creates_and_deletes(app, database, monkeypatch):
-    monkeypatch.setattr(metrics_module, "ALWAYS_RECOUNT_UNDER", float("inf"))  # however slow the machine
-    counts = metrics_module._Counts(database)
+    monkeypatch.setattr(exporter_module, "ALWAYS_RECOUNT_UNDER", float("inf"))  # however slow the machine
+    counts = exporter_module._Counts(database)
     client = app.test_client()
     try:
         assert counts.read() == {"organizations": 0, "api_keys": 0, "pods": 0}
@@ -449,7 +450,7 @@ def _registry_of(collector):
 def test_a_slow_count_is_reused_for_a_while_and_a_quick_one_never(tmp_path, monkeypatch):
     db = str(tmp_path / "c.db")
     sqlite.init_db(db)
-    counts = metrics_module._Counts(db)
+    counts = exporter_module._Counts(db)
     calls = []
     real = SQLiteStorage.row_counts
 
@@ -558,7 +559,7 @@ def multiprocess_mode(tmp_path):
     """prometheus_client's multiprocess mode for this test, as a server with
     --workers sets it up, and back."""
     saved = prometheus_values.ValueClass, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    path = metrics_module._use_multiprocess_files()
+    path = exporter_module._use_multiprocess_files()
     yield path
     prometheus_values.ValueClass = saved[0]
     if saved[1] is None:
@@ -632,7 +633,7 @@ def test_the_listener_answers_get_metrics_and_nothing_else(tmp_path):
         r = httpx.get(exporter.url)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         found = samples(r.text)
-        assert value(found, "pods_build_info", version=metrics_module.__version__, backend="sqlite",
+        assert value(found, "pods_build_info", version=exporter_module.__version__, backend="sqlite",
                      schema_version=str(sqlite.SCHEMA_VERSION)) == 1
         assert value(found, "process_resident_memory_bytes") > 0
         assert value(found, "pods_pods") == 0
