@@ -43,6 +43,7 @@ ROUTE_ENVIRON_KEY = "pods.route"
 # a route template ("/agent/v0/pods/{pod_id}"), never the path as sent.
 UNMATCHED_ROUTE = "unmatched"  # no route has this path (404), or not this method (405)
 HTTP_ERROR_ROUTE = "http_error"  # refused before routing: malformed, head too large, bad Host
+REFUSED_ROUTE = "refused"  # answered from the head, never run: 429 over a rate limit, 503 shed
 
 # An incoming X-Request-Id is honoured when it is short and plain enough to be
 # logged and echoed safely; otherwise the server makes its own.

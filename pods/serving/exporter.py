@@ -1,6 +1,6 @@
 """The listener that serves the metrics (``--metrics-port``), and what a scrape
 reads itself: the counts of organizations, keys and pods, the build, the
-processes. One process: a thread of it, over its registry. Several (``--workers``):
+processes, the replica's lag. One process: a thread of it, over its registry. Several (``--workers``):
 a thread of the parent, which serves no request, summing the workers' files in a
 private directory (prometheus_client's multiprocess mode); a worker that is gone
 is marked dead, so one started again under a new pid neither resets nor doubles
@@ -119,6 +119,19 @@ class _Counts:
             self.storage = None
 
 
+class _ReplicaLag:
+    """How far behind the replica is (``--replica``), read from the replication
+    that runs in this process (the parent, with workers) when scraped."""
+
+    def __init__(self, lag):
+        self.lag = lag
+
+    def collect(self):
+        yield GaugeMetricFamily("pods_replica_lag_seconds", "How long the oldest write not yet on the replica has"
+                                " waited (0: the replica has every write); the furthest-behind replica's.",
+                                value=self.lag())
+
+
 class _ServerProcesses:
     """The standard process series for the whole server: the parent's and every
     live worker's, summed (CPU, memory, open descriptors); the start time is the
@@ -194,6 +207,10 @@ class Exporter:
     def server_metrics(self) -> ServerMetrics:
         """The series this serving process records into (in a worker: after the fork)."""
         return ServerMetrics(None if self.multiprocess_dir else self.registry, self.by_org, self.pool)
+
+    def watch_replica(self, lag) -> None:
+        """Report ``lag()``, the replica's lag in seconds, as ``pods_replica_lag_seconds``."""
+        self.registry.register(_ReplicaLag(lag))
 
     def start(self) -> None:
         """Answer scrapes from a thread of this process (the parent, with workers)."""

@@ -31,8 +31,8 @@ under a new pid neither resets nor doubles what was counted. The directory is
 removed when the server stops.
 
 Labels take values from fixed sets only: methods (anything else is "other"),
-route templates and two route names of our own (``accesslog.UNMATCHED_ROUTE``,
-``HTTP_ERROR_ROUTE``), statuses, error kinds, storage operations, connection
+route templates and three route names of our own (``accesslog.UNMATCHED_ROUTE``,
+``HTTP_ERROR_ROUTE``, ``REFUSED_ROUTE``), statuses, error kinds, storage operations, connection
 states; with ``--metrics-by-org``, organization names, which the operator
 chooses. Never a path, an id, a token, a client_id or a pod's name.
 """
@@ -75,7 +75,8 @@ class ServerMetrics:
             registry.register(_FoldFirst(self))  # before the series: a scrape folds, then reads them
         self.requests = Counter(
             "pods_http_requests", "Answers, by method, route template and status; waitress's own refusals"
-            " (malformed, head too large) under the route http_error, unknown paths under unmatched.",
+            " (malformed, head too large) under the route http_error, unknown paths under unmatched, 429s and"
+            " shed 503s (never run) under refused.",
             ["method", "route", "status"], registry=r)
         self.request_duration = Histogram(
             "pods_http_request_duration_seconds", "Time the app took to answer, by method and route template.",

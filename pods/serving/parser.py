@@ -137,6 +137,8 @@ class PodsRequestParser(HTTPRequestParser):
         which is not read; returns how long the body said it is (None: unknown)."""
         self.withheld = True
         self.completed = True
+        if not self.read_at:
+            self.read_at = time.perf_counter()  # whole as far as the app goes: its wait for a thread starts
         self.expect_continue = False  # never invite the body with "100 Continue"
         self.close()  # the part of a chunked body buffered so far
         self.body_rcv = None

@@ -88,6 +88,8 @@ def serve(settings: Settings) -> None:
     lag = replication.lag.seconds if replication else None
     if app is not None and lag:
         app.extensions[REPLICA_LAG_KEY] = lag
+    if exporter is not None and lag:
+        exporter.watch_replica(lag)
 
     url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     serving = (f"pods serving on http://{url_host}:{sockets[0].getsockname()[1]}"

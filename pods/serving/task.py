@@ -93,7 +93,7 @@ class CoalescingTask(WSGITask):
         )
         metrics = channel.server.metrics
         if metrics is not None:  # a 429 is counted as limited by its status, a 503 here as shed
-            metrics.answer(request.command, accesslog.HTTP_ERROR_ROUTE, refusal.status[:3],
+            metrics.answer(request.command, accesslog.REFUSED_ROUTE, refusal.status[:3],
                            time.perf_counter() - started, caller)
             if refusal.status.startswith("503"):
                 metrics.shed()

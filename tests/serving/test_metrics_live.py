@@ -184,7 +184,7 @@ def test_hostile_requests_never_become_label_values(served):
     text = httpx.get(metrics_url(served)).text
     values = label_values(samples(text))
     assert values["method"] <= METHODS | {"other"}
-    assert values["route"] <= ROUTES | {"unmatched", "http_error"}
+    assert values["route"] <= ROUTES | {"unmatched", "http_error", "refused"}
     assert all(re.fullmatch(r"\d{3}", s) for s in values["status"])
     assert values["org"] == {"default"}
     for secret in ("SECRET", pod["pod_id"], key["api_key_id"], KEY, KEY[:12], "etc", "\\x", "%"):
@@ -433,3 +433,75 @@ def test_a_429_from_the_rate_limiter_is_counted_per_organization(tmp_path):
         found = scrape(server)
         assert value(found, "pods_org_rate_limited_total", org="default") == 1
         assert value(found, "pods_shed_total") == 0
+        # Never routed (decided from the head), never run: under a route name of its own.
+        assert requests_by_route(found)[("GET", "refused", "429")] == 1
+        assert requests_by_route(found)[("GET", "/agent/v0/pods", "200")] == 1
+
+
+def test_shed_requests_are_counted_under_refused_with_their_wait(tmp_path):
+    """The one thread held by SQLite's write lock (another process has it): three
+    GETs behind it wait past --queue-timeout and are shed, 503, never run."""
+    with Server(tmp_path / "shed.db", "--threads", "1", "--queue-timeout", "0.5", "--metrics-port", "0",
+                env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
+        before = scrape(server)
+        holder = sqlite3.connect(server.db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: list[int] = []
+
+        def call(method):
+            answers.append(httpx.request(method, server.url + URL, headers=AUTH, timeout=30,
+                                         **({"json": {"name": "held"}} if method == "POST" else {})).status_code)
+
+        blocked = threading.Thread(target=call, args=("POST",))
+        blocked.start()
+        time.sleep(0.3)  # the create holds the thread
+        queued = [threading.Thread(target=call, args=("GET",)) for _ in range(3)]
+        for t in queued:
+            t.start()
+        for t in queued:
+            t.join(timeout=30)
+        holder.execute("ROLLBACK")
+        holder.close()
+        blocked.join(timeout=30)
+        assert sorted(answers) == [200, 503, 503, 503]
+        after = scrape(server)
+    assert moved(requests_by_route(before), requests_by_route(after)) == {
+        ("GET", "refused", "503"): 3, ("POST", "/agent/v0/pods", "200"): 1}
+    assert value(after, "pods_shed_total") - value(before, "pods_shed_total") == 3
+    assert value(after, "pods_rate_limited_total") == 0
+    waits = value(after, "pods_http_queue_wait_seconds_count") - value(before, "pods_http_queue_wait_seconds_count")
+    assert waits == 4
+    over_half_a_second = (value(after, "pods_http_queue_wait_seconds_count")
+                          - value(after, "pods_http_queue_wait_seconds_bucket", le="0.5"))
+    assert over_half_a_second == 3  # each shed GET waited past the timeout
+
+
+def test_a_request_answered_without_its_body_has_its_queue_wait(single):
+    """A POST with no key is answered 401 from its head, its body never read
+    (admission withholds it): it still waited for a thread, and that is observed."""
+    before = scrape(single)
+    head = (b"POST /agent/v0/pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\nConnection: close\r\n\r\n")
+    assert raw_request(single.url, head)[0] == 401  # the body is never sent
+    after = scrape(single)
+    assert moved(requests_by_route(before), requests_by_route(after)) == {("POST", "/agent/v0/pods", "401"): 1}
+    waits = value(after, "pods_http_queue_wait_seconds_count") - value(before, "pods_http_queue_wait_seconds_count")
+    assert waits == 1
+
+
+def test_the_replica_lag_is_a_gauge_with_replica_only(tmp_path):
+    replica = tmp_path / "replica"
+    with Server(tmp_path / "replicated.db", "--replica", f"file://{replica}", "--metrics-port", "0",
+                env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
+        for i in range(5):
+            assert httpx.post(server.url + URL, headers=AUTH, json={"name": f"p{i}"}).status_code == 200
+        # Litestream sends about every second: the gauge follows /healthz's figure back under 2 s.
+        def caught_up():
+            found = scrape(server)
+            return ("pods_replica_lag_seconds", ()) in found and value(found, "pods_replica_lag_seconds") < 2
+
+        assert wait_until(caught_up, 20)
+        lag = httpx.get(server.url + "/healthz").json()["replica_lag_seconds"]
+        assert lag < 2
+    with Server(tmp_path / "alone.db", "--metrics-port", "0", env={"PODS_API_KEY": KEY}, workdir=tmp_path) as plain:
+        assert "pods_replica_lag_seconds" not in httpx.get(metrics_url(plain)).text
