@@ -2,6 +2,7 @@
 client, keys, real servers (always stopped and checked), and the guard that keeps
 every test starting a process marked ``live``."""
 
+import logging
 import os
 import secrets
 import shutil
@@ -36,10 +37,16 @@ def pytest_configure(config):
 def pytest_runtest_protocol(item, nextitem):
     global _running
     _running = item
+    # A command run in-process (``migrate``) points the root logger at stderr for good;
+    # later tests' request lines would then reach the terminal. Each test gets it back as it was.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         return (yield)
     finally:
         _running = None
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -167,23 +167,26 @@ class ServerMetrics:
         numbers[1] += seconds
         numbers[2 + bisect.bisect_left(BUCKETS, seconds)] += 1
         if self.by_org and caller is not None:
-            key = ("org", caller.org_name)
-            numbers = tally.get(key)
-            if numbers is None:
-                numbers = tally[key] = [0]
-            numbers[0] += 1
+            self._count(("org", caller.org_name))
         if status == "429":
             self.rate_limited(caller)
 
     def rate_limited(self, caller=None) -> None:
         """A request refused over a rate limit; ``caller`` as for ``answer``."""
-        self.rate_limited_total.inc()
-        if self.by_org and caller is not None:
-            self.org_rate_limited.labels(caller.org_name).inc()
+        self._count(("limited", caller.org_name if self.by_org and caller is not None else None))
 
     def shed(self) -> None:
         """A request answered 503 without being run: it waited too long for a thread."""
-        self.shed_total.inc()
+        self._count(("shed",))
+
+    def _count(self, key: tuple) -> None:
+        """Counted in the tallies, as answers are: a scrape finds a 429 in
+        ``pods_rate_limited_total`` exactly when it finds its answer."""
+        tally = self._tallies.get(get_ident()) or self._tally()
+        numbers = tally.get(key)
+        if numbers is None:
+            numbers = tally[key] = [0]
+        numbers[0] += 1
 
     def queue_wait(self, seconds: float) -> None:
         self._observe("queue", seconds)
@@ -231,8 +234,14 @@ class ServerMetrics:
             if new[0]:
                 targets[0].inc(new[0])
             _add_observations(targets[1], new[1:])
-        else:  # ("org", name)
+        elif key[0] == "org":
             self.org_requests.labels(key[1]).inc(new[0])
+        elif key[0] == "limited":
+            self.rate_limited_total.inc(new[0])
+            if key[1] is not None:
+                self.org_rate_limited.labels(key[1]).inc(new[0])
+        else:  # ("shed",)
+            self.shed_total.inc(new[0])
 
     def db_error(self, kind: str) -> None:
         self._errors[kind].inc()

@@ -255,6 +255,24 @@ def test_a_429_from_anywhere_is_counted_with_its_organization(registry):
     assert value(found, "pods_org_rate_limited_total", org=Caller.org_name) == 1
 
 
+def test_a_429_and_its_answer_reach_the_series_in_the_same_fold(registry):
+    """With --workers a worker folds once a second: a scrape meanwhile must not find
+    429s counted as limited that are not yet among the answers (or the reverse)."""
+    metrics = ServerMetrics(registry, by_org=True)
+
+    class Caller:
+        org_name = "acme"
+
+    for _ in range(3):
+        metrics.answer("GET", "refused", "429", 0.0001, Caller())
+    metrics.shed()
+    unfolded = (metrics.rate_limited_total, metrics.shed_total, metrics.org_rate_limited.labels("acme"),
+                metrics.requests.labels("GET", "refused", "429"))
+    assert [series._value.get() for series in unfolded] == [0, 0, 0, 0]  # all in the thread's tallies
+    metrics.fold()
+    assert [series._value.get() for series in unfolded] == [3, 1, 3, 3]
+
+
 def test_without_by_org_there_is_no_series_per_organization(registry, database):
     app = create_app({"TESTING": True, "DB": database}, observer=ServerMetrics(registry))
     try:
