@@ -157,8 +157,8 @@ def _litestream_for(settings: Settings) -> str | None:
             raise click.ClickException(str(e)) from None
     if len(settings.replicas) > 1:
         raise click.ClickException(
-            f"--replica given {len(settings.replicas)} times: Litestream 0.5 streams a database to one replica "
-            "(it dropped several, to keep one authority over a replica); name one"
+            f"--replica given {len(settings.replicas)} times: Litestream 0.5 streams a database to one replica; "
+            "name one, and copy that replica for a second copy (docs/replication.md)"
         )
     try:
         return find_litestream()
