@@ -28,7 +28,7 @@ class KeyUseRecorder:
     def __init__(self, storage: Storage, flush_seconds: float = FLUSH_SECONDS):
         self.storage = storage
         self.flush_seconds = flush_seconds
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, float] = {}  # key_id -> its last use noted, time.time()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         # (whole second, the used_at text older than which a use is noted)
@@ -43,7 +43,9 @@ class KeyUseRecorder:
         if used_at is not None and used_at >= threshold:
             return  # the usual case: recorded recently enough
         with self._lock:
-            self._pending[key_id] = utc_text_of(now)
+            # The time as it is, formatted when written: until the next write (up to
+            # FLUSH_SECONDS) every request of this key comes here.
+            self._pending[key_id] = now
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pods-key-use", daemon=True)
                 self._thread.start()
@@ -51,9 +53,10 @@ class KeyUseRecorder:
     def flush(self) -> None:
         """Write what is noted (at shutdown, and from the recorder's thread)."""
         with self._lock:
-            used, self._pending = self._pending, {}
-        if not used:
+            noted, self._pending = self._pending, {}
+        if not noted:
             return
+        used = {key_id: utc_text_of(at) for key_id, at in noted.items()}
         try:
             self.storage.record_key_use(used)
         except Exception as e:  # the record is a convenience; the next use notes it again

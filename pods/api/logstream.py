@@ -8,6 +8,11 @@ queue is full, or a write fails (a full disk, a reader gone), lines are dropped
 and counted, and once the stream takes lines again a warning says how many were
 lost.
 
+Queuing a line wakes nobody while the writer is busy: it writes what has queued
+every FLUSH_INTERVAL, and is woken early only by FLUSH_AT lines waiting or by
+``flush``. A wake per line (or per short batch) was a thread hand-off, and a turn
+of the interpreter lock, for a good share of the requests served.
+
 Every record is formatted by ``LogFormatter``: one entry per record, printable
 whatever its message holds, its traceback on indented lines below it.
 """
@@ -21,7 +26,8 @@ import threading
 import time
 
 MAX_PENDING = 4096  # lines; about 600 KB of access-log lines
-BATCH_DELAY = 0.01  # seconds a woken writer waits, so that one write carries many lines
+FLUSH_INTERVAL = 0.05  # seconds between the writer's rounds while lines keep coming
+FLUSH_AT = 1024  # lines queued that wake the writer before its round (a quarter of MAX_PENDING)
 
 
 _second: tuple[int | None, str] = (None, "")  # (whole second, its text): one tuple, swapped atomically
@@ -63,8 +69,10 @@ class LogStream:
         self.dropped_total = 0  # since the process started (metrics read it)
         self._drop_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        # The writer waits for a line to come (True), rather than for its next round:
+        # only then does a line wake it.
+        self._parked = False
+        self._writing = False  # lines taken from the queue and not yet written
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -77,18 +85,20 @@ class LogStream:
             return
         self._pending.append(line)
         if self._thread is None:
-            self._start()
-        if not self._wakeup.is_set():
+            self._start()  # the new writer finds the line queued
+            return
+        if (self._parked or len(self._pending) >= FLUSH_AT) and not self._wakeup.is_set():
             self._wakeup.set()
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every queued line to be written.
-        Returns False when the stream did not take them in time."""
+        """Write every queued line now, waiting up to ``timeout`` seconds for the
+        stream to take them. Returns False when it did not take them in time."""
         deadline = time.monotonic() + timeout
-        while self._pending or not self._idle.is_set():
+        while self._pending or self._writing:
             if time.monotonic() >= deadline:
                 return False
-            self._idle.wait(0.01)
+            self._wakeup.set()  # now, not at the writer's next round
+            time.sleep(0.001)
         return True
 
     def _start(self) -> None:
@@ -99,35 +109,46 @@ class LogStream:
 
     def _run(self) -> None:
         while True:
-            self._wakeup.wait()
-            self._idle.clear()
-            time.sleep(BATCH_DELAY)
+            # Parked before looking at the queue: a line queued after the look sees
+            # the flag and wakes the writer; one queued before it is seen.
+            self._parked = True
+            if not self._pending:
+                self._wakeup.wait()
+            self._parked = False
             self._wakeup.clear()
-            lost = 0
-            while self._pending:
-                # Whole lines, at most PIPE_BUF bytes a write: the kernel keeps such a
-                # write in one piece even when other workers write to the same pipe.
-                batch = [self._pending.popleft()]
-                size = _size(batch[0])
-                while self._pending and size + (next_size := _size(self._pending[0])) <= select.PIPE_BUF:
-                    batch.append(self._pending.popleft())
-                    size += next_size
-                if size > select.PIPE_BUF:  # one record longer than that: a traceback
-                    pieces = _whole_lines(batch[0])
-                else:
-                    pieces = ["".join(batch)]
-                for piece in pieces:
-                    lost += self._send(piece)
-            with self._drop_lock:
-                self.dropped_total += lost
-                dropped, self._dropped = self._dropped + lost, 0
-            if dropped and self._send(
-                f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"
-                f" while the log stream was not being read or could not be written{WORKER}\n"
-            ):
-                with self._drop_lock:  # not written either: said once the stream works again
-                    self._dropped += dropped
-            self._idle.set()
+            self._write_pending()
+            # Lines keep coming, as a busy server logs: let them gather for a round.
+            self._wakeup.wait(FLUSH_INTERVAL)
+            self._wakeup.clear()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self._writing = True
+        lost = 0
+        while self._pending:
+            # Whole lines, at most PIPE_BUF bytes a write: the kernel keeps such a
+            # write in one piece even when other workers write to the same pipe.
+            batch = [self._pending.popleft()]
+            size = _size(batch[0])
+            while self._pending and size + (next_size := _size(self._pending[0])) <= select.PIPE_BUF:
+                batch.append(self._pending.popleft())
+                size += next_size
+            if size > select.PIPE_BUF:  # one record longer than that: a traceback
+                pieces = _whole_lines(batch[0])
+            else:
+                pieces = ["".join(batch)]
+            for piece in pieces:
+                lost += self._send(piece)
+        with self._drop_lock:
+            self.dropped_total += lost
+            dropped, self._dropped = self._dropped + lost, 0
+        if dropped and self._send(
+            f"{utc_timestamp(time.time())} WARNING pods.log {dropped} log line(s) dropped"
+            f" while the log stream was not being read or could not be written{WORKER}\n"
+        ):
+            with self._drop_lock:  # not written either: said once the stream works again
+                self._dropped += dropped
+        self._writing = False
 
     def _send(self, text: str) -> int:
         """Write ``text``; returns how many of its lines were lost (0 when all went)."""

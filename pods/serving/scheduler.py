@@ -107,10 +107,32 @@ class FairQueue:
         """The next item in turn. :raise IndexError: empty."""
         if not self._length:
             raise IndexError("pop from an empty FairQueue")
+        group = next(iter(self._groups))
+        return self.pop_from(group, next(iter(self._groups[group])))
+
+    def next_allowed(self, allowed):
+        """(group, member) of the next item in turn for which ``allowed(group,
+        member)`` holds, or None."""
+        for group, members in self._groups.items():
+            for member in members:
+                if allowed(group, member):
+                    return group, member
+        return None
+
+    def groups(self):
+        """The groups with items queued."""
+        return self._groups.keys()
+
+    def members(self, group):
+        """The members of ``group`` with items queued."""
+        members = self._groups.get(group)
+        return members.keys() if members is not None else ()
+
+    def pop_from(self, group, member):
+        """The next item of ``member`` of ``group``, which has one; both then go to
+        the back of their turn (or leave it, when that was their last)."""
         groups = self._groups
-        group = next(iter(groups))
         members = groups[group]
-        member = next(iter(members))
         items = members[member]
         item = items.popleft()
         if items:
@@ -180,6 +202,9 @@ class FairDispatcher(ThreadedTaskDispatcher):
         self.shed_total = 0
         self._peak_waiting = 0
         self._next_queue_log = 0.0
+        # group -> {member -> threads serving its requests now}
+        self._held: dict = {}
+        self._held_back = False  # a thread waits while requests are queued: shares hold them
 
     def add_task(self, task, sheddable: bool = True):
         tenant = self.tenant_of(task)
@@ -198,11 +223,65 @@ class FairDispatcher(ThreadedTaskDispatcher):
             self.queue_logger.warning("Task queue depth is %d", self._peak_waiting)
             self._next_queue_log, self._peak_waiting = now + QUEUE_LOG_SECONDS, 0
 
+    def _next(self):
+        """(group, member) of the next item a free thread may take, or None.
+
+        A tenant holds at most its share of the threads, ceil(threads / tenants
+        with a request queued or in service), at each level: while another
+        organization has a request waiting or in service, one organization's flood
+        cannot hold every thread, so the other's request runs beside fewer of the
+        flood's (Python runs one thread at a time: each one busy stretches it). A
+        tenant alone has every thread; a share never leaves a thread idle while
+        the tenants holding less than theirs have requests waiting."""
+        queue, held = self.queue, self._held
+        if not queue:
+            return None
+        if not held:  # every share free: the next in turn (one thread, always)
+            group = next(iter(queue.groups()))
+            return group, next(iter(queue.members(group)))
+        threads = len(self.threads) - self.stop_count
+        queued = queue.groups()
+        group_share = -(-threads // (len(queued) + sum(1 for g in held if g not in queued)))
+
+        def allowed(group, member):
+            members = held.get(group)
+            if members is None:
+                return True
+            if sum(members.values()) >= group_share:
+                return False
+            waiting = queue.members(group)
+            tenants = len(waiting) + sum(1 for m in members if m not in waiting)
+            return members.get(member, 0) < -(-group_share // tenants)
+
+        return queue.next_allowed(allowed)
+
+    def _release(self, group, member) -> None:
+        """A thread is done with a request of ``member`` of ``group`` (lock held)."""
+        members = self._held[group]
+        members[member] -= 1
+        if not members[member]:
+            del members[member]
+            if not members:
+                del self._held[group]
+        if self._held_back:
+            # Requests a share held back may now be taken: wake the threads that
+            # waited while they were.
+            self._held_back = False
+            idle = len(self.threads) - self.stop_count - self.active_count
+            if self.queue and idle > 0:
+                self.queue_cv.notify(min(idle, len(self.queue)))
+
     def handler_thread(self, thread_no):
-        lock, queue, timeout = self.lock, self.queue, self.queue_timeout
+        lock, queue, timeout, held = self.lock, self.queue, self.queue_timeout, self._held
+        done = None  # (group, member) of the request this thread served last
         while True:
             with lock:
-                while not queue and self.stop_count == 0:
+                if done is not None:  # under the lock taken for the next one anyway
+                    self._release(*done)
+                    done = None
+                while (turn := self._next()) is None and self.stop_count == 0:
+                    if queue:
+                        self._held_back = True
                     self.active_count -= 1
                     self.queue_cv.wait()
                     self.active_count += 1
@@ -212,7 +291,10 @@ class FairDispatcher(ThreadedTaskDispatcher):
                     self.threads.discard(thread_no)
                     self.thread_exit_cv.notify()
                     break
-                since, task, sheddable = queue.pop()
+                group, member = done = turn
+                since, task, sheddable = queue.pop_from(group, member)
+                members = held.setdefault(group, {})
+                members[member] = members.get(member, 0) + 1
                 waited = time.monotonic() - since
                 self.wait_seconds_total += waited
                 shed = sheddable and waited > timeout

@@ -6,6 +6,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -410,3 +411,90 @@ def test_a_record_longer_than_pipe_buf_is_written_in_whole_lines():
     os.close(read_end)
     assert len(writes) > 1
     assert all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)
+
+
+@pytest.fixture
+def recorded_stream(monkeypatch):
+    """A LogStream into a pipe, with every write(2) it makes recorded: yields the
+    stream and the list of the writes."""
+    read_end, write_end = os.pipe()
+    stream = logstream.LogStream(write_end)
+    writes = []
+    real_write = os.write
+
+    def recording_write(fd, data):
+        if fd == write_end:
+            writes.append(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording_write)
+    try:
+        yield stream, writes
+    finally:
+        monkeypatch.undo()
+        os.close(write_end)
+        os.close(read_end)
+
+
+def written_and_waiting(stream, writes, expected: list[bytes]) -> bool:
+    """``expected`` written, and the writer done with its writes (waiting, for its
+    round or for a line): lines queued from then on find it waiting."""
+    return writes == expected and not stream._writing
+
+
+def test_a_line_to_an_idle_writer_is_written_at_once_and_lines_behind_it_wait_for_its_round(
+        recorded_stream, monkeypatch):
+    """The first line wakes the writer; lines queued while it is busy wake nobody
+    (a wake per line was a thread hand-off per request) and go out together, at
+    its next round or at a flush."""
+    stream, writes = recorded_stream
+    monkeypatch.setattr(logstream, "FLUSH_INTERVAL", 60.0)  # no round during the test
+    stream.write("first\n")
+    assert wait_until(lambda: written_and_waiting(stream, writes, [b"first\n"]), timeout=5)
+    for i in range(10):
+        stream.write(f"line {i}\n")
+    time.sleep(0.3)
+    assert writes == [b"first\n"]  # queued, not written, and the writer not woken
+    assert stream.flush(timeout=5)
+    assert writes == [b"first\n", "".join(f"line {i}\n" for i in range(10)).encode()]
+
+
+def test_a_busy_writer_writes_at_each_round(recorded_stream, monkeypatch):
+    stream, writes = recorded_stream
+    monkeypatch.setattr(logstream, "FLUSH_INTERVAL", 2.0)
+    stream.write("first\n")
+    assert wait_until(lambda: written_and_waiting(stream, writes, [b"first\n"]), timeout=5)
+    stream.write("second\n")
+    time.sleep(0.2)
+    assert len(writes) == 1  # not as it was queued
+    assert wait_until(lambda: len(writes) == 2, timeout=5)  # at the round, with no flush
+    assert writes[1] == b"second\n"
+
+
+def test_flush_at_lines_queued_wake_the_writer_before_its_round(recorded_stream, monkeypatch):
+    stream, writes = recorded_stream
+    monkeypatch.setattr(logstream, "FLUSH_INTERVAL", 60.0)
+    monkeypatch.setattr(logstream, "FLUSH_AT", 5)
+    stream.write("first\n")
+    assert wait_until(lambda: written_and_waiting(stream, writes, [b"first\n"]), timeout=5)
+    for i in range(4):
+        stream.write(f"line {i}\n")
+    time.sleep(0.3)
+    assert len(writes) == 1
+    stream.write("line 4\n")  # the fifth queued
+    assert wait_until(lambda: len(writes) == 2, timeout=5)
+    assert writes[1] == "".join(f"line {i}\n" for i in range(5)).encode()
+
+
+@pytest.mark.live
+def test_every_line_queued_is_written_in_order_at_a_clean_exit(tmp_path):
+    """Lines still waiting for the writer's round when the process exits are written
+    then (atexit), at once, whole and in order."""
+    code = ("from pods.api import logstream\n"
+            "logstream.FLUSH_INTERVAL = 60.0\n"
+            "for i in range(3000): logstream.stderr.write(f'line {i:04d}\\n')\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert done.returncode == 0
+    assert time.monotonic() - started < 10  # not waiting for the 60 s round
+    assert done.stderr.decode().splitlines() == [f"line {i:04d}" for i in range(3000)]

@@ -2,6 +2,7 @@
 worker (``FairQueue``, ``FairDispatcher``) and whose each request is
 (``Admission.at_head``), without a server or a clock to race."""
 
+import collections
 import threading
 import time
 
@@ -273,6 +274,113 @@ def test_the_event_loop_takes_what_waited_too_long_while_every_thread_is_busy():
     finally:
         release.set()
         d.shutdown(timeout=2)
+
+
+
+class Held:
+    """Tasks that, once a thread takes them, stay in service until released."""
+
+    def __init__(self):
+        self.release, self.serving, self.lock = threading.Event(), collections.Counter(), threading.Lock()
+
+    def task(self, name, tenant, log):
+        held = self
+
+        class Started(Task):
+            def service(self):
+                with held.lock:
+                    held.serving[self.tenant] += 1
+                super().service()
+
+        return Started(name, tenant, log, hold=self.release)
+
+    def settled(self, expected) -> bool:
+        """Wait until the tasks in service per tenant are ``expected`` (a dict, or a
+        test of one), and stay so: no thread takes another."""
+        matches = expected if callable(expected) else expected.__eq__
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self.lock:
+                serving = dict(self.serving)
+            if matches(serving):
+                time.sleep(0.1)
+                with self.lock:
+                    return dict(self.serving) == serving
+            time.sleep(0.01)
+        return False
+
+
+QUIET, NOISY = Tenant("quiet", "q"), Tenant("noisy", "k")
+
+
+def test_a_tenant_alone_holds_every_thread():
+    log, held = [], Held()
+    d = dispatcher(threads=4)
+    try:
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        assert held.settled({NOISY: 4})
+        assert len(d.queue) == 4
+    finally:
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
+def test_while_another_tenant_is_in_service_a_flood_holds_its_share_of_the_threads():
+    """ceil(4 threads / 2 tenants): the flood holds two threads while the quiet
+    tenant's request runs, one thread waiting, and all four once it is answered."""
+    log, held, quiet_release = [], Held(), threading.Event()
+    d = dispatcher(threads=4)
+    try:
+        d.add_task(Task("quiet", QUIET, log, hold=quiet_release))
+        time.sleep(0.05)
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        assert held.settled({NOISY: 2})
+        assert len(d.queue) == 6
+        quiet_release.set()
+        assert held.settled({NOISY: 4})
+        assert log == ["quiet"]
+    finally:
+        quiet_release.set()
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
+def test_keys_of_one_organization_share_its_threads_the_same_way():
+    log, held, quiet_release = [], Held(), threading.Event()
+    d = dispatcher(threads=4)
+    same_org = Tenant("quiet", "noisy key")
+    try:
+        d.add_task(Task("quiet", QUIET, log, hold=quiet_release))
+        time.sleep(0.05)
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", same_org, log))
+        assert held.settled({same_org: 2})
+    finally:
+        quiet_release.set()
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
+def test_floods_split_the_threads_and_none_stays_idle():
+    """Two tenants with backlogs get two threads each; three get ceil(4 / 3) = 2 at
+    most, and all four threads are busy."""
+    for tenants, shares in (([NOISY, Tenant("other", "o")], (2, 2)),
+                            ([Tenant(f"org {i}", "k") for i in range(3)], (2, 1, 1))):
+        log, held = [], Held()
+        d = dispatcher(threads=0)
+        try:
+            for i in range(6):
+                for tenant in tenants:
+                    d.add_task(held.task(f"{tenant.group}-{i}", tenant, log))
+            d.set_thread_count(4)  # the backlogs are all there when the threads start
+            # (which of three gets the fourth thread is the turn's: newcomers go first)
+            assert held.settled(lambda serving: set(serving) == set(tenants)
+                                and sorted(serving.values(), reverse=True) == list(shares))
+        finally:
+            held.release.set()
+            d.shutdown(timeout=2)
 
 
 # -- rate limits: the buckets alone --------------------------------------------------
