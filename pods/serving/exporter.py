@@ -32,7 +32,11 @@ log = logging.getLogger("pods.metrics")
 # a slower one at most every RECOUNT_FACTOR times as long as it took (1% of the time).
 ALWAYS_RECOUNT_UNDER = 0.05
 RECOUNT_FACTOR = 100
-SCRAPE_TIMEOUT = 10  # seconds a scrape's client may take to send its request
+SCRAPE_TIMEOUT = 10  # seconds a scrape may take, from connecting to its answer sent (Prometheus's default)
+MAX_SCRAPERS = 8  # connections to the metrics listener at once; more are closed as they come
+MIN_SCRAPE_INTERVAL = 0.1  # seconds between two scrapes' answers, however many clients ask
+COUNT_WAIT = 2.0  # seconds a scrape waits for the counts of rows; past it, they are left out
+MAX_COUNT_REUSE = 60.0  # seconds a slow count is reused, at most
 METRICS_PATH = "/metrics"
 
 
@@ -61,23 +65,28 @@ COUNTED = {  # row_counts() name: (series, help)
 
 class _Counts:
     """Organizations, keys and pods, read from the database at scrape time through a
-    read-only connection of the scraper's own (never a request thread's).
+    read-only connection of the counter's own (never a request thread's).
 
     Exact on SQLite and on PostgreSQL tables under 100,000 rows; estimated by
-    PostgreSQL's planner above that (``row_counts``). A count that took less than
-    ALWAYS_RECOUNT_UNDER is taken again at every scrape; a slower one (SQLite with
-    millions of rows) is reused until RECOUNT_FACTOR times its duration has passed,
-    so counting never takes more than 1% of the scraper's time. While the database
-    does not answer, the series are left out (and ``pods_db_errors_total`` of the
-    serving processes says why)."""
+    PostgreSQL's planner above that (``row_counts``). A count is taken by a thread
+    of its own, which a scrape waits for COUNT_WAIT at most: a database that stalls
+    or stops answering (a hung PostgreSQL) never holds a scrape, whose counts are
+    then left out, as while the database fails (``pods_db_errors_total`` of the
+    serving processes says why). A count that cost less than ALWAYS_RECOUNT_UNDER of
+    CPU is taken again at every scrape; a costlier one (SQLite with millions of
+    rows) is reused for RECOUNT_FACTOR times its cost, at most MAX_COUNT_REUSE
+    seconds, so counting takes about 1% of a core at most. Its cost is the
+    counter's CPU time, not the time it waited (for a lock, the database, the
+    interpreter): a stall does not make a count look costly and stale for long."""
 
     def __init__(self, db: str):
         self.db = db
         self.storage: OperatorStorage | None = None
         self.lock = threading.Lock()
         self.values: dict[str, int] | None = None
-        self.taken = self.took = 0.0
+        self.taken = self.cost = 0.0
         self.failing = False
+        self.counting: threading.Thread | None = None
 
     def collect(self):
         values = self.read()
@@ -86,37 +95,56 @@ class _Counts:
                 yield GaugeMetricFamily(series, text, value=values[name])
 
     def read(self) -> dict | None:
-        if not self.lock.acquire(timeout=SCRAPE_TIMEOUT / 2):  # another scrape is counting: its figures
-            return self.values
-        try:
+        with self.lock:
             now = time.monotonic()
-            if self.values is not None and self.took >= ALWAYS_RECOUNT_UNDER \
-                    and now - self.taken < RECOUNT_FACTOR * self.took:
-                return self.values
-            fresh = self.storage is None  # its first count connects too: not a count's time
-            try:
-                if self.storage is None:
-                    self.storage = open_storage(self.db, read_only=True)
-                values = self.storage.row_counts()
-            except Exception as e:  # the database is away: no figures rather than no scrape
-                if not self.failing:
-                    log.warning("metrics: cannot count rows: %s", " ".join(str(e).split()))
-                self.failing = True
-                self.close()
-                return None
-            finally:
-                if self.storage is not None:
-                    self.storage.end_thread()  # SQLite: this thread's connection; the scrape thread ends
-            self.failing = False
-            self.values, self.taken, self.took = values, now, 0.0 if fresh else time.monotonic() - now
-            return values
-        finally:
-            self.lock.release()
+            reusable = self.values is not None and self.cost >= ALWAYS_RECOUNT_UNDER \
+                and now - self.taken < min(RECOUNT_FACTOR * self.cost, MAX_COUNT_REUSE)
+            if not reusable and self.counting is None:
+                self.counting = threading.Thread(target=self._count, name="pods-metrics-count", daemon=True)
+                self.counting.start()
+            counting = self.counting
+        if counting is not None:
+            counting.join(COUNT_WAIT)
+            if counting.is_alive():
+                return None  # the database is not answering in time: no figures rather than a late scrape
+        with self.lock:
+            return None if self.failing else self.values
 
-    def close(self) -> None:
+    def _count(self) -> None:
+        started = time.thread_time()
+        try:
+            fresh = self.storage is None
+            if self.storage is None:
+                self.storage = open_storage(self.db, read_only=True)
+            if fresh:  # connecting is not a count's cost
+                started = time.thread_time()
+            values = self.storage.row_counts()
+        except Exception as e:  # the database is away: no figures rather than no scrape
+            if not self.failing:
+                log.warning("metrics: cannot count rows: %s", " ".join(str(e).split()))
+            with self.lock:
+                self.failing, self.values = True, None
+            self._close_storage()
+        else:
+            with self.lock:
+                self.failing = False
+                self.values, self.taken, self.cost = values, time.monotonic(), time.thread_time() - started
+        finally:
+            if self.storage is not None:
+                self.storage.end_thread()  # SQLite: this thread's connection; the thread ends
+            with self.lock:
+                self.counting = None
+
+    def _close_storage(self) -> None:
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+
+    def close(self) -> None:
+        with self.lock:
+            counting = self.counting
+        if counting is None or not counting.is_alive():  # one stuck on a hung database keeps its connection
+            self._close_storage()
 
 
 class _ReplicaLag:
@@ -269,14 +297,28 @@ def _use_one_process() -> None:
 
 
 def _metrics_only(metrics_app):
-    """``GET /metrics`` and nothing else: other paths 404, other methods 405."""
+    """``GET /metrics`` and nothing else: other paths 404, other methods 405.
+
+    One scrape answered at a time, and at most one every MIN_SCRAPE_INTERVAL: a
+    scrape runs Python in the process (one process: the one serving requests),
+    so clients scraping back to back would take the interpreter from requests.
+    Prometheus scrapes every 15 s or so and never notices."""
+    lock = threading.Lock()
+    last = [0.0]
 
     def app(environ, start_response):
         if environ.get("PATH_INFO") != METRICS_PATH:
             return _plain(start_response, "404 Not Found", f"Not found: the metrics are at {METRICS_PATH}.\n")
         if environ.get("REQUEST_METHOD") != "GET":
             return _plain(start_response, "405 Method Not Allowed", "Only GET.\n", [("Allow", "GET")])
-        return metrics_app(environ, start_response)
+        with lock:
+            wait = last[0] + MIN_SCRAPE_INTERVAL - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                return metrics_app(environ, start_response)
+            finally:
+                last[0] = time.monotonic()
 
     return app
 
@@ -296,10 +338,36 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per scrape, MAX_SCRAPERS at once (more are closed as they come, so
+    that no client can take the process's threads or open files), each cut after
+    SCRAPE_TIMEOUT whatever it does (one sending its head a byte at a time too)."""
+
     daemon_threads = True  # a scrape in progress never holds up shutdown
     allow_reuse_address = True
+    slots: threading.BoundedSemaphore  # MAX_SCRAPERS of them, made in server_bind
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: a scraper tries again at its next interval
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        deadline = threading.Timer(SCRAPE_TIMEOUT, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            deadline.cancel()
+            self.slots.release()
 
     def server_bind(self):
+        self.slots = threading.BoundedSemaphore(MAX_SCRAPERS)
         # HTTPServer's looks the host's name up in DNS (getfqdn), which may hang.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]  # type: ignore[assignment]
@@ -307,6 +375,14 @@ class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request, client_address):
         log.debug("metrics: a scrape failed", exc_info=True)  # a client gone mid-answer, say
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a scrape's connection past its deadline: its thread's read or write fails."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
 
 
 class _MetricsServer6(_MetricsServer):

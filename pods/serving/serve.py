@@ -187,6 +187,12 @@ def _metrics_listener(settings: Settings) -> Exporter | None:
     """The metrics listener (--metrics-port), bound now, or None when metrics are off."""
     if settings.metrics_port is None:
         return None
+    if not settings.metrics_host.strip():  # an unset shell variable, say: bind() would take every interface
+        raise click.ClickException("--metrics-host is empty: name the interface for the metrics "
+                                   "(127.0.0.1 by default; 0.0.0.0 for every one)")
+    if settings.metrics_host in ("0.0.0.0", "::"):
+        log.warning("metrics listener on every interface (%s): whoever reaches its port reads them; "
+                    "firewall it or bind a private address", settings.metrics_host)
     try:
         return Exporter(settings.metrics_host, settings.metrics_port, settings.db, settings.workers,
                         settings.metrics_by_org)

@@ -5,6 +5,7 @@ Prometheus: tests/serving/test_metrics_live.py.)"""
 import os
 import re
 import sqlite3
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from flask import abort
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import values as prometheus_values
 
-from helpers import storage_of
+from helpers import storage_of, wait_until
 from metricstools import by_labels, exposition, label_values, samples, value
 from pods import close_app, create_app
 from pods.api import accesslog, logstream
@@ -480,13 +481,73 @@ def test_a_slow_count_is_reused_for_a_while_and_a_quick_one_never(tmp_path, monk
     try:
         counts.read(), counts.read()
         assert len(calls) == 2  # under ALWAYS_RECOUNT_UNDER: counted at every scrape
-        counts.took = 0.5  # as if the last count took half a second: reused for 50 s
+        counts.cost = 0.5  # as if the last count cost half a second of CPU: reused for 50 s
         counts.read()
         assert len(calls) == 2
         counts.taken -= 51
         counts.read()
         assert len(calls) == 3
+        counts.cost = 10.0  # however costly, reused for a minute at most
+        counts.taken -= exporter_module.MAX_COUNT_REUSE + 1
+        counts.read()
+        assert len(calls) == 4
     finally:
+        counts.close()
+
+
+def test_a_stall_does_not_make_a_count_look_costly(tmp_path, monkeypatch):
+    """A count that waited (a lock, a slow disk, the interpreter) but did little
+    work is taken again at the next scrape, not reused for a hundred times its wait."""
+    db = str(tmp_path / "c.db")
+    sqlite.init_db(db)
+    counts = exporter_module._Counts(db)
+    real = SQLiteStorage.row_counts
+
+    def stalled(self):
+        time.sleep(0.3)  # waiting costs no CPU
+        return real(self)
+
+    monkeypatch.setattr(SQLiteStorage, "row_counts", stalled)
+    try:
+        assert counts.read() == {"organizations": 0, "api_keys": 0, "pods": 0}
+        assert counts.cost < exporter_module.ALWAYS_RECOUNT_UNDER
+        monkeypatch.setattr(SQLiteStorage, "row_counts", real)
+        writer = open_storage(db)
+        writer.insert_api_key("acme", hash_key(new_token()), "pods_x")
+        writer.close()
+        assert counts.read()["api_keys"] == 1  # counted again at once
+    finally:
+        counts.close()
+
+
+def test_a_database_that_does_not_answer_holds_no_scrape(tmp_path, monkeypatch):
+    """A count stuck on the database (a hung PostgreSQL): the scrape answers after
+    COUNT_WAIT without the counts, the next ones start no second count, and the
+    figures return when the database answers."""
+    monkeypatch.setattr(exporter_module, "COUNT_WAIT", 0.2)
+    db = str(tmp_path / "c.db")
+    sqlite.init_db(db)
+    counts = exporter_module._Counts(db)
+    release = threading.Event()
+    calls = []
+    real = SQLiteStorage.row_counts
+
+    def hung(self):
+        calls.append(1)
+        release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(SQLiteStorage, "row_counts", hung)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert counts.read() is None
+            assert time.monotonic() - started < 2
+        assert len(calls) == 1  # one count at a time, however many scrapes
+        release.set()
+        assert wait_until(lambda: counts.read(), 5) == {"organizations": 0, "api_keys": 0, "pods": 0}
+    finally:
+        release.set()
         counts.close()
 
 

@@ -326,6 +326,70 @@ def test_a_metrics_port_in_use_is_one_line_and_nothing_starts(tmp_path):
     assert not (tmp_path / "p.db").exists()
 
 
+def test_an_empty_metrics_host_is_refused_not_every_interface(tmp_path):
+    from helpers import run_app
+
+    result = run_app("--port", "0", "--db", str(tmp_path / "p.db"), "--metrics-port", "0", "--metrics-host", "")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --metrics-host is empty: name the interface for the metrics (127.0.0.1 by default; 0.0.0.0 for "
+        "every one)"]
+    assert not (tmp_path / "p.db").exists()
+
+
+def threads_of(pid: int) -> int:
+    return int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+
+
+def test_scrapers_cannot_take_the_processs_threads_or_files(tmp_path):
+    """Thirty connections to the metrics port, each sending part of a head and then
+    nothing: eight are served (and cut at the scrape deadline, 10 s), the rest closed
+    as they come; the API answers throughout; then scraping works again."""
+    from pods.serving.exporter import MAX_SCRAPERS, SCRAPE_TIMEOUT
+
+    with Server(tmp_path / "cap.db", "--metrics-port", "0", env={"PODS_API_KEY": KEY}, workdir=tmp_path) as server:
+        host, port = urllib.parse.urlsplit(metrics_url(server)).netloc.rsplit(":", 1)
+        threads_before = threads_of(server.proc.pid)
+        started = time.monotonic()
+        held = []
+        for _ in range(30):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+
+        def closed(sock) -> bool:
+            sock.settimeout(0.05)
+            try:
+                return sock.recv(1) == b""
+            except socket.timeout:
+                return False
+            except ConnectionResetError:
+                return True
+
+        assert wait_until(lambda: sum(closed(s) for s in held) >= 30 - MAX_SCRAPERS, 5)
+        time.sleep(0.5)
+        assert sum(closed(s) for s in held) == 30 - MAX_SCRAPERS  # the eight still open
+        r = httpx.get(server.url + "/healthz", timeout=5)
+        assert r.status_code == 200 and r.elapsed.total_seconds() < 1
+        assert threads_of(server.proc.pid) <= threads_before + 2 * MAX_SCRAPERS  # a thread and a deadline each
+        assert wait_until(lambda: all(closed(s) for s in held), SCRAPE_TIMEOUT + 5)
+        assert SCRAPE_TIMEOUT - 1 < time.monotonic() - started < SCRAPE_TIMEOUT + 5
+        for sock in held:
+            sock.close()
+        assert "pods_http_requests_total" in httpx.get(metrics_url(server), timeout=5).text
+
+
+def test_scrapes_back_to_back_are_answered_a_tenth_of_a_second_apart(single):
+    from pods.serving.exporter import MIN_SCRAPE_INTERVAL
+
+    with httpx.Client(timeout=10) as client:
+        client.get(metrics_url(single))
+        started = time.monotonic()
+        for _ in range(5):
+            assert client.get(metrics_url(single)).status_code == 200
+    assert time.monotonic() - started >= 5 * MIN_SCRAPE_INTERVAL * 0.95
+
+
 # -- a real Prometheus -----------------------------------------------------------------------------
 
 
