@@ -279,15 +279,38 @@ class Exporter:
             self.multiprocess_dir = None
 
 
+MULTIPROCESS_PREFIX = "pods-metrics-"
+
+
 def _use_multiprocess_files() -> str:
     """A new private directory (mode 0700, mkdtemp's) for the workers' files, named
-    where prometheus_client looks for it, and its file-backed values from now on."""
-    path = tempfile.mkdtemp(prefix="pods-metrics-")
+    where prometheus_client looks for it, and its file-backed values from now on.
+    Its name holds this process's id, so that the directories of servers killed
+    before they could remove theirs (``kill -9``) are removed here."""
+    _remove_orphans(tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix=f"{MULTIPROCESS_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     # prometheus_client picks its value class when it is first imported, from the
     # environment as it was then; this process decides now.
     prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
     return path
+
+
+def _remove_orphans(folder: str) -> None:
+    """Remove the multiprocess directories in ``folder`` that are this user's and
+    whose server process is gone."""
+    for entry in os.scandir(folder):
+        pid, _, suffix = entry.name[len(MULTIPROCESS_PREFIX):].partition("-")
+        if not (entry.name.startswith(MULTIPROCESS_PREFIX) and pid.isdigit() and suffix):
+            continue  # not a name _use_multiprocess_files gives
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not entry.is_dir(follow_symlinks=False):
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue  # alive under another user (EPERM), or gone from under us
 
 
 def _use_one_process() -> None:

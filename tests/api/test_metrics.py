@@ -7,6 +7,7 @@ import re
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dbtools
@@ -680,6 +681,22 @@ def test_a_worker_that_is_gone_keeps_its_counts_and_its_successor_adds_to_them(m
     assert value(found, "pods_http_requests_total", method="GET", route=URL, status="200") == 5  # not 2, not 7
     assert value(found, "pods_http_request_duration_seconds_count", method="GET", route=URL) == 5
     assert value(found, "pods_http_queue_depth") == 1  # the gone worker's gauge left the sum
+
+
+def test_directories_left_by_killed_servers_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter_module.tempfile, "tempdir", str(tmp_path))
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while Path(f"/proc/{dead_pid}").exists():  # a process id no process has now
+        dead_pid -= 1
+    orphan = tmp_path / f"pods-metrics-{dead_pid}-abc"
+    orphan.mkdir()
+    (orphan / "counter_1.db").write_bytes(b"x")
+    alive = tmp_path / f"pods-metrics-{os.getpid()}-def"  # a running server's
+    alive.mkdir()
+    other = tmp_path / f"pods-metrics-{dead_pid}"  # not a name of ours: no id and suffix
+    other.mkdir()
+    exporter_module._remove_orphans(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
 
 
 def test_the_multiprocess_directory_is_private_and_removed_when_the_exporter_stops(tmp_path, monkeypatch):
