@@ -27,11 +27,13 @@ def create_app(config: dict | None = None, observer=None) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
         KEY_USE_FLUSH_SECONDS=keyuse.FLUSH_SECONDS,
         THREADS=1,  # request threads per process (the serve flag --threads)
+        REPLICATED=False,  # Litestream replicates the SQLite file (the serve flag --replica)
     )
     if config is not None:
         app.config.from_mapping(config)
 
-    storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"])
+    storage = app.extensions[STORAGE_EXTENSION] = open_storage(app.config["DB"], threads=app.config["THREADS"],
+                                                                replicated=app.config["REPLICATED"])
     storage.prepare()
     if observer is not None:
         observed.instrument(storage, observer.db_operation, observer.db_error)

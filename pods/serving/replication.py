@@ -21,8 +21,9 @@ transaction on the database so that nobody else can restart the WAL before it ha
 copied it, and at every sync compares the WAL with what it copied last (its salt
 and last frame), starting from a full snapshot when they differ; it never leaves a
 gap in the replica:
-- requests' automatic checkpoints (PASSIVE, SQLite's default every 1,000 pages)
-  copy frames into the database file and can never restart the WAL while
+- requests' automatic checkpoints (PASSIVE; while replicating, past 10,000 pages
+  only, Litestream's own at 1,000 doing the usual work: ``SQLiteStorage``) copy
+  frames into the database file and can never restart the WAL while
   Litestream's read transaction holds it;
 - ``pods backup`` reads in one read transaction, from a read-only connection that
   never checkpoints, and writes another file;

@@ -47,7 +47,8 @@ class Settings:
     metrics_by_org: bool = False
 
     def app_config(self) -> dict:
-        return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies}
+        return {"DB": self.db, "THREADS": self.threads, "TRUSTED_PROXIES": self.trusted_proxies,
+                "REPLICATED": bool(self.replicas)}
 
 
 def configure_logging(level: str) -> None:

@@ -97,13 +97,15 @@ def same_database(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def open_storage(target: str, read_only: bool = False, threads: int | None = None) -> OperatorStorage:
+def open_storage(target: str, read_only: bool = False, threads: int | None = None,
+                 replicated: bool = False) -> OperatorStorage:
     """The storage ``target`` names: a PostgreSQL URL, else a SQLite file path.
     Opens nothing yet: connections come on first use. ``read_only``: for commands
     that only read, so that they change nothing at all in a SQLite file.
     ``threads``: serving with that many request threads (PostgreSQL: a pool with a
     connection for each, one for the key-use recorder, and one for the main
-    thread's last record of key uses at shutdown).
+    thread's last record of key uses at shutdown). ``replicated``: a SQLite file
+    Litestream replicates (``--replica``), which checkpoints it.
 
     :raise BackendMissing: a PostgreSQL URL, and psycopg is not installed.
     """
@@ -117,7 +119,7 @@ def open_storage(target: str, read_only: bool = False, threads: int | None = Non
         )
     from .sqlite import SQLiteStorage
 
-    return SQLiteStorage(target, read_only=read_only)
+    return SQLiteStorage(target, read_only=read_only, replicated=replicated)
 
 
 def describe(target: str) -> str:

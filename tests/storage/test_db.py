@@ -4,7 +4,7 @@ import pytest
 
 from helpers import storage_of
 
-from pods import create_app
+from pods import close_app, create_app
 from pods.storage import sqlite as db
 
 
@@ -31,6 +31,20 @@ def test_connections_enforce_foreign_keys_and_full_sync_sqlite(app):
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO pod VALUES ('p', 999, 'n', NULL, 'now')")
+
+
+def test_a_replicated_database_leaves_checkpoints_to_litestream_up_to_a_safety_net_sqlite(tmp_path):
+    """Serving with --replica, requests' commits checkpoint only past
+    REPLICATED_CHECKPOINT_PAGES (Litestream checkpoints at 1,000 once it has copied
+    the frames); otherwise at SQLite's 1,000."""
+    path = str(tmp_path / "r.db")
+    for replicated, pages in ((True, db.REPLICATED_CHECKPOINT_PAGES), (False, 1000)):
+        app = create_app({"TESTING": True, "DB": path, "REPLICATED": replicated})
+        try:
+            conn = storage_of(app).connection()
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
+        finally:
+            close_app(app)
 
 
 def test_a_newer_schema_is_refused_sqlite(tmp_path):
