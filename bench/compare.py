@@ -26,7 +26,6 @@ Needs wrk (Debian: apt-get install wrk) and git.
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -91,14 +90,8 @@ def metrics_on_against_off(args) -> None:
             sides = ["off", "on"] if round_no % 2 == 0 else ["on", "off"]
             for name, script, conns, role in METRICS_SCENARIOS:
                 for side in sides:
-                    used = cpu_seconds(procs[side, role].proc.pid)
-                    result = run.wrk(procs[side, role], script, conns, args.duration, {"BENCH_IDS": str(ids_file)})
-                    used = cpu_seconds(procs[side, role].proc.pid) - used
-                    assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
-                    runs[name][side].append(result["rps"])
-                    cpu[name][side].append(used / result["requests"] * 1e6)
-                    print(f"round {round_no + 1} {name:16} metrics {side:3} {result['rps']:7.0f} req/s"
-                          f" {cpu[name][side][-1]:6.1f} CPU us/request", file=sys.stderr)
+                    measure(procs[side, role], f"metrics {side}", round_no, name, script, conns, args.duration,
+                            {"BENCH_IDS": str(ids_file)}, runs[name][side], cpu[name][side])
     finally:
         scraping.set()
         for p in procs.values():
@@ -117,12 +110,19 @@ def metrics_on_against_off(args) -> None:
                       "cpu_us_per_request": cpu}), file=sys.stderr)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user and system) the process ``pid`` has used: a cost per request
-    that the machine's other load moves far less than it moves throughput."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def measure(proc: run.Process, side: str, round_no: int, name: str, script: str, conns: int, duration: int,
+            env: dict, rps: list, cpu_us: list) -> None:
+    """One wrk run of a scenario against ``proc``: its req/s onto ``rps``, and the
+    server's CPU time per request onto ``cpu_us`` (a cost that the machine's other
+    load moves far less than it moves throughput)."""
+    used = proc.cpu_seconds()
+    result = run.wrk(proc, script, conns, duration, env)
+    used = proc.cpu_seconds() - used
+    assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
+    rps.append(result["rps"])
+    cpu_us.append(used / result["requests"] * 1e6)
+    print(f"round {round_no + 1} {name:18} {side:11} {result['rps']:7.0f} req/s {cpu_us[-1]:6.0f} µs CPU/request",
+          file=sys.stderr)
 
 
 def metrics_url(proc: run.Process, work: Path) -> str:
@@ -176,15 +176,8 @@ def main() -> None:
             sides = list(procs) if round_no % 2 == 0 else list(procs)[::-1]
             for name, script, conns, env in SCENARIOS:
                 for side in sides:
-                    used = procs[side].cpu_seconds()
-                    result = run.wrk(procs[side], script, conns, args.duration,
-                                     {"BENCH_IDS": str(ids_file), **env})
-                    used = procs[side].cpu_seconds() - used
-                    assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
-                    runs[name][side].append(result["rps"])
-                    cpu[name][side].append(used / result["requests"] * 1e6)
-                    print(f"round {round_no + 1} {name:18} {side:8} {result['rps']:7.0f} req/s"
-                          f" {cpu[name][side][-1]:6.0f} µs CPU/request", file=sys.stderr)
+                    measure(procs[side], side, round_no, name, script, conns, args.duration,
+                            {"BENCH_IDS": str(ids_file), **env}, runs[name][side], cpu[name][side])
     finally:
         for p in procs.values():
             p.stop()

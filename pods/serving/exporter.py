@@ -108,7 +108,7 @@ class _Counts:
             if counting.is_alive():
                 return None  # the database is not answering in time: no figures rather than a late scrape
         with self.lock:
-            return None if self.failing else self.values
+            return self.values  # None while the database fails
 
     def _count(self) -> None:
         started = time.thread_time()
@@ -327,21 +327,22 @@ def _metrics_only(metrics_app):
     so clients scraping back to back would take the interpreter from requests.
     Prometheus scrapes every 15 s or so and never notices."""
     lock = threading.Lock()
-    last = [0.0]
+    last = 0.0  # when the last scrape was answered (monotonic)
 
     def app(environ, start_response):
+        nonlocal last
         if environ.get("PATH_INFO") != METRICS_PATH:
             return _plain(start_response, "404 Not Found", f"Not found: the metrics are at {METRICS_PATH}.\n")
         if environ.get("REQUEST_METHOD") != "GET":
             return _plain(start_response, "405 Method Not Allowed", "Only GET.\n", [("Allow", "GET")])
         with lock:
-            wait = last[0] + MIN_SCRAPE_INTERVAL - time.monotonic()
+            wait = last + MIN_SCRAPE_INTERVAL - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             try:
                 return metrics_app(environ, start_response)
             finally:
-                last[0] = time.monotonic()
+                last = time.monotonic()
 
     return app
 

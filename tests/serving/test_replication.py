@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -73,16 +74,25 @@ def writer(url, ledger, stop, seed, pause=0.0):
                 time.sleep(pause)
 
 
-def write_for(url, seconds, writers=2, ledger=None, pause=0.0):
+@contextmanager
+def writing(url, writers=2, ledger=None, pause=0.0):
+    """``writers`` writers at ``url`` until the block ends; yields their ledger."""
     ledger = ledger or Ledger()
     stop = threading.Event()
     threads = [threading.Thread(target=writer, args=(url, ledger, stop, i, pause)) for i in range(writers)]
     for t in threads:
         t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        yield ledger
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def write_for(url, seconds, writers=2, ledger=None, pause=0.0):
+    with writing(url, writers, ledger, pause) as ledger:
+        time.sleep(seconds)
     return ledger
 
 
@@ -173,16 +183,9 @@ def test_round_trip_every_acknowledged_change_survives_the_device_and_old_keys_a
         for i in range(12):
             assert c.post(URL, json={"client_id": f"early-{i}"}).status_code == 200
         first_page = c.get(URL, params={"limit": 5}).json()
-    ledger = Ledger()
-    stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(server.url, ledger, stop, i)) for i in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(2.5)
-    assert server.stop() == 0  # SIGTERM while the writers write
-    stop.set()
-    for t in threads:
-        t.join()
+    with writing(server.url) as ledger:
+        time.sleep(2.5)
+        assert server.stop() == 0  # SIGTERM while the writers write
     assert not ledger.failures and len(ledger.created) > 30 and ledger.deleted
     assert "every write is on the replica" in server.stderr, server.stderr
     assert not running(pid), "Litestream outlived the server"
@@ -213,18 +216,11 @@ def test_round_trip_every_acknowledged_change_survives_the_device_and_old_keys_a
 def test_device_lost_mid_write_kill_9_of_the_whole_process_group_loses_at_most_the_last_seconds(site, serve):
     server = serve(site["db"], "--replica", site["url"], env={"PODS_API_KEY": KEY}, command=NEW_SESSION)
     pid = litestream_pid(server)
-    ledger = Ledger()
-    stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(server.url, ledger, stop, i)) for i in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(4)
-    server.checked = True  # killed: no exit status to check
-    os.killpg(server.proc.pid, signal.SIGKILL)  # the whole group, as a power cut would
-    killed = time.monotonic()
-    stop.set()
-    for t in threads:
-        t.join()
+    with writing(server.url) as ledger:
+        time.sleep(4)
+        server.checked = True  # killed: no exit status to check
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the whole group, as a power cut would
+        killed = time.monotonic()
     server.proc.wait(timeout=10)
     assert wait_until(lambda: not running(pid), 2), "Litestream dies with the server"
     assert not ledger.failures and len(ledger.created) > 50
@@ -308,18 +304,11 @@ def test_a_sigterm_to_every_process_of_the_service_at_once_still_replicates_the_
     server, so Litestream makes its last sync before the server's last writes."""
     server = serve(site["db"], "--replica", site["url"], env={"PODS_API_KEY": KEY})
     pid = litestream_pid(server)
-    ledger = Ledger()
-    stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(server.url, ledger, stop, i)) for i in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(1.5)
-    os.kill(pid, signal.SIGTERM)
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(timeout=30) == 0
-    stop.set()
-    for t in threads:
-        t.join()
+    with writing(server.url) as ledger:
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
     assert "every write is on the replica" in server.stderr, server.stderr
     lose_the_device(site["db"])
     assert restore(site["url"], site["new"]).returncode == 0
