@@ -87,6 +87,12 @@ def verify_token(token: str) -> Caller | None:
     return caller
 
 
+# (key_hash, org_id, org_name, key_id) of a key a request created: the serving layer
+# knows whose its token is from its first request on, as the poll for new keys would
+# tell it a moment later.
+CREATED_KEY_ENVIRON_KEY = "pods.created_key"
+
+
 def key_owner(app, key_hash: str) -> tuple | None:
     """(org_id, org_name, key_id) of the live key whose token hashes to ``key_hash``,
     or None. For the serving layer, which learns whose a token is before it reads a
@@ -108,6 +114,17 @@ def live_key_owners(app, limit: int) -> list:
         return []
     try:
         return storage.live_key_owners(limit)
+    finally:
+        storage.end_thread()
+
+
+def live_key_owners_since(app, mark):
+    """``storage.live_key_owners_since``, from a thread of the serving layer's own."""
+    storage = app.extensions.get(STORAGE)
+    if storage is None:  # an app without a database (bench/ceiling.py)
+        return [], None
+    try:
+        return storage.live_key_owners_since(mark)
     finally:
         storage.end_thread()
 

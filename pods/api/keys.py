@@ -6,11 +6,11 @@ permission (403), scope (404: a pod or key the caller may not see answers as if
 it did not exist), the body (413, 415, 400), then no escalation (403).
 """
 
-from flask import Blueprint, make_response
+from flask import Blueprint, make_response, request
 
 from .permissions import Caller, check_grant, check_regrant, require_organization_scope, stored_permissions
 from .application import empty_ok, get_storage
-from .auth import auth, current_caller, hash_key, new_token, token_prefix, visible_pod
+from .auth import CREATED_KEY_ENVIRON_KEY, auth, current_caller, hash_key, new_token, token_prefix, visible_pod
 from .bodies import json_body
 from .errors import fail
 from .paging import keyset_page
@@ -124,13 +124,15 @@ def _create(caller: Caller, pod_id: str | None):
     expires_at = fields["expires_at"] or caller.expires_at  # a new key lives no longer than its maker
     check_grant(caller, permissions, expires_at)
     token = new_token()
+    key_hash = hash_key(token)
     try:
         key = get_storage().insert_api_key(
-            caller.org_name, hash_key(token), token_prefix(token), fields["name"], pod_id,
+            caller.org_name, key_hash, token_prefix(token), fields["name"], pod_id,
             stored_permissions(permissions), expires_at,
         )
     except LookupError:  # the pod was deleted meanwhile
         fail("pod_not_found")
+    request.environ[CREATED_KEY_ENVIRON_KEY] = (key_hash, caller.org_id, caller.org_name, key["key_id"])
     response = make_response(api_key_created_schema.dump({**key, "api_key": token}))
     # It carries the token: no cache (a proxy's, the client's) may keep a copy.
     response.headers["Cache-Control"] = "no-store"

@@ -19,14 +19,16 @@ a request that will be refused without it:
 
 import io
 import json
+import logging
 import math
+import threading
 import time
 from typing import NamedTuple
 
 from werkzeug.exceptions import ClientDisconnected
 
 from ..api import accesslog
-from ..api.auth import bearer_token, hash_key, key_owner, live_key_owners
+from ..api.auth import bearer_token, hash_key, key_owner, live_key_owners, live_key_owners_since
 from ..api.errors import error_body
 from ..api.meta import PUBLIC_PATHS
 from . import ratelimit
@@ -36,6 +38,11 @@ from .scheduler import ANONYMOUS, Tenant, TenantMap
 PROCEED = "proceed"  # read it (or there is none)
 WITHHOLD = "withhold"  # answer without it, and drop it as it comes
 CHECK_KEY = "check key"  # hold it until a worker has looked the key up
+# How often each process looks for keys created since its last look (by another
+# worker, instance or the CLI): a new key is its organization's within this long.
+NEW_KEYS_POLL_SECONDS = 1.0
+
+log = logging.getLogger("pods.server")
 
 
 class Refusal(NamedTuple):
@@ -69,12 +76,52 @@ class Admission:
         self.rate_limited_total = 0
         self.withheld_total = 0
         self.key_checks_total = 0
+        self._new_keys_mark = None  # where the last look for new keys ended (storage's)
 
     def know_live_keys(self) -> None:
         """Learn whose the newest live keys are (at start: so that a key's first
         request after a restart is scheduled and limited as its organization's)."""
-        for key_hash, org_id, org_name, key_id in reversed(live_key_owners(self.app, self.tenants.size)):
+        self._new_keys_mark = live_key_owners_since(self.app, None)[1]  # first: nothing made meanwhile missed
+        self.learn_owners(reversed(live_key_owners(self.app, self.tenants.size)))
+
+    def know_new_keys(self) -> None:
+        """Learn whose the keys created since the last look are. A key made by another
+        process is otherwise unknown here until its first request has been served,
+        and that request is its client address's: behind an address flooding with
+        bad keys past its rate limit, it would be refused forever."""
+        owners, self._new_keys_mark = live_key_owners_since(self.app, self._new_keys_mark)
+        self.learn_owners(owners)
+
+    def learn_owners(self, owners) -> None:
+        """Learn whose each token is: (key_hash, org_id, org_name, key_id) each."""
+        for key_hash, org_id, org_name, key_id in owners:
             self.tenants.learn(key_hash, Tenant(org_id, key_id, org_name))
+
+    def watch_new_keys(self, interval: float = NEW_KEYS_POLL_SECONDS):
+        """``know_new_keys`` every ``interval`` seconds, from a thread of its own,
+        until the function returned is called."""
+        stop = threading.Event()
+
+        def watch():
+            failing = False
+            while not stop.wait(interval):
+                try:
+                    self.know_new_keys()
+                except Exception as e:  # the database is not answering: said once, tried again
+                    if not failing:
+                        log.warning("could not look for new keys to schedule by: %s", e)
+                    failing = True
+                else:
+                    failing = False
+
+        thread = threading.Thread(target=watch, name="pods-new-keys", daemon=True)
+        thread.start()
+
+        def stop_watching() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_watching
 
     # -- at the head ---------------------------------------------------------------
 

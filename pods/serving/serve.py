@@ -267,7 +267,13 @@ def _serve_app(app, sock, settings: Settings, buckets, on_exit, metrics=None) ->
         app, sock, settings.threads, settings.deadlines, settings.connection_limit, settings.trusted_proxies,
         settings.limits, buckets, settings.queue_timeout, metrics,
     )
-    shutdown.run_until_signalled(waitress_server, on_exit=on_exit)
+    stop_watching = waitress_server.admission.watch_new_keys()
+
+    def stop_then_exit():
+        stop_watching()  # no look for new keys as the database is closed
+        on_exit()
+
+    shutdown.run_until_signalled(waitress_server, on_exit=stop_then_exit)
 
 
 def _close_database(app, replication=None) -> None:

@@ -9,6 +9,7 @@ from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import build_http_date
 
 from ..api import accesslog
+from ..api.auth import CREATED_KEY_ENVIRON_KEY
 from ..api.errors import error_json
 from .admission import WithheldBody, logged_caller
 from .scheduler import ANONYMOUS
@@ -109,11 +110,15 @@ class CoalescingTask(WSGITask):
 
     def build_response_header(self):
         request = self.request
-        if request.key_hash is not None and self.environ is not None and (
-                request.tenant.group is ANONYMOUS or self.status[:3] == "401"):
-            # A token not known yet, or one refused: learned (or forgotten) before the answer
-            # goes out, so that the client's next request finds it so.
-            self.channel.server.admission.learn(request, self.environ.get(accesslog.CALLER_ENVIRON_KEY), self.status)
+        environ = self.environ
+        if request.key_hash is not None and environ is not None:
+            # Learned (or forgotten) before the answer goes out, so that the client's next
+            # request finds it so: a token not known yet, or one refused; a key just created.
+            if request.tenant.group is ANONYMOUS or self.status[:3] == "401":
+                self.channel.server.admission.learn(request, environ.get(accesslog.CALLER_ENVIRON_KEY), self.status)
+            created = environ.get(CREATED_KEY_ENVIRON_KEY)
+            if created is not None:
+                self.channel.server.admission.learn_owners((created,))
         headers = self.response_headers
         if request.rate_headers:
             headers.extend(request.rate_headers)

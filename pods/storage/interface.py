@@ -209,6 +209,12 @@ class Storage(Protocol):
         first, each as (key_hash, org_id, org_name, key_id): whose each token is, for
         a server to schedule and rate-limit requests by before it has seen them."""
 
+    def live_key_owners_since(self, mark: Any) -> tuple[list[tuple[str, int, str, str]], Any]:
+        """The live keys created since ``mark``, as ``live_key_owners``'s tuples, and
+        the mark to pass next time. ``mark`` is what the last call returned, or None
+        for the first (which returns no keys, only a mark): how a server learns of
+        keys made by another process or instance, polling, with one cheap read."""
+
     def update_key(self, org_id: int, key_id: str, name: str | None, permissions: str | None,
                    set_permissions: bool, check: Callable[[Row], None] | None = None) -> Row | None:
         """Rename a key (unless ``name`` is None) and, with ``set_permissions``,

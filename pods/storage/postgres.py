@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import _GeneratorContextManager, contextmanager  # the first: psycopg's own return type
+from datetime import datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
@@ -58,6 +59,9 @@ VERSION_TABLE = "pods_schema"
 # pg_advisory_xact_lock keys: any fixed numbers; SCHEMA_LOCK spells "pods".
 SCHEMA_LOCK = 0x706F6473
 FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
+# How far back a poll for new keys looks past the last one's start: longer than
+# any key's insert takes to commit.
+NEW_KEY_OVERLAP = timedelta(seconds=5)
 POOL_CLOSE_WAIT = 1  # seconds shutdown waits for the pool's threads (connecting to a server that may not answer)
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
@@ -553,6 +557,21 @@ class PostgresStorage(SQLStorage):
             f" ORDER BY k.created_at DESC LIMIT %s", (self._now(), limit),
         )
         return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
+
+    def live_key_owners_since(self, mark: datetime | None) -> tuple[list[tuple[str, int, str, str]], datetime]:
+        # The mark is a time: this look's start, less NEW_KEY_OVERLAP, for a key whose
+        # transaction commits after a look that started after its insert's timestamp.
+        # Read through api_key_live_created, the live keys by creation time.
+        next_mark = self._query(f"SELECT {NOW} - %s AS mark", (self._now(), NEW_KEY_OVERLAP))[0]["mark"]
+        if mark is None:
+            return [], next_mark
+        rows = self._query(
+            f"SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            f" JOIN organization o ON o.org_id = k.org_id"
+            f" WHERE k.created_at > %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
+            f" ORDER BY k.created_at", (mark, self._now()),
+        )
+        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows], next_mark
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,

@@ -540,6 +540,20 @@ class SQLiteStorage(SQLStorage):
         )
         return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
 
+    def live_key_owners_since(self, mark: int | None) -> tuple[list[tuple[str, int, str, str]], int]:
+        # The mark is a rowid: one writer at a time, so a key committed after a look
+        # has a rowid past every key that look saw (the rowid primary key reads them).
+        if mark is None:
+            return [], self._query("SELECT coalesce(max(rowid), 0) AS last FROM api_key")[0]["last"]
+        rows = self._query(
+            "SELECT k.rowid AS seq, k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            " JOIN organization o ON o.org_id = k.org_id"
+            " WHERE k.rowid > ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
+            " ORDER BY k.rowid", (mark, self._now()),
+        )
+        owners = [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
+        return owners, rows[-1]["seq"] if rows else mark
+
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,
                         before_commit: Callable[[Row], None] | None, only_if_first: bool) -> Row | None:

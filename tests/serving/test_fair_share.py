@@ -23,6 +23,7 @@ pytestmark = pytest.mark.live
 URL = "/agent/v0/pods"
 KEY = "pods_fair-share-test-key-0123456789abcdefghijk"  # PODS_API_KEY: organization "default"
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+NEW_KEYS_KNOWN_WITHIN = 2.0  # seconds: a look for new keys each second, and a margin
 
 
 def start(tmp_path, *flags, db=None, **kwargs) -> Server:
@@ -153,15 +154,46 @@ def test_unknown_keys_are_limited_by_address_while_a_valid_key_from_it_still_wor
         assert s.stop() == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_key_made_after_start_is_served_from_an_address_refused_for_guessing(backend, tmp_path, request):
+    """A key the server had not served yet used to count as unknown: from an address
+    whose budget guesses had spent, it was refused for as long as they went on. Now a
+    key made over the API is known at once by the process that made it, and one made
+    anywhere else (the CLI, another worker) by every process within a second."""
+    db = new_database(backend, tmp_path, request)
+    # A burst of 20 and next to no refill: the address, once spent, stays spent
+    # for the test, so every 200 below came from an organization's budget.
+    s = start(tmp_path, "--rate-limit", "1/min", "--rate-burst", "20", "--workers", "2", db=db)
+
+    def get(token: str) -> httpx.Response:
+        # A new connection each: the kernel spreads them over both worker processes.
+        return httpx.get(s.url + URL, headers={**auth(token), "Connection": "close"})
+
+    try:
+        guesses = [get(f"pods_guess-{i}").status_code for i in range(24)]
+        assert guesses[:20] == [401] * 20 and guesses[20:] == [429] * 4
+        with httpx.Client(base_url=s.url, headers=auth(KEY)) as c:
+            made = c.post("/agent/v0/api-keys", json={"name": "new agent"})
+            assert made.status_code == 200, made.text
+            token = made.json()["api_key"]
+            # The process that made it knows it at once (the same connection).
+            assert c.get(URL, headers=auth(token)).status_code == 200
+        time.sleep(NEW_KEYS_KNOWN_WITHIN)
+        assert [get(token).status_code for _ in range(8)] == [200] * 8  # in every process
+        from_cli = org_key(s, "acme")  # made by another process altogether
+        time.sleep(NEW_KEYS_KNOWN_WITHIN)
+        assert [get(from_cli).status_code for _ in range(8)] == [200] * 8
+        assert get("pods_guess-again").status_code == 429  # the address still spent
+    finally:
+        assert s.stop() == 0
+
+
 def test_a_per_key_limit_caps_one_key_while_another_key_of_its_organization_is_served(tmp_path):
     s = start(tmp_path, "--key-rate-limit", "2/min", "--key-rate-burst", "2")
     try:
         agent_1, agent_2 = org_key(s, "platform"), org_key(s, "platform")
+        time.sleep(NEW_KEYS_KNOWN_WITHIN)  # made by the CLI: the server learns whose they are
         with httpx.Client(base_url=s.url) as c:
-            # Made after the server started: each one's first request counts by the
-            # client's address (2/min there too), and the server learns whose it is.
-            assert c.get(URL, headers=auth(agent_1)).status_code == 200
-            assert c.get(URL, headers=auth(agent_2)).status_code == 200
             one = [c.get(URL, headers=auth(agent_1)).status_code for _ in range(3)]
             assert one == [200, 200, 429]
             two = [c.get(URL, headers=auth(agent_2)).status_code for _ in range(3)]

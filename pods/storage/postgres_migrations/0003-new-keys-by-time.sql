@@ -1,0 +1,4 @@
+-- Version 3: a server learns of keys made elsewhere (another instance, a worker, the CLI)
+-- within a second, by polling for the live keys created since its last look; this index
+-- makes that poll read the new keys only, however many there are.
+CREATE INDEX api_key_live_created ON api_key (created_at) WHERE revoked_at IS NULL;
