@@ -33,6 +33,24 @@ TENANT_MAP_SIZE = 16384  # tokens remembered per process (about 4 MiB when full)
 ANONYMOUS = None  # the group of requests with no key or an unknown one: one "organization"
 
 
+# While two tenants or more are active, the threads they share out: one each for two
+# (a quiet tenant's request runs beside one of a flood's, not three), at least one
+# each for more. A tenant alone has every thread.
+CONTENDED_THREADS = 2
+# How long a tenant counts as active after its last request was answered: longer
+# than a client takes to send its next one, so that a flood stays held to its share
+# between a neighbour's requests.
+LINGER_SECONDS = 0.02
+
+
+def _share(threads: int, tenants: int) -> int:
+    """Each of ``tenants`` active tenants' share of ``threads``: all of them alone,
+    else ceil(min(threads, CONTENDED_THREADS) / tenants)."""
+    if tenants <= 1:
+        return threads
+    return -(-min(threads, CONTENDED_THREADS) // tenants)
+
+
 class Tenant(NamedTuple):
     """Whose a request is: ``group`` (an organization's id, or ANONYMOUS) and
     ``member`` (the key's id, or the client's address)."""
@@ -205,6 +223,12 @@ class FairDispatcher(ThreadedTaskDispatcher):
         # group -> {member -> threads serving its requests now}
         self._held: dict = {}
         self._held_back = False  # a thread waits while requests are queued: shares hold them
+        # group -> {member -> time.monotonic() until which it counts as active}: tenants
+        # with nothing in service or queued that had a request answered a moment ago.
+        self._recent: dict = {}
+        self._forget_at = 0.0  # when _release next drops those whose linger ran out
+        self.linger = LINGER_SECONDS
+        self.clock = time.monotonic  # for the linger (tests move it)
 
     def add_task(self, task, sheddable: bool = True):
         tenant = self.tenant_of(task)
@@ -215,7 +239,14 @@ class FairDispatcher(ThreadedTaskDispatcher):
             self.queued_total += 1
             idle = len(self.threads) - self.stop_count - self.active_count
             if idle > 0:  # a thread waits: wake one (a busy one takes the next item itself)
-                self.queue_cv.notify()
+                if not self._held_back:
+                    self.queue_cv.notify()
+                elif self._next() is not None:
+                    # Threads wait while shares hold back what is queued, and a share is
+                    # free again (a linger ran out): wake them all, as _release does.
+                    # While none is, waking them would only have them wait again.
+                    self._held_back = False
+                    self.queue_cv.notify(min(idle, len(queue)))
             waiting = len(queue) - idle
         if waiting > self._peak_waiting:
             self._peak_waiting = waiting
@@ -226,22 +257,30 @@ class FairDispatcher(ThreadedTaskDispatcher):
     def _next(self):
         """(group, member) of the next item a free thread may take, or None.
 
-        A tenant holds at most its share of the threads, ceil(threads / tenants
-        with a request queued or in service), at each level: while another
-        organization has a request waiting or in service, one organization's flood
-        cannot hold every thread, so the other's request runs beside fewer of the
-        flood's (Python runs one thread at a time: each one busy stretches it). A
-        tenant alone has every thread; a share never leaves a thread idle while
-        the tenants holding less than theirs have requests waiting."""
+        A tenant alone has every thread. While another is active (has a request
+        waiting or in service, or had one answered less than ``linger`` seconds
+        ago), the tenants share ``CONTENDED_THREADS`` threads (or every thread, if
+        fewer): each holds at most ceil(those / active tenants), at least one, at
+        each level (organizations, then keys within one). Python runs one thread at
+        a time, so each request running beside another's stretches it: a quiet
+        tenant's request runs beside one of a flood's, not three. Lingering keeps
+        the flood held to its share between a neighbour's requests, which it would
+        otherwise fill every thread in. A share never leaves a thread idle while
+        nothing is in service."""
         queue, held = self.queue, self._held
         if not queue:
             return None
         if not held:  # every share free: the next in turn (one thread, always)
             group = next(iter(queue.groups()))
             return group, next(iter(queue.members(group)))
+        recent = self._recent
+        if recent:
+            self._forget_idle(self.clock())
         threads = len(self.threads) - self.stop_count
         queued = queue.groups()
-        group_share = -(-threads // (len(queued) + sum(1 for g in held if g not in queued)))
+        groups = len(queued) + sum(1 for g in held if g not in queued)
+        groups += sum(1 for g in recent if g not in queued and g not in held)
+        group_share = _share(threads, groups)
 
         def allowed(group, member):
             members = held.get(group)
@@ -251,9 +290,22 @@ class FairDispatcher(ThreadedTaskDispatcher):
                 return False
             waiting = queue.members(group)
             tenants = len(waiting) + sum(1 for m in members if m not in waiting)
-            return members.get(member, 0) < -(-group_share // tenants)
+            lingering = recent.get(group)
+            if lingering:
+                tenants += sum(1 for m in lingering if m not in waiting and m not in members)
+            return members.get(member, 0) < _share(group_share, tenants)
 
         return queue.next_allowed(allowed)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the tenants whose linger has run out (lock held)."""
+        recent = self._recent
+        for group in list(recent):
+            members = recent[group]
+            for member in [m for m, until in members.items() if until <= now]:
+                del members[member]
+            if not members:
+                del recent[group]
 
     def _release(self, group, member) -> None:
         """A thread is done with a request of ``member`` of ``group`` (lock held)."""
@@ -263,6 +315,12 @@ class FairDispatcher(ThreadedTaskDispatcher):
             del members[member]
             if not members:
                 del self._held[group]
+            if self.linger > 0 and len(self.threads) > 1:  # it stays active a little longer: see _next
+                now = self.clock()
+                self._recent.setdefault(group, {})[member] = now + self.linger
+                if now >= self._forget_at:  # bounded while nothing else calls _forget_idle
+                    self._forget_idle(now)
+                    self._forget_at = now + self.linger
         if self._held_back:
             # Requests a share held back may now be taken: wake the threads that
             # waited while they were.

@@ -326,18 +326,20 @@ def test_a_tenant_alone_holds_every_thread():
         d.shutdown(timeout=2)
 
 
-def test_while_another_tenant_is_in_service_a_flood_holds_its_share_of_the_threads():
-    """ceil(4 threads / 2 tenants): the flood holds two threads while the quiet
-    tenant's request runs, one thread waiting, and all four once it is answered."""
+def test_while_another_tenant_is_in_service_a_flood_holds_one_thread():
+    """Two active tenants share two threads, one each (ceil(min(4, 2) / 2)): the
+    flood holds one thread while the quiet tenant's request runs, two waiting,
+    and all four once the quiet tenant is answered and its linger is over."""
     log, held, quiet_release = [], Held(), threading.Event()
     d = dispatcher(threads=4)
+    d.linger = 0
     try:
         d.add_task(Task("quiet", QUIET, log, hold=quiet_release))
         time.sleep(0.05)
         for i in range(8):
             d.add_task(held.task(f"flood-{i}", NOISY, log))
-        assert held.settled({NOISY: 2})
-        assert len(d.queue) == 6
+        assert held.settled({NOISY: 1})
+        assert len(d.queue) == 7
         quiet_release.set()
         assert held.settled({NOISY: 4})
         assert log == ["quiet"]
@@ -356,18 +358,79 @@ def test_keys_of_one_organization_share_its_threads_the_same_way():
         time.sleep(0.05)
         for i in range(8):
             d.add_task(held.task(f"flood-{i}", same_org, log))
-        assert held.settled({same_org: 2})
+        assert held.settled({same_org: 1})
     finally:
         quiet_release.set()
         held.release.set()
         d.shutdown(timeout=2)
 
 
-def test_floods_split_the_threads_and_none_stays_idle():
-    """Two tenants with backlogs get two threads each; three get ceil(4 / 3) = 2 at
-    most, and all four threads are busy."""
-    for tenants, shares in (([NOISY, Tenant("other", "o")], (2, 2)),
-                            ([Tenant(f"org {i}", "k") for i in range(3)], (2, 1, 1))):
+def served(log, count) -> bool:
+    deadline = time.monotonic() + 5
+    while len(log) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(log) >= count
+
+
+@pytest.mark.parametrize("level", ["organization", "key"])
+def test_a_tenant_answered_a_moment_ago_still_holds_a_flood_to_its_share(level):
+    """Between a quiet tenant's requests (its client reading the answer, sending
+    the next) a flood is held to its share for ``linger`` seconds, not let back
+    into every thread; once the linger is over, it has them all."""
+    log, held = [], Held()
+    now = [time.monotonic()]
+    d = dispatcher(threads=4)
+    d.clock = lambda: now[0]
+    noisy = NOISY if level == "organization" else Tenant(QUIET.group, "noisy key")
+    try:
+        d.add_task(Task("quiet", QUIET, log))
+        assert served(log, 1)
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", noisy, log))
+        assert held.settled({noisy: 1})
+        now[0] += d.linger  # its linger is over: the next request queued finds every share free
+        d.add_task(held.task("flood-8", noisy, log))
+        assert held.settled({noisy: 4})
+    finally:
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
+def test_a_tenant_alone_is_not_held_back_by_its_own_linger():
+    log, held = [], Held()
+    d = dispatcher(threads=4)
+    d.linger = 60.0
+    try:
+        d.add_task(Task("first", NOISY, log))
+        assert served(log, 1)
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        assert held.settled({NOISY: 4})
+    finally:
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
+def test_tenants_whose_linger_is_over_are_forgotten():
+    log = []
+    now = [0.0]
+    d = dispatcher(threads=2)  # (with one thread, a share is that thread: nothing lingers)
+    d.clock = lambda: now[0]
+    try:
+        for i in range(50):  # one request at a time: nothing else looks at the lingering tenants
+            now[0] += d.linger / 2
+            d.add_task(Task(f"org {i}", Tenant(f"org {i}", "k"), log))
+            assert served(log, i + 1)
+        assert 1 <= sum(map(len, d._recent.values())) <= 4
+    finally:
+        d.shutdown(timeout=2)
+
+
+def test_floods_get_one_thread_each():
+    """Two tenants with backlogs run one request each (ceil(min(4, 2) / 2)), and so
+    do three (a share is at least one thread): beside each of them, one or two of
+    the others', not three."""
+    for tenants in ([NOISY, Tenant("other", "o")], [Tenant(f"org {i}", "k") for i in range(3)]):
         log, held = [], Held()
         d = dispatcher(threads=0)
         try:
@@ -375,9 +438,7 @@ def test_floods_split_the_threads_and_none_stays_idle():
                 for tenant in tenants:
                     d.add_task(held.task(f"{tenant.group}-{i}", tenant, log))
             d.set_thread_count(4)  # the backlogs are all there when the threads start
-            # (which of three gets the fourth thread is the turn's: newcomers go first)
-            assert held.settled(lambda serving: set(serving) == set(tenants)
-                                and sorted(serving.values(), reverse=True) == list(shares))
+            assert held.settled({tenant: 1 for tenant in tenants})
         finally:
             held.release.set()
             d.shutdown(timeout=2)
