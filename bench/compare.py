@@ -1,7 +1,7 @@
 """An earlier version of pods against this one, side by side, on the read paths;
 or this version with metrics on against off.
 
-    python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3]
+    python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3] [--postgres URL]
     python bench/compare.py --metrics [--rounds 5] [--duration 3] [--scrape-interval 1]
 
 REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
@@ -13,7 +13,10 @@ flipped each round, so that a noisy machine shifts both alike. Reports each side
 median req/s and the median of the per-round ratios (this / REF), and the server's
 CPU time per request (user + system, from /proc), which a machine shared with
 other work disturbs far less than throughput. ``--this REF2`` puts another
-revision in place of the working tree.
+revision in place of the working tree. ``--postgres URL`` runs both on
+PostgreSQL instead, each on a database of its own made on URL's server (for
+instance postgresql://postgres@127.0.0.1:5432/postgres) and seeded by its own
+code (so REF must be one with pods/storage's ``open_storage``), then dropped.
 
 With ``--metrics``, both sides are this checkout on copies of one seeded
 database: "off" as it starts by default, "on" with ``--metrics-port`` (and its
@@ -26,6 +29,7 @@ Needs wrk (Debian: apt-get install wrk) and git.
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -58,7 +62,46 @@ def seed_with(root: Path, path: Path, pods: int) -> list[str]:
     return out.stdout.split()
 
 
-def server(name: str, root: Path, db: Path, work: Path) -> run.Process:
+# The same seed on PostgreSQL, by the storage interface of the pods at the cwd: the
+# bench key and N pods; prints their ids.
+POSTGRES_SEED = """
+import sys
+from pods.api.auth import hash_key
+from pods.storage import open_storage
+url, key, pods = sys.argv[1], sys.argv[2], int(sys.argv[3])
+storage = open_storage(url)
+storage.prepare()
+storage.insert_api_key("bench", hash_key(key), key[:12])
+org_id = storage.caller_for_key_hash(hash_key(key))["org_id"]
+for i in range(pods):
+    print(storage.insert_pod(org_id, f"pod {i}", f"client-{i}")["pod_id"])
+storage.close()
+"""
+
+
+def postgres_database(admin_url: str, root: Path, pods: int) -> tuple[str, str, list[str]]:
+    """(name, URL, pod ids) of a new database on ``admin_url``'s server, seeded by
+    the pods at ``root``."""
+    import psycopg
+
+    name = f"pods_compare_{os.urandom(4).hex()}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    out = subprocess.run([sys.executable, "-c", POSTGRES_SEED, url, run.KEY, str(pods)], capture_output=True,
+                         text=True, check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    return name, url, out.stdout.split()
+
+
+def drop_databases(admin_url: str, names: list[str]) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server(name: str, root: Path, db: Path | str, work: Path) -> run.Process:
     return run.Process(name, [sys.executable, root / "app.py", "--port", "{port}", "--db", db], work)
 
 
@@ -144,6 +187,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--this", default=None, help="a revision to compare instead of the working tree")
+    parser.add_argument("--postgres", default=None, metavar="URL",
+                        help="both sides on PostgreSQL, a new database each on URL's server")
     parser.add_argument("--scrape-interval", type=float, default=1.0,
                         help="with --metrics: seconds between scrapes of the metrics side (0: none)")
     args = parser.parse_args()
@@ -163,13 +208,23 @@ def main() -> None:
     if args.this:
         this_root = work / "this"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(this_root), args.this], check=True, cwd=ROOT)
-    procs = {}
+    procs, databases = {}, []
     try:
-        ids = seed_with(before_root, work / "before.db", 1000)
-        shutil.copy(work / "before.db", work / "this.db")
-        ids_file = run.write_ids(work, ids)
-        procs[commit] = server("before", before_root, work / "before.db", work)
-        procs["this"] = server("this", this_root, work / "this.db", work)
+        dbs, ids_files = {}, {}  # by side: the database, and its pods' ids (for the GETs)
+        for side, root in ((commit, before_root), ("this", this_root)):
+            if args.postgres:  # each side's own database, seeded by its own code
+                name, dbs[side], ids = postgres_database(args.postgres, root, 1000)
+                databases.append(name)
+            elif side == commit:
+                dbs[side] = work / "before.db"
+                ids = seed_with(before_root, dbs[side], 1000)
+            else:  # a copy of the other's, which this side migrates as it starts
+                dbs[side] = work / "this.db"
+                shutil.copy(work / "before.db", dbs[side])
+            (work / side).mkdir()
+            ids_files[side] = run.write_ids(work / side, ids)
+        procs[commit] = server("before", before_root, dbs[commit], work)
+        procs["this"] = server("this", this_root, dbs["this"], work)
         runs = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}
         cpu = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}  # µs per request
         for round_no in range(args.rounds):
@@ -177,10 +232,12 @@ def main() -> None:
             for name, script, conns, env in SCENARIOS:
                 for side in sides:
                     measure(procs[side], side, round_no, name, script, conns, args.duration,
-                            {"BENCH_IDS": str(ids_file), **env}, runs[name][side], cpu[name][side])
+                            {"BENCH_IDS": str(ids_files[side]), **env}, runs[name][side], cpu[name][side])
     finally:
         for p in procs.values():
             p.stop()
+        if databases:
+            drop_databases(args.postgres, databases)
         subprocess.run(["git", "worktree", "remove", "--force", str(before_root)], cwd=ROOT)
         if args.this:
             subprocess.run(["git", "worktree", "remove", "--force", str(this_root)], cwd=ROOT)
