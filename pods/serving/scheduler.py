@@ -297,6 +297,11 @@ class FairDispatcher(ThreadedTaskDispatcher):
 
         return queue.next_allowed(allowed)
 
+    def _linger_left(self) -> float | None:
+        """Seconds until the first linger ends (None: none is running; lock held)."""
+        ends = [until for members in self._recent.values() for until in members.values()]
+        return max(0.0, min(ends) - self.clock()) + 0.001 if ends else None
+
     def _forget_idle(self, now: float) -> None:
         """Drop the tenants whose linger has run out (lock held)."""
         recent = self._recent
@@ -338,10 +343,14 @@ class FairDispatcher(ThreadedTaskDispatcher):
                     self._release(*done)
                     done = None
                 while (turn := self._next()) is None and self.stop_count == 0:
+                    wait = None
                     if queue:
                         self._held_back = True
+                        # Held back by a share that a linger keeps: it ends without any
+                        # request ending or arriving, so wake then, not at the next one.
+                        wait = self._linger_left()
                     self.active_count -= 1
-                    self.queue_cv.wait()
+                    self.queue_cv.wait(wait)
                     self.active_count += 1
                 if self.stop_count > 0:
                     self.active_count -= 1

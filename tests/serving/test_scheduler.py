@@ -396,6 +396,25 @@ def test_a_tenant_answered_a_moment_ago_still_holds_a_flood_to_its_share(level):
         d.shutdown(timeout=2)
 
 
+def test_when_a_linger_ends_the_threads_it_held_back_take_the_queue_with_nothing_else_happening():
+    """No request ends and none arrives: the flood still has every thread once the
+    quiet tenant's linger is over (they waited for the next event before, idle
+    while the flood's requests queued, for as long as its one request ran)."""
+    log, held = [], Held()
+    d = dispatcher(threads=4)
+    d.linger = 1.0
+    try:
+        d.add_task(Task("quiet", QUIET, log))
+        assert served(log, 1)
+        for i in range(8):
+            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        assert held.settled({NOISY: 1})  # within the linger (settled looks 0.1 s on)
+        assert held.settled({NOISY: 4})
+    finally:
+        held.release.set()
+        d.shutdown(timeout=2)
+
+
 def test_a_tenant_alone_is_not_held_back_by_its_own_linger():
     log, held = [], Held()
     d = dispatcher(threads=4)
