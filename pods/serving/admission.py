@@ -41,6 +41,9 @@ CHECK_KEY = "check key"  # hold it until a worker has looked the key up
 # How often each process looks for keys created since its last look (by another
 # worker, instance or the CLI): a new key is its organization's within this long.
 NEW_KEYS_POLL_SECONDS = 1.0
+# While the database does not answer, looks are spaced out, doubling up to this: each
+# attempt would have the PostgreSQL pool try (and log) a connection.
+NEW_KEYS_MAX_WAIT_SECONDS = 60.0
 
 log = logging.getLogger("pods.server")
 
@@ -103,23 +106,23 @@ class Admission:
         stop = threading.Event()
 
         def watch():
-            failing = False
-            while not stop.wait(interval):
+            wait = interval
+            while not stop.wait(wait):
                 try:
                     self.know_new_keys()
-                except Exception as e:  # the database is not answering: said once, tried again
-                    if not failing:
+                except Exception as e:  # the database is not answering: said once, tried less often
+                    if wait == interval:
                         log.warning("could not look for new keys to schedule by: %s", e)
-                    failing = True
+                    wait = min(wait * 2, NEW_KEYS_MAX_WAIT_SECONDS)
                 else:
-                    failing = False
+                    wait = interval
 
         thread = threading.Thread(target=watch, name="pods-new-keys", daemon=True)
         thread.start()
 
         def stop_watching() -> None:
             stop.set()
-            thread.join(timeout=5)
+            thread.join(timeout=1)  # a look stuck on a database that does not answer is left
 
         return stop_watching
 

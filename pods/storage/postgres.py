@@ -23,10 +23,11 @@ says otherwise, e.g. ``?options=-c%20search_path%3Dpods``).
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import _GeneratorContextManager, contextmanager  # the first: psycopg's own return type
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
@@ -59,9 +60,7 @@ VERSION_TABLE = "pods_schema"
 # pg_advisory_xact_lock keys: any fixed numbers; SCHEMA_LOCK spells "pods".
 SCHEMA_LOCK = 0x706F6473
 FIRST_KEY_LOCK = SCHEMA_LOCK + 1  # instances starting at once on a new database make one first key
-# How far back a poll for new keys looks past the last one's start: longer than
-# any key's insert takes to commit.
-NEW_KEY_OVERLAP = timedelta(seconds=5)
+NEW_KEYS_LOCK = SCHEMA_LOCK + 2  # shared by keys' writes, taken alone by a look for new keys
 POOL_CLOSE_WAIT = 1  # seconds shutdown waits for the pool's threads (connecting to a server that may not answer)
 POOL_WAIT = 1  # seconds a request waits for a connection before its 503 (one per thread: only in an outage)
 STATEMENT_TIMEOUT = "5s"  # a serving statement, or its wait for a lock, fails (503) after this
@@ -92,6 +91,34 @@ LIBPQ_DEFAULTS = {
 # outage of a few seconds, service would come back long after the server did.
 # A retry every second (with jitter) is cheap for a pool of a few connections.
 psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
+RECONNECT_LOG_SECONDS = 60.0  # ... but its warning of a failed attempt at most once a minute
+
+
+class FailedReconnectsSummary(logging.Filter):
+    """psycopg_pool warns of every failed attempt to reconnect: with one a second,
+    an outage would log a line a second per lost connection, an idle server too.
+    Passes the first, then one a minute, saying how many were left out."""
+
+    def __init__(self, interval: float = RECONNECT_LOG_SECONDS):
+        super().__init__()
+        self.interval = interval
+        self.next_at = 0.0
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("error connecting"):
+            return True
+        now = time.monotonic()
+        if now < self.next_at:
+            self.left_out += 1
+            return False
+        if self.left_out:
+            record.msg = f"{record.msg} ({self.left_out} more failed attempts since the last said)"
+        self.next_at, self.left_out = now + self.interval, 0
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(FailedReconnectsSummary())
 
 log = logging.getLogger("pods.db")
 
@@ -558,17 +585,23 @@ class PostgresStorage(SQLStorage):
         )
         return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
 
-    def live_key_owners_since(self, mark: datetime | None) -> tuple[list[tuple[str, int, str, str]], datetime]:
-        # The mark is a time: this look's start, less NEW_KEY_OVERLAP, for a key whose
-        # transaction commits after a look that started after its insert's timestamp.
-        # Read through api_key_live_created, the live keys by creation time.
-        next_mark = self._query(f"SELECT {NOW} - %s AS mark", (self._now(), NEW_KEY_OVERLAP))[0]["mark"]
+    def live_key_owners_since(self, mark: datetime | None) -> tuple[list[tuple[str, int, str, str]], datetime | None]:
+        # The mark is a time read holding NEW_KEYS_LOCK, which every key's transaction
+        # holds shared from before its insert to its commit, taken without waiting: no
+        # key is being written then, so every key committed after the look has a later
+        # created_at. Busy: the mark stays. Read through api_key_live_created.
+        next_mark = mark
+        conn = self.connection()
+        with conn.transaction():
+            free = conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS free", (NEW_KEYS_LOCK,)).fetchone()
+            if only_row(free)["free"]:
+                next_mark = only_row(conn.execute(f"SELECT {NOW} AS now", (self._now(),)).fetchone())["now"]
         if mark is None:
             return [], next_mark
         rows = self._query(
             f"SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
             f" JOIN organization o ON o.org_id = k.org_id"
-            f" WHERE k.created_at > %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
+            f" WHERE k.created_at >= %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
             f" ORDER BY k.created_at", (mark, self._now()),
         )
         return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows], next_mark
@@ -579,6 +612,7 @@ class PostgresStorage(SQLStorage):
         conn = self.connection()
         now = self._now()
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (NEW_KEYS_LOCK,))  # live_key_owners_since
             if only_if_first:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (FIRST_KEY_LOCK,))
                 if conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:

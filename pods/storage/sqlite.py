@@ -540,26 +540,36 @@ class SQLiteStorage(SQLStorage):
         )
         return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
 
-    def live_key_owners_since(self, mark: int | None) -> tuple[list[tuple[str, int, str, str]], int]:
-        # The mark is a rowid: one writer at a time, so a key committed after a look
-        # has a rowid past every key that look saw (the rowid primary key reads them).
+    def live_key_owners_since(self, mark: str | None) -> tuple[list[tuple[str, int, str, str]], str | None]:
+        # The mark is a time read holding the write lock, taken without waiting: no key
+        # is being written then, and a key's created_at is read under that lock, so
+        # every key committed after the look has a later one. Busy: the mark stays.
+        next_mark = mark
+        probe = connect(self.path, busy_timeout_ms=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            next_mark = self._now()
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:  # a write under way: the mark is taken next time
+            pass
+        finally:
+            probe.close()
         if mark is None:
-            return [], self._query("SELECT coalesce(max(rowid), 0) AS last FROM api_key")[0]["last"]
+            return [], next_mark
         rows = self._query(
-            "SELECT k.rowid AS seq, k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+            "SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
             " JOIN organization o ON o.org_id = k.org_id"
-            " WHERE k.rowid > ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
-            " ORDER BY k.rowid", (mark, self._now()),
+            " WHERE k.created_at >= ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
+            " ORDER BY k.created_at", (mark, self._now()),
         )
-        owners = [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
-        return owners, rows[-1]["seq"] if rows else mark
+        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows], next_mark
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,
                         before_commit: Callable[[Row], None] | None, only_if_first: bool) -> Row | None:
-        now = self._now()
         conn = self.connection()
         with write_tx(conn):
+            now = self._now()  # under the write lock: live_key_owners_since relies on it
             if only_if_first and conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:
                 return None
             conn.execute(

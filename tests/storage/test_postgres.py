@@ -296,6 +296,30 @@ def test_the_database_unreachable_for_seconds_is_503_and_healthz_503_then_servic
 
 
 @pytest.mark.live
+def test_an_idle_server_does_not_flood_the_log_while_the_database_is_unreachable(instances, pg):
+    """Its look for new keys, once a second, is spaced out while the database does
+    not answer: each would have the pool try, and log, a connection (three lines a
+    second, an idle server, for as long as the outage lasted)."""
+    parts = urlsplit(pg)
+    proxy = TcpProxy((parts.hostname, parts.port or 5432))
+    try:
+        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        (server,) = instances(1, db=via_proxy)
+        time.sleep(0.5)
+        proxy.cut()
+        time.sleep(8)
+        logged = server.stderr.count("\n")
+        proxy.restore()
+        wait_healthy(server)
+        lines = server.stderr.splitlines()[:logged]
+        assert sum("could not look for new keys" in line for line in lines) == 1
+        # The pool's attempts to reconnect, one a second: the first said, the rest a minute later.
+        assert sum("psycopg.pool error connecting" in line for line in lines) == 1, "\n".join(lines[-20:])
+    finally:
+        proxy.close()
+
+
+@pytest.mark.live
 def test_kill_9_of_one_instance_under_write_load_loses_nothing_and_the_others_serve(instances, pg):
     a, b = instances(2)
     writers = Writers([a, b])
