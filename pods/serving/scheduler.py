@@ -61,33 +61,46 @@ class Tenant(NamedTuple):
 
 
 class TenantMap:
-    """Token hash -> the Tenant of the key it authenticated last; bounded, the
-    oldest entry going first. Read by the event loop without a lock; written
-    by worker threads under one."""
+    """Token hash -> the Tenant of the key it authenticated last; bounded to about
+    ``size`` tokens in two generations: tokens are learned into the newer, and one
+    found in the older moves to the newer; once the newer holds half of ``size``,
+    it becomes the older and the older is dropped. So a token in use (once per
+    generation) stays however many others are learned: a client minting and
+    deleting keys cannot push out the keys of everyone else, as it could when the
+    oldest entry went first. Read by the event loop without a lock; written under
+    one."""
 
     def __init__(self, size: int = TENANT_MAP_SIZE):
         self.size = size
-        self._known: dict[str, Tenant] = {}
+        self._newer: dict[str, Tenant] = {}
+        self._older: dict[str, Tenant] = {}
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> Tenant | None:
-        return self._known.get(key_hash)
+        tenant = self._newer.get(key_hash)
+        if tenant is None:
+            tenant = self._older.get(key_hash)
+            if tenant is not None:  # in use: kept (once a generation, so rarely)
+                self.learn(key_hash, tenant)
+        return tenant
 
     def learn(self, key_hash: str, tenant: Tenant) -> None:
-        if self._known.get(key_hash) == tenant:
+        if self._newer.get(key_hash) == tenant:
             return
         with self._lock:
-            self._known[key_hash] = tenant
-            while len(self._known) > self.size:
-                del self._known[next(iter(self._known))]
+            self._newer[key_hash] = tenant
+            self._older.pop(key_hash, None)
+            if len(self._newer) > self.size // 2:
+                self._older, self._newer = self._newer, {}
 
     def forget(self, key_hash: str) -> None:
-        if key_hash in self._known:
+        if key_hash in self._newer or key_hash in self._older:
             with self._lock:
-                self._known.pop(key_hash, None)
+                self._newer.pop(key_hash, None)
+                self._older.pop(key_hash, None)
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._newer) + len(self._older)
 
 
 class FairQueue:

@@ -176,12 +176,27 @@ def test_a_body_is_read_only_for_a_key_that_may_need_it(admission):
 
 
 def test_the_tenant_map_learns_forgets_and_stays_bounded():
-    tenants = TenantMap(size=3)
-    for i in range(5):
+    tenants = TenantMap(size=8)
+    for i in range(20):
         tenants.learn(f"h{i}", Tenant(1, f"k{i}"))
-    assert len(tenants) == 3 and tenants.get("h0") is None and tenants.get("h4") == Tenant(1, "k4")
-    tenants.forget("h4")
-    assert tenants.get("h4") is None
+    assert len(tenants) <= 9 and tenants.get("h0") is None and tenants.get("h19") == Tenant(1, "k19")
+    tenants.forget("h19")
+    assert tenants.get("h19") is None
+
+
+def test_a_token_in_use_stays_in_the_tenant_map_however_many_others_are_learned():
+    """A client minting and deleting keys (each one learned) used to push every
+    other key out, oldest first; one used meanwhile now stays."""
+    tenants = TenantMap(size=16)
+    tenants.learn("victim", Tenant(1, "v"))
+    for i in range(1000):
+        tenants.learn(f"churn-{i}", Tenant(2, f"c{i}"))
+        if i % 8 == 0:  # used at least once a generation (8 tokens here)
+            assert tenants.get("victim") == Tenant(1, "v")
+    assert tenants.get("victim") == Tenant(1, "v") and len(tenants) <= 17
+    for i in range(1000, 1020):  # not used for two generations: gone
+        tenants.learn(f"churn-{i}", Tenant(2, f"c{i}"))
+    assert tenants.get("victim") is None
 
 
 def test_a_token_the_app_refused_is_forgotten_and_one_it_accepted_is_learned(admission):
