@@ -119,14 +119,16 @@ def live_key_owners(app, limit: int) -> list:
 
 
 def live_key_owners_since(app, mark):
-    """``storage.live_key_owners_since``, from a thread of the serving layer's own."""
+    """``storage.live_key_owners_since``, from a thread of the serving layer's own,
+    which keeps its connection from one look to the next, as a worker thread does
+    from one request to the next."""
     storage = app.extensions.get(STORAGE)
     if storage is None:  # an app without a database (bench/ceiling.py)
         return [], None
     try:
         return storage.live_key_owners_since(mark)
     finally:
-        storage.end_thread()
+        storage.end_request()
 
 
 def current_caller() -> Caller:

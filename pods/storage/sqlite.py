@@ -545,15 +545,16 @@ class SQLiteStorage(SQLStorage):
         # is being written then, and a key's created_at is read under that lock, so
         # every key committed after the look has a later one. Busy: the mark stays.
         next_mark = mark
-        probe = connect(self.path, busy_timeout_ms=0)
+        conn = self.connection()
+        conn.execute("PRAGMA busy_timeout = 0")
         try:
-            probe.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             next_mark = self._now()
-            probe.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
         except sqlite3.OperationalError:  # a write under way: the mark is taken next time
             pass
         finally:
-            probe.close()
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if mark is None:
             return [], next_mark
         rows = self._query(
