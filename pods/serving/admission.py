@@ -93,7 +93,8 @@ class Admission:
         and that request is its client address's: behind an address flooding with
         bad keys past its rate limit, it would be refused forever."""
         owners, self._new_keys_mark = live_key_owners_since(self.app, self._new_keys_mark)
-        self.learn_owners(owners)
+        for key_hash, org_id, org_name, key_id in owners:
+            self.tenants.add(key_hash, Tenant(org_id, key_id, org_name))
 
     def learn_owners(self, owners) -> None:
         """Learn whose each token is: (key_hash, org_id, org_name, key_id) each."""

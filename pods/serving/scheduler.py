@@ -93,6 +93,13 @@ class TenantMap:
             if len(self._newer) > self.size // 2:
                 self._older, self._newer = self._newer, {}
 
+    def add(self, key_hash: str, tenant: Tenant) -> None:
+        """Learn ``key_hash`` unless it is known already (in either generation): what
+        a look for new keys reads again (a look held back by a key's writer reads the
+        same keys again) neither moves nor pushes out anything."""
+        if key_hash not in self._newer and key_hash not in self._older:
+            self.learn(key_hash, tenant)
+
     def forget(self, key_hash: str) -> None:
         if key_hash in self._newer or key_hash in self._older:
             with self._lock:

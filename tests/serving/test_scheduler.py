@@ -194,6 +194,10 @@ def test_a_token_in_use_stays_in_the_tenant_map_however_many_others_are_learned(
         if i % 8 == 0:  # used at least once a generation (8 tokens here)
             assert tenants.get("victim") == Tenant(1, "v")
     assert tenants.get("victim") == Tenant(1, "v") and len(tenants) <= 17
+    for _ in range(3):  # a look for new keys reading the same keys again, many of them
+        for i in range(990, 1000):
+            tenants.add(f"churn-{i}", Tenant(2, f"c{i}"))
+    assert tenants.get("victim") == Tenant(1, "v")
     for i in range(1000, 1020):  # not used for two generations: gone
         tenants.learn(f"churn-{i}", Tenant(2, f"c{i}"))
     assert tenants.get("victim") is None
