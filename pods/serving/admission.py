@@ -93,13 +93,13 @@ class Admission:
         and that request is its client address's: behind an address flooding with
         bad keys past its rate limit, it would be refused forever."""
         owners, self._new_keys_mark = live_key_owners_since(self.app, self._new_keys_mark)
-        for key_hash, org_id, org_name, key_id in owners:
-            self.tenants.add(key_hash, Tenant(org_id, key_id, org_name))
+        self.learn_owners(owners)
 
     def learn_owners(self, owners) -> None:
-        """Learn whose each token is: (key_hash, org_id, org_name, key_id) each."""
+        """Learn whose each token is, (key_hash, org_id, org_name, key_id) each, unless
+        known already (``TenantMap.add``)."""
         for key_hash, org_id, org_name, key_id in owners:
-            self.tenants.learn(key_hash, Tenant(org_id, key_id, org_name))
+            self.tenants.add(key_hash, Tenant(org_id, key_id, org_name))
 
     def watch_new_keys(self, interval: float = NEW_KEYS_POLL_SECONDS):
         """``know_new_keys`` every ``interval`` seconds, from a thread of its own,

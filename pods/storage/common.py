@@ -79,15 +79,22 @@ class Connection(Protocol):
 class Dialect:
     """How a backend writes the statements that are otherwise the same on both."""
 
-    def __init__(self, param: str, time_param: str, pod_columns: str, key_columns: str):
+    def __init__(self, param: str, time_param: str, now: str, pod_columns: str, key_columns: str):
         """``param``: a statement's parameter (``?``, ``%s``); ``time_param``: one
-        holding a time as ``utc_text``; ``pod_columns``, ``key_columns``: a pod's and
-        a key's columns as rows return them (times as ``utc_text``)."""
+        holding a time as ``utc_text``; ``now``: the time now, from one parameter (the
+        storage's ``_now()``); ``pod_columns``, ``key_columns``: a pod's and a key's
+        columns as rows return them (times as ``utc_text``)."""
         self.param, self.time_param = param, time_param
         self.pod_columns, self.key_columns = pod_columns, key_columns
         p = param
         self.find_pod = f"SELECT {pod_columns} FROM pod WHERE pod_id = {p} AND org_id = {p}"
         self.find_key = f"SELECT {key_columns} FROM api_key WHERE key_id = {p} AND org_id = {p} AND revoked_at IS NULL"
+        live_key_owners = ("SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
+                           " JOIN organization o ON o.org_id = k.org_id"
+                           f" WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {now})")
+        # Parameters: now, then the limit; now, then the time to read from.
+        self.newest_key_owners = f"{live_key_owners} ORDER BY k.created_at DESC LIMIT {p}"
+        self.key_owners_from = f"{live_key_owners} AND k.created_at >= {time_param} ORDER BY k.created_at"
 
     def page(self, table: str, columns: str, id_column: str, where: str, ascending: bool, after: bool) -> str:
         """Keyset paging: a statement for up to ``limit`` rows of ``table`` matching
@@ -125,6 +132,10 @@ class SQLStorage(OperatorStorage):
 
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
         """The first row of a statement that changes nothing, or None."""
+        raise NotImplementedError
+
+    def _now(self) -> str | None:
+        """The parameter of the dialect's ``now``."""
         raise NotImplementedError
 
     def connection(self) -> Any:
@@ -196,6 +207,13 @@ class SQLStorage(OperatorStorage):
 
     # -- pods ---------------------------------------------------------------------------
 
+    def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
+        return _owners(self._query(self.dialect.newest_key_owners, (self._now(), limit)))
+
+    def _key_owners_from(self, mark: Any) -> list[tuple[str, int, str, str]]:
+        """The live keys created at ``mark`` or since (``live_key_owners_since``)."""
+        return _owners(self._query(self.dialect.key_owners_from, (self._now(), mark)))
+
     def find_pod(self, org_id: int, pod_id: str) -> Row | None:
         if not self._storable(pod_id):
             return None
@@ -231,3 +249,7 @@ class SQLStorage(OperatorStorage):
     @staticmethod
     def _count(conn: Connection, table: str) -> int:
         return only_row(conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone())["n"]
+
+
+def _owners(rows: Iterable[Row]) -> list[tuple[str, int, str, str]]:
+    return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]

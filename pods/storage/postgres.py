@@ -134,12 +134,13 @@ KEY_COLUMNS = (
     f"key_id, prefix, name, pod_id, permissions, {_text('created_at')}, {_text('updated_at')},"
     f" {_text('expires_at')}, {_text('used_at')}"
 )
-DIALECT = Dialect(param="%s", time_param="%s::timestamptz", pod_columns=POD_COLUMNS, key_columns=KEY_COLUMNS)
 # The database server's clock, for every instance alike; one value throughout a
 # statement, so that a row's created_at and updated_at agree to the microsecond.
 # Its parameter is the storage's ``clock`` time: NULL unless one is set (tests).
 NOW = "coalesce(%s::timestamptz, statement_timestamp())"
 NOW_NAMED = "coalesce(%(now)s::timestamptz, statement_timestamp())"
+DIALECT = Dialect(param="%s", time_param="%s::timestamptz", now=NOW, pod_columns=POD_COLUMNS,
+                  key_columns=KEY_COLUMNS)
 _CALLER_LOOKUP = (
     f"SELECT k.org_id, o.name AS org_name, k.key_id, k.pod_id, k.permissions,"
     f" {_text('k.expires_at', 'expires_at')}, {_text('k.used_at', 'used_at')}{{pod}}"
@@ -576,15 +577,6 @@ class PostgresStorage(SQLStorage):
         # An id that cannot be stored (NUL) names no pod: the join finds none.
         return self._one(CALLER_AND_POD_LOOKUP, (pod_id if self._storable(pod_id) else None, key_hash, self._now()))
 
-    def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
-        rows = self._query(
-            f"SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
-            f" JOIN organization o ON o.org_id = k.org_id"
-            f" WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
-            f" ORDER BY k.created_at DESC LIMIT %s", (self._now(), limit),
-        )
-        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
-
     def live_key_owners_since(self, mark: datetime | None) -> tuple[list[tuple[str, int, str, str]], datetime | None]:
         # The mark is a time read holding NEW_KEYS_LOCK, which every key's transaction
         # holds shared from before its insert to its commit, taken without waiting: no
@@ -598,13 +590,7 @@ class PostgresStorage(SQLStorage):
                 next_mark = only_row(conn.execute(f"SELECT {NOW} AS now", (self._now(),)).fetchone())["now"]
         if mark is None:
             return [], next_mark
-        rows = self._query(
-            f"SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
-            f" JOIN organization o ON o.org_id = k.org_id"
-            f" WHERE k.created_at >= %s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > {NOW})"
-            f" ORDER BY k.created_at", (mark, self._now()),
-        )
-        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows], next_mark
+        return self._key_owners_from(mark), next_mark
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,

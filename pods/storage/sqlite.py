@@ -57,7 +57,7 @@ CALLER_AND_POD_LOOKUP = _CALLER_LOOKUP.format(
 )
 KEY_COLUMNS = "key_id, prefix, name, pod_id, permissions, created_at, updated_at, expires_at, used_at"
 # Times are stored as utc_text already: read and given as they are.
-DIALECT = Dialect(param="?", time_param="?", pod_columns=POD_COLUMNS, key_columns=KEY_COLUMNS)
+DIALECT = Dialect(param="?", time_param="?", now="?", pod_columns=POD_COLUMNS, key_columns=KEY_COLUMNS)
 
 log = logging.getLogger("pods.db")
 _write_lock = threading.Lock()
@@ -531,15 +531,6 @@ class SQLiteStorage(SQLStorage):
             return self._one(CALLER_LOOKUP, (key_hash, self._now()))
         return self._one(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, self._now()))
 
-    def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
-        rows = self._query(
-            "SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
-            " JOIN organization o ON o.org_id = k.org_id"
-            " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
-            " ORDER BY k.created_at DESC LIMIT ?", (self._now(), limit),
-        )
-        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows]
-
     def live_key_owners_since(self, mark: str | None) -> tuple[list[tuple[str, int, str, str]], str | None]:
         # The mark is a time read holding the write lock, taken without waiting: no key
         # is being written then, and a key's created_at is read under that lock, so
@@ -557,13 +548,7 @@ class SQLiteStorage(SQLStorage):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if mark is None:
             return [], next_mark
-        rows = self._query(
-            "SELECT k.key_hash, k.org_id, o.name AS org_name, k.key_id FROM api_key k"
-            " JOIN organization o ON o.org_id = k.org_id"
-            " WHERE k.created_at >= ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
-            " ORDER BY k.created_at", (mark, self._now()),
-        )
-        return [(row["key_hash"], row["org_id"], row["org_name"], row["key_id"]) for row in rows], next_mark
+        return self._key_owners_from(mark), next_mark
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,

@@ -391,6 +391,14 @@ def served(log, count) -> bool:
     return len(log) >= count
 
 
+def one_request_then_a_flood(d, first: Tenant, flood: Tenant, log, held) -> None:
+    """``first``'s request, answered; then eight of ``flood``'s, held in service."""
+    d.add_task(Task("first", first, log))
+    assert served(log, 1)
+    for i in range(8):
+        d.add_task(held.task(f"flood-{i}", flood, log))
+
+
 @pytest.mark.parametrize("level", ["organization", "key"])
 def test_a_tenant_answered_a_moment_ago_still_holds_a_flood_to_its_share(level):
     """Between a quiet tenant's requests (its client reading the answer, sending
@@ -402,10 +410,7 @@ def test_a_tenant_answered_a_moment_ago_still_holds_a_flood_to_its_share(level):
     d.clock = lambda: now[0]
     noisy = NOISY if level == "organization" else Tenant(QUIET.group, "noisy key")
     try:
-        d.add_task(Task("quiet", QUIET, log))
-        assert served(log, 1)
-        for i in range(8):
-            d.add_task(held.task(f"flood-{i}", noisy, log))
+        one_request_then_a_flood(d, QUIET, noisy, log, held)
         assert held.settled({noisy: 1})
         now[0] += d.linger  # its linger is over: the next request queued finds every share free
         d.add_task(held.task("flood-8", noisy, log))
@@ -423,10 +428,7 @@ def test_when_a_linger_ends_the_threads_it_held_back_take_the_queue_with_nothing
     d = dispatcher(threads=4)
     d.linger = 1.0
     try:
-        d.add_task(Task("quiet", QUIET, log))
-        assert served(log, 1)
-        for i in range(8):
-            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        one_request_then_a_flood(d, QUIET, NOISY, log, held)
         assert held.settled({NOISY: 1})  # within the linger (settled looks 0.1 s on)
         assert held.settled({NOISY: 4})
     finally:
@@ -439,10 +441,7 @@ def test_a_tenant_alone_is_not_held_back_by_its_own_linger():
     d = dispatcher(threads=4)
     d.linger = 60.0
     try:
-        d.add_task(Task("first", NOISY, log))
-        assert served(log, 1)
-        for i in range(8):
-            d.add_task(held.task(f"flood-{i}", NOISY, log))
+        one_request_then_a_flood(d, NOISY, NOISY, log, held)
         assert held.settled({NOISY: 4})
     finally:
         held.release.set()
