@@ -159,6 +159,8 @@ PINNED = [
         "answers (503) a request shed from the event loop"),
     Pin(f"{W}.trigger:_triggerbase.pull_trigger", "method", "KeyCheck.service",
         "runs the verdict on a key in the event loop (a thunk)"),
+    Pin(f"{W}.trigger:_triggerbase.pull_trigger", "method", "PodsServer.__init__",
+        "wakes the loop for a worker waiting for its turn (LoopHandoff), no thunk"),
     Pin(f"{W}.channel:HTTPChannel", "call", "PodsChannel.__init__", "subclassed with the same constructor",
         ("server", "sock", "addr", "adj", "map")),
     *(Pin(f"{W}.channel:HTTPChannel.{name}", "attribute", "PodsChannel", why) for name, why in [
@@ -208,8 +210,6 @@ PINNED = [
         ("trigger", "closed last at shutdown"),
         ("adj", "cleanup_interval, connection_limit, asyncore_loop_timeout"),
     ]),
-    Pin(f"{W}.wasyncore:loop", "call", "run_until_signalled", "one turn of the loop during shutdown",
-        ("timeout", "map", "use_poll", "count")),
     Pin(f"{W}.wasyncore:readwrite", "function", "PodsServer._poll",
         "dispatches a polled socket's events, as wasyncore.poll2 does"),
     Pin(f"{W}.wasyncore:ExitNow", "class", "ShutdownSignal.handle_read", "raised to end the loop"),

@@ -53,6 +53,7 @@ class PodsChannel(HTTPChannel):
     holding = False  # not reading while a worker looks up the key of the request being read
     held_input = b""  # what came after its head meanwhile
     lingering = False  # the answer is sent (and our side shut); still dropping
+    last_tenant: Tenant | None = None  # of the latest request read: the event loop's order (PodsServer._in_turn)
     # The next pipelined request waits for the answer before it to be sent.
     # Changed only under outbuf_lock, like the output it waits for.
     next_request_waiting = False

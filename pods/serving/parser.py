@@ -110,6 +110,7 @@ class PodsRequestParser(HTTPRequestParser):
                 return consumed
             self.head_done = time.time()
             verdict = channel.server.admission.at_head(self, channel.addr[0])
+            channel.last_tenant = self.tenant
             if verdict == PROCEED or self.completed:
                 return consumed
             if verdict == CHECK_KEY:  # reading stops until a worker has looked the key up

@@ -23,7 +23,7 @@ import collections
 import logging
 import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from waitress.task import ThreadedTaskDispatcher
 
@@ -148,6 +148,12 @@ class FairQueue:
         group = next(iter(self._groups))
         return self.pop_from(group, next(iter(self._groups[group])))
 
+    def queued(self, tenant) -> bool:
+        """Whether ``tenant`` (a group, member pair) has items queued. Safe to call
+        without the lock, as a hint: one dict lookup, then one membership test."""
+        members = self._groups.get(tenant[0])
+        return members is not None and tenant[1] in members
+
     def next_allowed(self, allowed):
         """(group, member) of the next item in turn for which ``allowed(group,
         member)`` holds, or None."""
@@ -249,6 +255,9 @@ class FairDispatcher(ThreadedTaskDispatcher):
         self._forget_at = 0.0  # when _release next drops those whose linger ran out
         self.linger = LINGER_SECONDS
         self.clock = time.monotonic  # for the linger (tests move it)
+        # Called by a thread about to take the next request while others are queued
+        # (the server's handoff.LoopHandoff.between_tasks), or None.
+        self.between_tasks: Callable[[bool], None] | None = None
 
     def add_task(self, task, sheddable: bool = True):
         tenant = self.tenant_of(task)
@@ -358,6 +367,8 @@ class FairDispatcher(ThreadedTaskDispatcher):
         lock, queue, timeout, held = self.lock, self.queue, self.queue_timeout, self._held
         done = None  # (group, member) of the request this thread served last
         while True:
+            if queue and self.between_tasks is not None:  # unlocked: hints
+                self.between_tasks(done is not None and not queue.queued(done))
             with lock:
                 if done is not None:  # under the lock taken for the next one anyway
                     self._release(*done)

@@ -21,6 +21,7 @@ from waitress.server import TcpWSGIServer
 from . import ratelimit
 from .admission import Admission
 from .channel import Deadlines, PodsChannel
+from .handoff import LoopHandoff
 from .scheduler import ANONYMOUS, FairDispatcher, Tenant
 
 CONNECTION_LIMIT = 4096
@@ -35,6 +36,9 @@ BACKLOG = 1024
 # received nothing for this long (a head or an upload stalled) may be closed too.
 EVICTION_MIN_IDLE_SECONDS = 1.0
 READ_FLAGS = select.POLLIN | select.POLLPRI  # what wasyncore.poll2 asks of a readable socket
+# Per turn of the event loop, how many ready connections it handles of tenants with
+# requests queued already (PodsServer._in_turn).
+BACKLOGGED_PER_TURN = 8
 # Default of --queue-timeout: a request that waited longer for a worker is answered 503, not run.
 QUEUE_TIMEOUT = 5.0
 
@@ -66,6 +70,8 @@ class PodsServer(TcpWSGIServer):
                          dispatcher=dispatcher)
         self.pending_connections = select.poll()
         self.pending_connections.register(sock, select.POLLIN)
+        self.handoff = LoopHandoff(self.trigger.pull_trigger)
+        dispatcher.between_tasks = self.handoff.between_tasks
 
     @staticmethod
     def tenant_of(task) -> Tenant:
@@ -119,7 +125,13 @@ class PodsServer(TcpWSGIServer):
                 self.maintenance(now)
             if self.accepting and len(self.active_channels) >= self.adj.connection_limit:
                 self._make_room(now)
-            self._poll(self.adj.asyncore_loop_timeout)
+            self.turn(self.adj.asyncore_loop_timeout)
+
+    def turn(self, timeout: float) -> None:
+        """One turn of the loop, polling for at most ``timeout`` seconds (not at all
+        while a worker waits for it: handoff.LoopHandoff)."""
+        self._poll(self.handoff.poll_timeout(timeout))
+        self.handoff.turned()
 
     def readable(self):
         return self.accepting and len(self.active_channels) < self.adj.connection_limit
@@ -146,10 +158,32 @@ class PodsServer(TcpWSGIServer):
             events = pollster.poll(int(timeout * 1000))
         except InterruptedError:
             events = []
+        if len(events) > 1:
+            events = self._in_turn(events)
         for fd, flags in events:
             obj = socket_map.get(fd)
             if obj is not None:
                 wasyncore.readwrite(obj, flags)
+
+    def _in_turn(self, events: list) -> list:
+        """The events of this turn in the order to handle them: first those of
+        connections whose tenant has nothing queued, then at most
+        BACKLOGGED_PER_TURN of the others; the rest are polled again at once.
+
+        Under a flood the loop may find dozens of its connections ready at once;
+        reading them all took the loop 5-15 ms, and a quiet tenant's next request
+        waited for the whole of it (its p99 went 10x its median, on one thread).
+        A request of a tenant with a backlog would wait for that backlog anyway."""
+        queued = self.task_dispatcher.queue.queued
+        socket_map = self._map
+        first, later = [], []
+        for event in events:
+            tenant = getattr(socket_map.get(event[0]), "last_tenant", None)
+            if tenant is not None and queued(tenant):
+                later.append(event)
+            else:
+                first.append(event)
+        return first + later[:BACKLOGGED_PER_TURN] if later else first
 
     def _make_room(self, now: float) -> None:
         """For a connection waiting to be accepted, close the connection idle the

@@ -58,10 +58,6 @@ class ShutdownSignal(wasyncore.dispatcher):
         self.writer.close()
 
 
-def _loop_once(server, timeout: float) -> None:
-    wasyncore.loop(timeout=timeout, map=server._map, use_poll=True, count=1)
-
-
 def run_until_signalled(server, on_exit) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -91,7 +87,7 @@ def run_until_signalled(server, on_exit) -> None:
                 channel.close()
         if not any(c.busy or c.connected for c in channels) or time.monotonic() > deadline:
             break
-        _loop_once(server, timeout=0.05)
+        server.turn(timeout=0.05)
     unfinished = [c for c in server._map.values() if isinstance(c, PodsChannel)]
     if unfinished:
         log.warning("grace period over: closing %d busy connection(s)", len(unfinished))
