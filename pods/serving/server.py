@@ -36,9 +36,6 @@ BACKLOG = 1024
 # received nothing for this long (a head or an upload stalled) may be closed too.
 EVICTION_MIN_IDLE_SECONDS = 1.0
 READ_FLAGS = select.POLLIN | select.POLLPRI  # what wasyncore.poll2 asks of a readable socket
-# Per turn of the event loop, how many ready connections it handles of tenants with
-# requests queued already (PodsServer._in_turn).
-BACKLOGGED_PER_TURN = 8
 # Default of --queue-timeout: a request that waited longer for a worker is answered 503, not run.
 QUEUE_TIMEOUT = 5.0
 
@@ -130,17 +127,19 @@ class PodsServer(TcpWSGIServer):
     def turn(self, timeout: float) -> None:
         """One turn of the loop, polling for at most ``timeout`` seconds (not at all
         while a worker waits for it: handoff.LoopHandoff)."""
-        self._poll(self.handoff.poll_timeout(timeout))
-        self.handoff.turned()
+        asked = self._poll(self.handoff.poll_timeout(timeout))
+        self.handoff.turned(asked)
 
     def readable(self):
         return self.accepting and len(self.active_channels) < self.adj.connection_limit
 
-    def _poll(self, timeout: float) -> None:
+    def _poll(self, timeout: float) -> float:
         """One turn of the loop: waitress's wasyncore.poll2, asking each connection
         what it waits for in one call (``PodsChannel.poll_flags``) instead of two;
         this runs for every connection on every turn, and under a flood of many
-        connections it is the event loop's own cost per turn."""
+        connections it is the event loop's own cost per turn. Returns the seconds
+        that asking took."""
+        started = time.monotonic()
         socket_map = self._map
         pollster = select.poll()
         register = pollster.register
@@ -154,6 +153,7 @@ class PodsServer(TcpWSGIServer):
                     flags |= select.POLLOUT
             if flags:
                 register(fd, flags)
+        asked = time.monotonic() - started
         try:
             events = pollster.poll(int(timeout * 1000))
         except InterruptedError:
@@ -164,16 +164,14 @@ class PodsServer(TcpWSGIServer):
             obj = socket_map.get(fd)
             if obj is not None:
                 wasyncore.readwrite(obj, flags)
+        return asked
 
     def _in_turn(self, events: list) -> list:
         """The events of this turn in the order to handle them: first those of
-        connections whose tenant has nothing queued, then at most
-        BACKLOGGED_PER_TURN of the others; the rest are polled again at once.
-
-        Under a flood the loop may find dozens of its connections ready at once;
-        reading them all took the loop 5-15 ms, and a quiet tenant's next request
-        waited for the whole of it (its p99 went 10x its median, on one thread).
-        A request of a tenant with a backlog would wait for that backlog anyway."""
+        connections whose tenant has nothing queued, then the others. Under a
+        flood the loop finds dozens of connections ready at once, and reading
+        them takes it milliseconds; a request of a tenant with a backlog would
+        wait behind that backlog anyway, one of a tenant without goes first."""
         queued = self.task_dispatcher.queue.queued
         socket_map = self._map
         first, later = [], []
@@ -183,7 +181,7 @@ class PodsServer(TcpWSGIServer):
                 later.append(event)
             else:
                 first.append(event)
-        return first + later[:BACKLOGGED_PER_TURN] if later else first
+        return first + later if later else first
 
     def _make_room(self, now: float) -> None:
         """For a connection waiting to be accepted, close the connection idle the

@@ -4,7 +4,7 @@ worker waits for the loop, and for which of its turns."""
 import threading
 import time
 
-from pods.serving.handoff import NEXT_REQUEST_SECONDS, LoopHandoff
+from pods.serving.handoff import NEXT_REQUEST_SECONDS, SPACING, LoopHandoff
 from pods.serving.scheduler import Tenant
 
 from test_scheduler import Task, dispatcher
@@ -22,9 +22,9 @@ class Loop:
     def wake(self):
         self.woken += 1
 
-    def turn(self):
+    def turn(self, asked=0.0):
         self.timeouts.append(self.handoff.poll_timeout(1.0))
-        self.handoff.turned()
+        self.handoff.turned(asked)
 
 
 def in_thread(fn, *args) -> threading.Thread:
@@ -57,7 +57,7 @@ def test_an_overdue_loop_is_woken_and_the_worker_waits_for_a_turn_that_polled_af
     worker = in_thread(loop.handoff.between_tasks, False)
     assert waiting(loop)
     # The turn the loop was in when woken polled before: not enough.
-    loop.handoff.turned()
+    loop.handoff.turned(0.0)
     worker.join(0.1)
     assert worker.is_alive()
     # The next one polls without blocking, since a worker waits for it; then the worker goes on.
@@ -95,6 +95,40 @@ def test_a_worker_waits_no_longer_than_the_limit_for_a_loop_that_does_not_turn()
     handoff.between_tasks(answered_last=False)
     assert 0.04 <= time.monotonic() - started < 1.0
     assert woken == [1]
+    # The loop's next turn does not block, for the worker that gave up; the ones after do,
+    # as ever: an idle loop does not spin.
+    timeouts = []
+    for _ in range(3):
+        timeouts.append(handoff.poll_timeout(1.0))
+        handoff.turned(0.0)
+    assert timeouts == [0.0, 1.0, 1.0]
+
+
+def test_a_loop_whose_turns_cost_more_is_woken_less_often():
+    loop = Loop()
+    # Asking its connections what they wait for takes the loop 10 ms a turn (thousands
+    # of idle connections): a worker lets it be for SPACING times that, overdue or not.
+    for _ in range(50):
+        loop.turn(asked=0.01)
+    time.sleep(0.06)  # overdue (0.05 s) already
+    loop.handoff.between_tasks(answered_last=False)
+    assert loop.woken == 0
+    time.sleep(SPACING * loop.handoff.ask_cost - 0.06)
+    worker = in_thread(loop.handoff.between_tasks, False)
+    assert waiting(loop)
+    loop.turn(asked=0.01)
+    worker.join(1)
+    assert not worker.is_alive() and loop.handoff.handoffs_total == 1
+
+
+def test_a_worker_does_not_wait_for_a_loop_that_is_gone():
+    def closed_trigger():
+        raise OSError(9, "Bad file descriptor")
+
+    handoff = LoopHandoff(closed_trigger, overdue=0.0, limit=5.0)
+    started = time.monotonic()
+    handoff.between_tasks(answered_last=False)
+    assert time.monotonic() - started < 1.0 and handoff.handoffs_total == 0
 
 
 def test_the_dispatcher_says_whether_the_request_served_was_its_tenants_last_queued():
