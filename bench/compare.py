@@ -1,7 +1,7 @@
 """An earlier version of pods against this one, side by side, on the read paths;
 or this version with metrics on against off.
 
-    python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3] [--postgres URL]
+    python bench/compare.py REF [--this REF2] [--rounds 5] [--duration 3] [--postgres URL] [--idle N]
     python bench/compare.py --metrics [--rounds 5] [--duration 3] [--scrape-interval 1]
 
 REF is any git revision (a commit, a tag, ``main~3``). It is checked out into a
@@ -17,6 +17,9 @@ revision in place of the working tree. ``--postgres URL`` runs both on
 PostgreSQL instead, each on a database of its own made on URL's server (for
 instance postgresql://postgres@127.0.0.1:5432/postgres) and seeded by its own
 code (so REF must be one with pods/storage's ``open_storage``), then dropped.
+``--idle N`` holds N more keep-alive connections open, idle, through each wrk
+run (each sent one request first), as a server with many clients between
+requests has: every turn of the event loop asks each of them what it waits for.
 
 With ``--metrics``, both sides are this checkout on copies of one seeded
 database: "off" as it starts by default, "on" with ``--metrics-port`` (and its
@@ -28,11 +31,14 @@ Needs wrk (Debian: apt-get install wrk) and git.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -153,14 +159,35 @@ def metrics_on_against_off(args) -> None:
                       "cpu_us_per_request": cpu}), file=sys.stderr)
 
 
+@contextlib.contextmanager
+def idle_connections(proc: run.Process, count: int):
+    """``count`` keep-alive connections to ``proc``, each answered once, then idle."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
+    conns = []
+    try:
+        for _ in range(count):
+            conn = socket.create_connection(("127.0.0.1", proc.port))
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+            conns.append(conn)
+        for conn in conns:
+            conn.recv(65536)
+        yield
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def measure(proc: run.Process, side: str, round_no: int, name: str, script: str, conns: int, duration: int,
-            env: dict, rps: list, cpu_us: list) -> None:
-    """One wrk run of a scenario against ``proc``: its req/s onto ``rps``, and the
-    server's CPU time per request onto ``cpu_us`` (a cost that the machine's other
-    load moves far less than it moves throughput)."""
-    used = proc.cpu_seconds()
-    result = run.wrk(proc, script, conns, duration, env)
-    used = proc.cpu_seconds() - used
+            env: dict, rps: list, cpu_us: list, idle: int = 0) -> None:
+    """One wrk run of a scenario against ``proc`` (beside ``idle`` idle connections):
+    its req/s onto ``rps``, and the server's CPU time per request onto ``cpu_us`` (a
+    cost that the machine's other load moves far less than it moves throughput)."""
+    with idle_connections(proc, idle):
+        used = proc.cpu_seconds()
+        result = run.wrk(proc, script, conns, duration, env)
+        used = proc.cpu_seconds() - used
     assert result["errors"] == result["non_2xx"] == 0, (side, name, result)
     rps.append(result["rps"])
     cpu_us.append(used / result["requests"] * 1e6)
@@ -189,6 +216,8 @@ def main() -> None:
     parser.add_argument("--this", default=None, help="a revision to compare instead of the working tree")
     parser.add_argument("--postgres", default=None, metavar="URL",
                         help="both sides on PostgreSQL, a new database each on URL's server")
+    parser.add_argument("--idle", type=int, default=0, metavar="N",
+                        help="N idle keep-alive connections held open through each wrk run")
     parser.add_argument("--scrape-interval", type=float, default=1.0,
                         help="with --metrics: seconds between scrapes of the metrics side (0: none)")
     args = parser.parse_args()
@@ -232,7 +261,8 @@ def main() -> None:
             for name, script, conns, env in SCENARIOS:
                 for side in sides:
                     measure(procs[side], side, round_no, name, script, conns, args.duration,
-                            {"BENCH_IDS": str(ids_files[side]), **env}, runs[name][side], cpu[name][side])
+                            {"BENCH_IDS": str(ids_files[side]), **env}, runs[name][side], cpu[name][side],
+                            args.idle)
     finally:
         for p in procs.values():
             p.stop()

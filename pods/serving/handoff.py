@@ -52,7 +52,7 @@ class LoopHandoff:
         self.turned_at = time.monotonic()
         self.handoffs_total = 0
         self._started = 0  # turns begun (polls)
-        self._finished = 0  # the last turn finished, while a worker waits
+        self._finished = 0  # the number of the latest turn finished while a worker wanted one
         self._wanted = 0  # the turn a waiting worker waits for (its poll does not block)
         self.ask_cost = 0.0  # seconds a turn takes before its poll, averaged
         self.answered_at = 0.0  # a tenant with nothing more queued was answered then
