@@ -210,9 +210,21 @@ class SQLStorage(OperatorStorage):
     def live_key_owners(self, limit: int) -> list[tuple[str, int, str, str]]:
         return _owners(self._query(self.dialect.newest_key_owners, (self._now(), limit)))
 
-    def _key_owners_from(self, mark: Any) -> list[tuple[str, int, str, str]]:
-        """The live keys created at ``mark`` or since (``live_key_owners_since``)."""
-        return _owners(self._query(self.dialect.key_owners_from, (self._now(), mark)))
+    def live_key_owners_since(self, mark: Any) -> tuple[list[tuple[str, int, str, str]], Any]:
+        # The next mark is a time read while no key is being written, so every key
+        # committed after this look has a later created_at; while one is, the mark
+        # stays (and the same keys are read again). Read through api_key_live_created.
+        next_mark = self._time_no_key_is_written()
+        if next_mark is None:
+            next_mark = mark
+        if mark is None:
+            return [], next_mark
+        return _owners(self._query(self.dialect.key_owners_from, (self._now(), mark))), next_mark
+
+    def _time_no_key_is_written(self) -> Any:
+        """The time now, read while no key's write is under way (not waiting for
+        one): every key committed later has a later ``created_at``. None while one is."""
+        raise NotImplementedError
 
     def find_pod(self, org_id: int, pod_id: str) -> Row | None:
         if not self._storable(pod_id):

@@ -577,20 +577,15 @@ class PostgresStorage(SQLStorage):
         # An id that cannot be stored (NUL) names no pod: the join finds none.
         return self._one(CALLER_AND_POD_LOOKUP, (pod_id if self._storable(pod_id) else None, key_hash, self._now()))
 
-    def live_key_owners_since(self, mark: datetime | None) -> tuple[list[tuple[str, int, str, str]], datetime | None]:
-        # The mark is a time read holding NEW_KEYS_LOCK, which every key's transaction
-        # holds shared from before its insert to its commit, taken without waiting: no
-        # key is being written then, so every key committed after the look has a later
-        # created_at. Busy: the mark stays. Read through api_key_live_created.
-        next_mark = mark
+    def _time_no_key_is_written(self) -> datetime | None:
+        # NEW_KEYS_LOCK, tried without waiting: every key's transaction holds it shared
+        # from before its insert to its commit.
         conn = self.connection()
         with conn.transaction():
             free = conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS free", (NEW_KEYS_LOCK,)).fetchone()
-            if only_row(free)["free"]:
-                next_mark = only_row(conn.execute(f"SELECT {NOW} AS now", (self._now(),)).fetchone())["now"]
-        if mark is None:
-            return [], next_mark
-        return self._key_owners_from(mark), next_mark
+            if not only_row(free)["free"]:
+                return None
+            return only_row(conn.execute(f"SELECT {NOW} AS now", (self._now(),)).fetchone())["now"]
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,
@@ -598,7 +593,7 @@ class PostgresStorage(SQLStorage):
         conn = self.connection()
         now = self._now()
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (NEW_KEYS_LOCK,))  # live_key_owners_since
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (NEW_KEYS_LOCK,))  # _time_no_key_is_written
             if only_if_first:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (FIRST_KEY_LOCK,))
                 if conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:

@@ -531,31 +531,26 @@ class SQLiteStorage(SQLStorage):
             return self._one(CALLER_LOOKUP, (key_hash, self._now()))
         return self._one(CALLER_AND_POD_LOOKUP, (pod_id, key_hash, self._now()))
 
-    def live_key_owners_since(self, mark: str | None) -> tuple[list[tuple[str, int, str, str]], str | None]:
-        # The mark is a time read holding the write lock, taken without waiting: no key
-        # is being written then, and a key's created_at is read under that lock, so
-        # every key committed after the look has a later one. Busy: the mark stays.
-        next_mark = mark
+    def _time_no_key_is_written(self) -> str | None:
+        # The write lock, tried without waiting: a key's created_at is read under it.
         conn = self.connection()
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            next_mark = self._now()
+            now = self._now()
             conn.execute("ROLLBACK")
-        except sqlite3.OperationalError:  # a write under way: the mark is taken next time
-            pass
+            return now
+        except sqlite3.OperationalError:  # a write under way
+            return None
         finally:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if mark is None:
-            return [], next_mark
-        return self._key_owners_from(mark), next_mark
 
     def _insert_api_key(self, org_name: str, key_hash: str, prefix: str, name: str | None, pod_id: str | None,
                         permissions: str | None, expires_at: str | None,
                         before_commit: Callable[[Row], None] | None, only_if_first: bool) -> Row | None:
         conn = self.connection()
         with write_tx(conn):
-            now = self._now()  # under the write lock: live_key_owners_since relies on it
+            now = self._now()  # under the write lock: _time_no_key_is_written relies on it
             if only_if_first and conn.execute("SELECT 1 FROM api_key LIMIT 1").fetchone() is not None:
                 return None
             conn.execute(
