@@ -107,16 +107,19 @@ class Admission:
         stop = threading.Event()
 
         def watch():
-            wait = interval
-            while not stop.wait(wait):
+            failures = 0
+            while not stop.wait(min(interval * 2 ** max(failures - 1, 0), NEW_KEYS_MAX_WAIT_SECONDS)):
                 try:
                     self.know_new_keys()
-                except Exception as e:  # the database is not answering: said once, tried less often
-                    if wait == interval:
+                except Exception as e:
+                    # The database is not answering: said once; tried again as usual (one
+                    # failure may be a moment's: no connection free in time under load),
+                    # then less and less often.
+                    if not failures:
                         log.warning("could not look for new keys to schedule by: %s", e)
-                    wait = min(wait * 2, NEW_KEYS_MAX_WAIT_SECONDS)
+                    failures += 1
                 else:
-                    wait = interval
+                    failures = 0
 
         thread = threading.Thread(target=watch, name="pods-new-keys", daemon=True)
         thread.start()
