@@ -250,8 +250,8 @@ def main() -> None:
             else:  # a copy of the other's, which this side migrates as it starts
                 dbs[side] = work / "this.db"
                 shutil.copy(work / "before.db", dbs[side])
-            (work / side).mkdir()
-            ids_files[side] = run.write_ids(work / side, ids)
+            (work / f"ids-{side}").mkdir()  # not work / "this": --this checks out there
+            ids_files[side] = run.write_ids(work / f"ids-{side}", ids)
         procs[commit] = server("before", before_root, dbs[commit], work)
         procs["this"] = server("this", this_root, dbs["this"], work)
         runs = {name: {side: [] for side in procs} for name, *_ in SCENARIOS}

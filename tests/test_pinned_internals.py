@@ -236,6 +236,19 @@ PINNED = [
     Pin("flask:Flask.wsgi_app", "method", "create_app", "wrapped by the HTTP rules and the access log"),
     *(Pin(f"flask.sessions:SessionInterface.{name}", "override", f"NoSessions.{name}", "no sessions at all")
       for name in ("open_session", "save_session")),
+    Pin("flask:Flask.ensure_sync", "override", "PodsFlask.ensure_sync", "each function's answer remembered"),
+    *(Pin(f"flask:Flask.{name}", "override", f"PodsFlask.{name}",
+          "Flask's own unless the app has no such hooks (their walk by blueprint name skipped)")
+      for name in ("preprocess_request", "process_response", "do_teardown_request")),
+    *(Pin(f"flask:Flask.{name}", "attribute", f"PodsFlask.{hook}", "the hooks that make Flask's own run")
+      for name, hook in [("url_value_preprocessors", "preprocess_request"),
+                         ("before_request_funcs", "preprocess_request"),
+                         ("after_request_funcs", "process_response"),
+                         ("teardown_request_funcs", "do_teardown_request")]),
+    Pin("flask.ctx:RequestContext._after_request_functions", "attribute", "PodsFlask.process_response",
+        "after_this_request's hooks, which make Flask's own run"),
+    Pin("flask.sansio.scaffold:_sentinel", "attribute", "PodsFlask.do_teardown_request",
+        "do_teardown_request's default: no exception passed"),
     # -- flask-httpauth -----------------------------------------------------------------------
     Pin("flask_httpauth:HTTPTokenAuth.get_auth", "override", "ExactBearerAuth.get_auth",
         "the token exactly as sent (werkzeug's parser trims and splits it)"),
@@ -257,6 +270,9 @@ PINNED = [
           ("AwareDateTime", "FutureTime", "an expiry in the future"),
           ("Field", "Unsupported", "a field this server refuses (public_key)"),
       ]),
+    Pin("marshmallow.schema:Schema._serialize", "override", "RowSchema._serialize",
+        "a row of Columns dumped as one dict (each field's serialize not called)"),
+    Pin("marshmallow.schema:Schema.dump_fields", "attribute", "RowSchema.__init__", "the fields dumped, by name"),
     *(Pin(f"marshmallow.fields:{base}.serialize", "override", f"{pods_class}.serialize", why)
       for base, pods_class, why in [
           ("String", "Column", "a row's column as stored, without marshmallow's generic path"),
@@ -282,6 +298,7 @@ def instances():
     """{"module:Class": an instance} for the classes whose state is per object."""
     from flask import Flask
     from flask.json.provider import DefaultJSONProvider
+    from marshmallow import Schema
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
@@ -311,6 +328,9 @@ def instances():
     }
     app = Flask("pinned")  # the provider holds it weakly
     made["flask.json.provider:DefaultJSONProvider"] = DefaultJSONProvider(app)
+    made["flask:Flask"] = app
+    made["flask.ctx:RequestContext"] = app.test_request_context()
+    made["marshmallow.schema:Schema"] = Schema()
     yield made
     channel.close()
     theirs.close()

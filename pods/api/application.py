@@ -7,6 +7,9 @@ a per-request cost or a second spelling of a route that this API gets nothing fo
 import json
 
 from flask import Flask, Response, current_app
+from flask.globals import request_ctx
+from flask.sansio.scaffold import _sentinel
+from flask.signals import request_tearing_down
 from flask.ctx import RequestContext
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import NullSession, SessionInterface
@@ -17,6 +20,9 @@ from .accesslog import ROUTE_ENVIRON_KEY
 from ..storage import Storage
 
 STORAGE_EXTENSION = "pods.storage"  # app.extensions[...]: the app's storage
+# PodsFlask.ensure_sync remembers this many functions: the app's views and hooks are
+# a few dozen.
+MAX_SYNC_ANSWERS = 1024
 
 
 def get_storage() -> Storage:
@@ -106,6 +112,37 @@ class PodsFlask(Flask):
         # Rules take this when they are added, and none is yet. It spares every 404
         # a second match with the slashes merged.
         self.url_map.merge_slashes = False
+        self._sync: dict = {}  # ensure_sync's answers
+
+    def ensure_sync(self, func):
+        # Flask (and flask-httpauth) ask this of every view, hook and callback they
+        # call, four times a request, and each answer is an inspection of the
+        # function: the same every time.
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(self._sync) < MAX_SYNC_ANSWERS:
+                self._sync[func] = sync
+        return sync
+
+    def preprocess_request(self):
+        # Flask looks up URL value preprocessors and before-request hooks by blueprint
+        # name on every request; this app has none.
+        if self.url_value_preprocessors or self.before_request_funcs:
+            return super().preprocess_request()
+        return None
+
+    def process_response(self, response):
+        # Likewise after-request hooks; and there is no session to save (NoSessions).
+        if self.after_request_funcs or request_ctx._after_request_functions:
+            return super().process_response(response)
+        return response
+
+    def do_teardown_request(self, exc=_sentinel):
+        # Likewise teardown hooks (RequestContext.pop passes exc); its signal is sent as Flask sends it.
+        if self.teardown_request_funcs or exc is _sentinel:
+            return super().do_teardown_request(exc)
+        request_tearing_down.send(self, _async_wrapper=self.ensure_sync, exc=exc)
 
     def request_context(self, environ):
         return RoutedRequestContext(self, environ)

@@ -70,7 +70,29 @@ class Column(fields.String):
         return obj[self.attribute or attr]
 
 
-class PodSchema(Schema):
+class RowSchema(Schema):
+    """A schema whose fields are all ``Column``s: a row dumps as one dict of its
+    columns, built at once. marshmallow calls each field's ``serialize`` in turn,
+    for Columns a lookup each: a hundred pods' page spent a third of its time there."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # (key, column) per field dumped, as marshmallow and Column.serialize read them.
+        dumped = self.dump_fields.items()
+        self._columns = None if not all(isinstance(field, Column) for _, field in dumped) else [
+            (name if field.data_key is None else field.data_key, field.attribute or name) for name, field in dumped
+        ]
+
+    def _serialize(self, obj, *, many=False):
+        columns = self._columns
+        if columns is None or obj is None:
+            return super()._serialize(obj, many=many)
+        if many:
+            return [{key: row[column] for key, column in columns} for row in obj]
+        return {key: obj[column] for key, column in columns}
+
+
+class PodSchema(RowSchema):
     pod_id = Column(required=True, metadata={"description": "ID of pod."})
     name = Column(required=True, metadata={"description": "Name of pod."})
     client_id = Column(allow_none=True, metadata={"description": "Client ID of pod."})

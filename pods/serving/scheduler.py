@@ -123,10 +123,12 @@ class FairQueue:
     def __init__(self):
         # group -> {member -> deque of items}; both in turn order (next first).
         self._groups: collections.OrderedDict = collections.OrderedDict()
-        self._length = 0
+        # Items queued, as len() says; read as an attribute where every request passes
+        # (len() of a Python class is a call).
+        self.length = 0
 
     def __len__(self) -> int:
-        return self._length
+        return self.length
 
     def push(self, group, member, item) -> None:
         groups = self._groups
@@ -139,11 +141,11 @@ class FairQueue:
             items = members[member] = collections.deque()
             members.move_to_end(member, last=False)
         items.append(item)
-        self._length += 1
+        self.length += 1
 
     def pop(self):
         """The next item in turn. :raise IndexError: empty."""
-        if not self._length:
+        if not self.length:
             raise IndexError("pop from an empty FairQueue")
         group = next(iter(self._groups))
         return self.pop_from(group, next(iter(self._groups[group])))
@@ -187,7 +189,7 @@ class FairQueue:
             groups.move_to_end(group)
         else:
             del groups[group]
-        self._length -= 1
+        self.length -= 1
         return item
 
     def take_where(self, predicate) -> list:
@@ -205,7 +207,7 @@ class FairQueue:
                     del members[member]
             if not members:
                 del self._groups[group]
-        self._length -= len(taken)
+        self.length -= len(taken)
         return taken
 
     def depths(self) -> dict:
@@ -275,8 +277,8 @@ class FairDispatcher(ThreadedTaskDispatcher):
                     # free again (a linger ran out): wake them all, as _release does.
                     # While none is, waking them would only have them wait again.
                     self._held_back = False
-                    self.queue_cv.notify(min(idle, len(queue)))
-            waiting = len(queue) - idle
+                    self.queue_cv.notify(min(idle, queue.length))
+            waiting = queue.length - idle
         if waiting > self._peak_waiting:
             self._peak_waiting = waiting
         if self._peak_waiting >= QUEUE_LOG_MIN_DEPTH and now >= self._next_queue_log:
@@ -297,7 +299,7 @@ class FairDispatcher(ThreadedTaskDispatcher):
         otherwise fill every thread in. A share never leaves a thread idle while
         nothing is in service."""
         queue, held = self.queue, self._held
-        if not queue:
+        if not queue.length:
             return None
         if not held:  # every share free: the next in turn (one thread, always)
             group = next(iter(queue.groups()))
@@ -360,14 +362,14 @@ class FairDispatcher(ThreadedTaskDispatcher):
             # waited while they were.
             self._held_back = False
             idle = len(self.threads) - self.stop_count - self.active_count
-            if self.queue and idle > 0:
-                self.queue_cv.notify(min(idle, len(self.queue)))
+            if self.queue.length and idle > 0:
+                self.queue_cv.notify(min(idle, self.queue.length))
 
     def handler_thread(self, thread_no):
         lock, queue, timeout, held = self.lock, self.queue, self.queue_timeout, self._held
         done = None  # (group, member) of the request this thread served last
         while True:
-            if queue and self.between_tasks is not None:  # unlocked: hints
+            if queue.length and self.between_tasks is not None:  # unlocked: hints
                 self.between_tasks(done is not None and not queue.queued(done))
             with lock:
                 if done is not None:  # under the lock taken for the next one anyway
@@ -375,7 +377,7 @@ class FairDispatcher(ThreadedTaskDispatcher):
                     done = None
                 while (turn := self._next()) is None and self.stop_count == 0:
                     wait = None
-                    if queue:
+                    if queue.length:
                         self._held_back = True
                         # Held back by a share that a linger keeps: it ends without any
                         # request ending or arriving, so wake then, not at the next one.

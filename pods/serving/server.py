@@ -74,9 +74,8 @@ class PodsServer(TcpWSGIServer):
     def tenant_of(task) -> Tenant:
         """Where a task queues: its request's tenant (the channel's next request, or
         a KeyCheck's); a request refused by waitress itself is its address's."""
-        tenant = getattr(task, "tenant", None)  # a KeyCheck
-        if tenant is None and getattr(task, "requests", None):
-            tenant = task.requests[0].tenant
+        requests = getattr(task, "requests", None)  # a channel's (a KeyCheck has none)
+        tenant = requests[0].tenant if requests else getattr(task, "tenant", None)
         return tenant or Tenant(ANONYMOUS, task.addr[0])
 
     def shed(self, channel, waited: float) -> None:

@@ -9,7 +9,7 @@ from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import build_http_date
 
 from ..api import accesslog
-from ..api.auth import CREATED_KEY_ENVIRON_KEY
+from ..api.auth import CREATED_KEY_ENVIRON_KEY, TOKEN_HASH_ENVIRON_KEY
 from ..api.errors import error_json
 from .admission import WithheldBody, logged_caller
 from .scheduler import ANONYMOUS
@@ -101,6 +101,8 @@ class CoalescingTask(WSGITask):
 
     def get_environment(self):
         environ = super().get_environment()
+        if self.request.key_hash is not None:
+            environ[TOKEN_HASH_ENVIRON_KEY] = self.request.key_hash  # hashed once, at the head
         if self.request.too_large:
             environ["CONTENT_LENGTH"] = str(self.request.received_length)
             environ["wsgi.input"] = io.BytesIO()

@@ -101,3 +101,24 @@ def test_a_get_reads_its_key_and_its_pod_in_one_statement(app, client, headers, 
     r = client.get(f"{URL}/{pod_id}", headers=headers)
     assert (r.status_code, r.json) == ((200, pod) if found else (404, NOT_FOUND))
     assert len(sent) == 1 and "LEFT JOIN pod" in sent[0]
+
+
+def test_a_pod_dumps_as_marshmallow_dumps_it_field_by_field():
+    """PodSchema builds a row's dict in one go (schemas.RowSchema): the same keys, in
+    the same order, with the same values as marshmallow's own field-by-field dump,
+    for one pod, a page of them, and a schema told to dump only some fields."""
+    from marshmallow import Schema
+
+    from pods.api.schemas import PodListSchema, PodSchema
+
+    rows = [{"pod_id": f"p{i}", "name": f"pod {i}", "client_id": None if i % 2 else f"c{i}",
+             "created_at": f"2026-01-01T00:00:0{i}.000000Z"} for i in range(3)]
+    for schema in (PodSchema(), PodSchema(only=("pod_id", "updated_at")), PodSchema(exclude=("client_id",))):
+        for obj, many in ((rows[0], False), (rows, True)):
+            fast = schema.dump(obj, many=many)
+            generic = Schema._serialize(schema, obj, many=many)
+            assert fast == generic
+            assert [list(d) for d in (fast if many else [fast])] == [list(d) for d in (generic if many else [generic])]
+    page = PodListSchema().dump({"count": 3, "limit": 10, "next_page_token": None, "pods": rows})
+    assert page["pods"][1] == {"pod_id": "p1", "name": "pod 1", "client_id": None,
+                               "created_at": "2026-01-01T00:00:01.000000Z", "updated_at": "2026-01-01T00:00:01.000000Z"}

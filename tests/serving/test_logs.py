@@ -121,6 +121,32 @@ def test_an_access_line_stays_far_below_pipe_buf_whatever_the_client_sends(monke
     assert len(fields["client"]) <= accesslog.MAX_CLIENT
 
 
+@pytest.mark.parametrize("unsafe", [" ", "\\", "\x7f", "\n", "\xe9", "\u2028", ""])
+@pytest.mark.parametrize("where", ["method", "path", "rid", "client", "org"])
+def test_each_field_is_escaped_alone_whichever_holds_what_needs_it(monkeypatch, caplog, where, unsafe):
+    """A line is checked for anything to escape in one test of all its fields; when
+    one field holds something, that field is escaped (or "-" when empty) and the
+    others are written as they came."""
+    written = []
+    monkeypatch.setattr(logstream.stderr, "write", written.append)
+    caplog.set_level("INFO", logger="pods.access")
+    given = {"method": "GET", "path": "/agent/v0/pods", "rid": "r-1", "client": "10.0.0.1", "org": "acme"}
+    given[where] = unsafe if unsafe == "" else given[where] + unsafe
+
+    class Caller:
+        org_name = given["org"]
+        key_id = "3fee6523bbdc6633"
+
+    accesslog.write_line(given["method"], given["path"], 200, time.perf_counter(), given["rid"], Caller(),
+                         client=given["client"])
+    [line] = written
+    logged = ACCESS_LINE.match(line.rstrip("\n")).groupdict()
+    expected = {name: escape(value) for name, value in given.items()}
+    expected["org"] = escape_text(given["org"])
+    assert {name: logged[name] for name in given} == expected
+    assert logged[where] != given[where] or unsafe == ""
+
+
 def test_a_cut_never_splits_an_escape():
     for shift in range(4):
         cut = accesslog.field("a" * shift + "\n" * 100, 20)
