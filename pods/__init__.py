@@ -2,7 +2,7 @@
 
 # The one place the version is written: pyproject.toml reads it from here. Bumped
 # with every change users can see; CHANGELOG.md's top entry names it.
-__version__ = "0.8.1"
+__version__ = "0.8.2"
 
 from .api import close_app, create_app  # noqa: E402  (flaskr's place for the factory)
 

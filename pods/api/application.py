@@ -5,6 +5,8 @@ a per-request cost or a second spelling of a route that this API gets nothing fo
 """
 
 import json
+from inspect import iscoroutinefunction
+from types import FunctionType
 
 from flask import Flask, Response, current_app
 from flask.globals import request_ctx
@@ -20,8 +22,8 @@ from .accesslog import ROUTE_ENVIRON_KEY
 from ..storage import Storage
 
 STORAGE_EXTENSION = "pods.storage"  # app.extensions[...]: the app's storage
-# PodsFlask.ensure_sync remembers this many functions: the app's views and hooks are
-# a few dozen.
+# PodsFlask.ensure_sync remembers the answers for this many code objects: the app's
+# views and hooks are a few dozen.
 MAX_SYNC_ANSWERS = 1024
 
 
@@ -112,18 +114,25 @@ class PodsFlask(Flask):
         # Rules take this when they are added, and none is yet. It spares every 404
         # a second match with the slashes merged.
         self.url_map.merge_slashes = False
-        self._sync: dict = {}  # ensure_sync's answers
+        self._coroutine_code: dict = {}  # ensure_sync's answers, by code object
 
     def ensure_sync(self, func):
         # Flask (and flask-httpauth) ask this of every view, hook and callback they
-        # call, four times a request, and each answer is an inspection of the
-        # function: the same every time.
-        sync = self._sync.get(func)
-        if sync is None:
-            sync = super().ensure_sync(func)
-            if len(self._sync) < MAX_SYNC_ANSWERS:
-                self._sync[func] = sync
-        return sync
+        # call, four times a request, and each answer inspects the function. For a
+        # plain function the answer is its code's (unless marked a coroutine function,
+        # Python 3.12+): remembered by code object, so that a closure made per request
+        # (an after_this_request function) neither misses nor is kept alive. Anything
+        # else (a method, a partial, a callable object) gets Flask's own answer.
+        if type(func) is FunctionType and not hasattr(func, "_is_coroutine_marker"):
+            code = func.__code__
+            coroutine = self._coroutine_code.get(code)
+            if coroutine is None:
+                coroutine = iscoroutinefunction(func)
+                if len(self._coroutine_code) < MAX_SYNC_ANSWERS:
+                    self._coroutine_code[code] = coroutine
+            if not coroutine:
+                return func
+        return super().ensure_sync(func)
 
     def preprocess_request(self):
         # Flask looks up URL value preprocessors and before-request hooks by blueprint
