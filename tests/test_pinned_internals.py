@@ -236,7 +236,8 @@ PINNED = [
     Pin("flask:Flask.wsgi_app", "method", "create_app", "wrapped by the HTTP rules and the access log"),
     *(Pin(f"flask.sessions:SessionInterface.{name}", "override", f"NoSessions.{name}", "no sessions at all")
       for name in ("open_session", "save_session")),
-    Pin("flask:Flask.ensure_sync", "override", "PodsFlask.ensure_sync", "each function's answer remembered"),
+    Pin("flask:Flask.ensure_sync", "override", "PodsFlask.ensure_sync",
+        "a plain function's answer remembered by its code object"),
     *(Pin(f"flask:Flask.{name}", "override", f"PodsFlask.{name}",
           "Flask's own unless the app has no such hooks (their walk by blueprint name skipped)")
       for name in ("preprocess_request", "process_response", "do_teardown_request")),

@@ -9,12 +9,12 @@ from inspect import iscoroutinefunction
 from types import FunctionType
 
 from flask import Flask, Response, current_app
-from flask.globals import request_ctx
-from flask.sansio.scaffold import _sentinel
-from flask.signals import request_tearing_down
 from flask.ctx import RequestContext
+from flask.globals import request_ctx
 from flask.json.provider import DefaultJSONProvider
+from flask.sansio.scaffold import _sentinel
 from flask.sessions import NullSession, SessionInterface
+from flask.signals import request_tearing_down
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 

@@ -77,11 +77,13 @@ class RowSchema(Schema):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # (key, column) per field dumped, as marshmallow and Column.serialize read them.
+        # (key, column) per field dumped, as marshmallow and Column.serialize read them;
+        # None when a field is not a Column (dumped by marshmallow as usual).
         dumped = self.dump_fields.items()
-        self._columns = None if not all(isinstance(field, Column) for _, field in dumped) else [
-            (name if field.data_key is None else field.data_key, field.attribute or name) for name, field in dumped
-        ]
+        self._columns: list[tuple[str, str]] | None = None
+        if all(isinstance(field, Column) for _, field in dumped):
+            self._columns = [(name if field.data_key is None else field.data_key, field.attribute or name)
+                             for name, field in dumped]
 
     def _serialize(self, obj, *, many=False):
         columns = self._columns
