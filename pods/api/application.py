@@ -142,8 +142,9 @@ class PodsFlask(Flask):
         return None
 
     def process_response(self, response):
-        # Likewise after-request hooks; and there is no session to save (NoSessions).
-        if self.after_request_funcs or request_ctx._after_request_functions:
+        # Likewise after-request hooks; and NoSessions has no session to save.
+        if (self.after_request_funcs or request_ctx._after_request_functions
+                or type(self.session_interface) is not NoSessions):
             return super().process_response(response)
         return response
 

@@ -79,3 +79,18 @@ def test_an_unhashable_teardown_hook_is_called(app, client, headers):
     app.teardown_request_funcs.setdefault(None, []).append(Teardown())
     assert client.get(POD_LIST, headers=headers).status_code == 200
     assert seen == [None]
+
+
+def test_a_session_interface_put_in_place_of_none_is_saved_to(app, client, headers):
+    from flask.sessions import SecureCookieSessionInterface
+
+    saved = []
+
+    class Recording(SecureCookieSessionInterface):
+        def save_session(self, app, session, response):
+            saved.append(response.status_code)
+
+    app.secret_key = "test"
+    app.session_interface = Recording()
+    assert client.get(POD_LIST, headers=headers).status_code == 200
+    assert saved == [200]
