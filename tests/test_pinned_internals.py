@@ -273,7 +273,8 @@ PINNED = [
       ]),
     Pin("marshmallow.schema:Schema._serialize", "override", "RowSchema._serialize",
         "a row of Columns dumped as one dict (each field's serialize not called)"),
-    Pin("marshmallow.schema:Schema.dump_fields", "attribute", "RowSchema.__init__", "the fields dumped, by name"),
+    Pin("marshmallow.schema:Schema.dump_fields", "attribute", "RowSchema._serialize",
+        "the fields dumped, by name; a new dict when marshmallow makes them anew"),
     *(Pin(f"marshmallow.fields:{base}.serialize", "override", f"{pods_class}.serialize", why)
       for base, pods_class, why in [
           ("String", "Column", "a row's column as stored, without marshmallow's generic path"),

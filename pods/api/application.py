@@ -25,6 +25,11 @@ STORAGE_EXTENSION = "pods.storage"  # app.extensions[...]: the app's storage
 # PodsFlask.ensure_sync remembers the answers for this many code objects: the app's
 # views and hooks are a few dozen.
 MAX_SYNC_ANSWERS = 1024
+# A function's attributes that inspect.iscoroutinefunction reads besides its code
+# (or may: functools has named them differently by version): inspect.markcoroutinefunction's
+# mark (Python 3.12+), and the partialmethod a class attribute stands for (read from
+# 3.13, all such functions sharing one code object).
+CORO_ATTRIBUTES = frozenset({"_is_coroutine_marker", "__partialmethod__", "_partialmethod"})
 
 
 def get_storage() -> Storage:
@@ -119,11 +124,11 @@ class PodsFlask(Flask):
     def ensure_sync(self, func):
         # Flask (and flask-httpauth) ask this of every view, hook and callback they
         # call, four times a request, and each answer inspects the function. For a
-        # plain function the answer is its code's (unless marked a coroutine function,
-        # Python 3.12+): remembered by code object, so that a closure made per request
-        # (an after_this_request function) neither misses nor is kept alive. Anything
-        # else (a method, a partial, a callable object) gets Flask's own answer.
-        if type(func) is FunctionType and not hasattr(func, "_is_coroutine_marker"):
+        # plain function the answer is its code's, unless an attribute says otherwise
+        # (CORO_ATTRIBUTES): remembered by code object, so that a closure made per
+        # request (an after_this_request function) neither misses nor is kept alive.
+        # Anything else (a method, a partial, a callable object) gets Flask's own answer.
+        if type(func) is FunctionType and CORO_ATTRIBUTES.isdisjoint(func.__dict__):
             code = func.__code__
             coroutine = self._coroutine_code.get(code)
             if coroutine is None:

@@ -75,23 +75,30 @@ class RowSchema(Schema):
     columns, built at once. marshmallow calls each field's ``serialize`` in turn,
     for Columns a lookup each: a hundred pods' page spent a third of its time there."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # (key, column) per field dumped, as marshmallow and Column.serialize read them;
-        # None when a field is not a Column (dumped by marshmallow as usual).
-        dumped = self.dump_fields.items()
-        self._columns: list[tuple[str, str]] | None = None
-        if all(isinstance(field, Column) for _, field in dumped):
-            self._columns = [(name if field.data_key is None else field.data_key, field.attribute or name)
-                             for name, field in dumped]
+    # (the dump_fields read, their columns): one tuple, replaced whole, for the
+    # threads that share a schema.
+    _read: tuple[dict | None, list[tuple[str, str]] | None] = (None, None)
 
     def _serialize(self, obj, *, many=False):
-        columns = self._columns
+        dump_fields = self.dump_fields
+        read, columns = self._read
+        if read is not dump_fields:  # marshmallow makes new ones when only or exclude change
+            columns = _columns(dump_fields)
+            self._read = (dump_fields, columns)
         if columns is None or obj is None:
             return super()._serialize(obj, many=many)
         if many:
             return [{key: row[column] for key, column in columns} for row in obj]
         return {key: obj[column] for key, column in columns}
+
+
+def _columns(dump_fields: dict) -> list[tuple[str, str]] | None:
+    """(key, column) per field dumped, as marshmallow and Column.serialize read them;
+    None when a field is not a Column (dumped by marshmallow as usual)."""
+    if not all(isinstance(field, Column) for field in dump_fields.values()):
+        return None
+    return [(name if field.data_key is None else field.data_key, field.attribute or name)
+            for name, field in dump_fields.items()]
 
 
 class PodSchema(RowSchema):

@@ -132,6 +132,11 @@ class PodsServer(TcpWSGIServer):
     def readable(self):
         return self.accepting and len(self.active_channels) < self.adj.connection_limit
 
+    def poll_flags(self) -> int:
+        """readable() and writable() as the event loop polls for them (_poll), in one
+        call: read (accept) below the connection limit, never write."""
+        return READ_FLAGS if self.accepting and len(self.active_channels) < self.adj.connection_limit else 0
+
     def _poll(self, timeout: float) -> float:
         """One turn of the loop: waitress's wasyncore.poll2, asking each connection
         what it waits for in one call (``PodsChannel.poll_flags``) instead of two;

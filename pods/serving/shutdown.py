@@ -11,7 +11,7 @@ import time
 from waitress import wasyncore
 
 from .channel import PodsChannel
-from .server import QueueDepthSummary
+from .server import READ_FLAGS, QueueDepthSummary
 
 log = logging.getLogger("pods.server")
 
@@ -43,6 +43,9 @@ class ShutdownSignal(wasyncore.dispatcher):
 
     def writable(self):
         return False
+
+    def poll_flags(self) -> int:
+        return READ_FLAGS  # readable() and writable() in one call (PodsServer._poll)
 
     def handle_read(self):
         received = self.reader.recv(64)

@@ -4,6 +4,7 @@ to it still run as Flask runs them, whatever kind of callable they are, and a
 function made per request is not kept."""
 
 import dataclasses
+import functools
 import gc
 import weakref
 
@@ -94,3 +95,27 @@ def test_a_session_interface_put_in_place_of_none_is_saved_to(app, client, heade
     app.session_interface = Recording()
     assert client.get(POD_LIST, headers=headers).status_code == 200
     assert saved == [200]
+
+
+def test_a_function_inspect_reads_beyond_its_code_gets_flasks_own_answer(app, monkeypatch):
+    """inspect.iscoroutinefunction also reads a function's coroutine mark (3.12+)
+    and the partialmethod it stands for (3.13+, one code object for all): such a
+    function is never answered from what its code object gave before."""
+    from flask import Flask
+
+    asked = []
+    monkeypatch.setattr(Flask, "ensure_sync", lambda self, func: asked.append(func) or func)
+
+    def plain(response):
+        return response
+
+    def marked(response):
+        return response
+
+    marked._is_coroutine_marker = object()
+    stands_for = functools.partialmethod(plain)
+    as_partialmethod = type("Hooks", (), {"hook": stands_for}).hook
+
+    for func in (plain, plain, marked, marked, as_partialmethod, as_partialmethod):
+        assert app.ensure_sync(func) is func
+    assert asked == [marked, marked, as_partialmethod, as_partialmethod]

@@ -122,3 +122,25 @@ def test_a_pod_dumps_as_marshmallow_dumps_it_field_by_field():
     page = PodListSchema().dump({"count": 3, "limit": 10, "next_page_token": None, "pods": rows})
     assert page["pods"][1] == {"pod_id": "p1", "name": "pod 1", "client_id": None,
                                "created_at": "2026-01-01T00:00:01.000000Z", "updated_at": "2026-01-01T00:00:01.000000Z"}
+
+
+def test_a_pod_schema_told_later_to_dump_less_dumps_less():
+    """marshmallow makes a schema's fields anew when a Nested field narrows a schema
+    instance (only / exclude): RowSchema follows, leaking no field left out."""
+    from marshmallow import Schema, fields
+
+    from pods.api.schemas import PodSchema
+
+    row = {"pod_id": "p1", "name": "pod 1", "client_id": None, "created_at": "2026-01-01T00:00:00.000000Z"}
+    shared = PodSchema()
+    assert set(shared.dump(row)) == {"pod_id", "name", "client_id", "created_at", "updated_at"}
+
+    class Outer(Schema):
+        pod = fields.Nested(shared, only=("pod_id",))
+        others = fields.Nested(shared, exclude=("name", "client_id"), many=True)
+
+    assert Outer().dump({"pod": row, "others": [row]}) == {
+        "pod": {"pod_id": "p1"},
+        "others": [{"pod_id": "p1", "created_at": row["created_at"], "updated_at": row["created_at"]}],
+    }
+    assert set(shared.dump(row)) == {"pod_id", "name", "client_id", "created_at", "updated_at"}
