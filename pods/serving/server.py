@@ -20,7 +20,7 @@ from waitress.server import TcpWSGIServer
 
 from . import ratelimit
 from .admission import Admission
-from .channel import Deadlines, PodsChannel
+from .channel import READ_FLAGS, Deadlines, PodsChannel
 from .handoff import LoopHandoff
 from .scheduler import ANONYMOUS, FairDispatcher, Tenant
 
@@ -35,7 +35,6 @@ BACKLOG = 1024
 # make room: a new one gets a fair chance to send its request. A request that has
 # received nothing for this long (a head or an upload stalled) may be closed too.
 EVICTION_MIN_IDLE_SECONDS = 1.0
-READ_FLAGS = select.POLLIN | select.POLLPRI  # what wasyncore.poll2 asks of a readable socket
 # Default of --queue-timeout: a request that waited longer for a worker is answered 503, not run.
 QUEUE_TIMEOUT = 5.0
 
@@ -133,9 +132,9 @@ class PodsServer(TcpWSGIServer):
         return self.accepting and len(self.active_channels) < self.adj.connection_limit
 
     def poll_flags(self) -> int:
-        """readable() and writable() as the event loop polls for them (_poll), in one
-        call: read (accept) below the connection limit, never write."""
-        return READ_FLAGS if self.accepting and len(self.active_channels) < self.adj.connection_limit else 0
+        """What the event loop polls the listening socket for (_poll): read (accept)
+        below the connection limit, never write."""
+        return READ_FLAGS if self.readable() else 0
 
     def _poll(self, timeout: float) -> float:
         """One turn of the loop: waitress's wasyncore.poll2, asking each connection
